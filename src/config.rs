@@ -1,0 +1,675 @@
+//! Configuration: a serde mirror of the TOML (`deny_unknown_fields`), then a
+//! typed, validated [`Config`] whose errors name the key at fault.
+//!
+//! [`Config::from_toml`] is pure apart from reading the files the TOML names
+//! (`secret_file`, `ca_file`, certificates are read by `tls`); relative paths
+//! are relative to the config file's directory. Durations are strings with a
+//! unit (`"250ms"`, `"30s"`, `"5m"`, `"8h"`, `"1d"`); sizes are bytes or
+//! strings with a unit (`"64KiB"`, `"1MiB"`). `config/relay.toml` documents
+//! every key and its default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ticket::{Key, KeyRing, Policy};
+
+/// A config error: the dotted key at fault (or "" for the whole file) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---- the serde mirror -------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    tickets: Option<RawTickets>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    upstreams: BTreeMap<String, RawUpstream>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    workers: Option<usize>,
+    path: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    ping_interval: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTickets {
+    keys: Vec<RawKey>,
+    max_ttl: Option<String>,
+    leeway: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    id: String,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_frame: Option<Size>,
+    handshake_timeout: Option<String>,
+    max_head: Option<Size>,
+    max_headers: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    kind: String,
+    url: Option<String>,
+    addr: Option<String>,
+    ca_file: Option<PathBuf>,
+    fingerprint: Option<String>,
+    connect_timeout: Option<String>,
+}
+
+// ---- the validated config ---------------------------------------------------
+
+/// The whole validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: Server,
+    pub tickets: Tickets,
+    pub limits: Limits,
+    pub upstreams: BTreeMap<String, Upstream>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// Worker threads, one runtime and one `SO_REUSEPORT` listener each.
+    pub workers: usize,
+    /// The console endpoint's path.
+    pub path: String,
+    pub tls: Option<TlsFiles>,
+    /// Keepalive pings on both legs; `None` turns them off ("0s").
+    pub ping_interval: Option<Duration>,
+}
+
+/// Certificate chain and private key, PEM.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[tickets]`.
+#[derive(Debug)]
+pub struct Tickets {
+    pub keys: KeyRing,
+    pub policy: Policy,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest frame payload accepted from either leg (1009 beyond).
+    pub max_frame: u64,
+    /// From accept to a complete request head (TLS included).
+    pub handshake_timeout: Duration,
+    pub max_head: usize,
+    pub max_headers: usize,
+}
+
+/// `[upstreams.<name>]`.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// A WebSocket console endpoint; frames pass through unchanged.
+    Ws {
+        url: WsUrl,
+        trust: Trust,
+        connect_timeout: Duration,
+    },
+    /// A raw TCP console bridged WebSocket ↔ TCP.
+    Tcp {
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    },
+    /// The built-in test-pattern screen and echo terminal.
+    Demo,
+}
+
+/// A parsed `ws://` or `wss://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Origin-form request target, `/` at least.
+    pub path: String,
+    /// The address dialled, resolved when the config loads.
+    pub addr: SocketAddr,
+}
+
+impl WsUrl {
+    /// The `Host` header value.
+    pub fn host_header(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// How a `wss://` upstream's certificate is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// The Mozilla root set (webpki-roots), with hostname check.
+    SystemRoots,
+    /// Only roots from this PEM file, with hostname check.
+    CaFile(PathBuf),
+    /// The leaf certificate's SHA-256 must be this (no chain, no hostname).
+    Fingerprint([u8; 32]),
+}
+
+// ---- defaults ---------------------------------------------------------------
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+pub const DEFAULT_PATH: &str = "/console";
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(120);
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_FRAME: u64 = 1 << 20;
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_HEAD: usize = 8 * 1024;
+pub const DEFAULT_MAX_HEADERS: usize = 32;
+
+// ---- parsing helpers --------------------------------------------------------
+
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"8h"`, `"1d"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (use e.g. \"30s\", \"5m\", \"8h\")"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "" => return Err(format!("`{s}` needs a unit (ms, s, m, h, d)")),
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h, d)")),
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+fn parse_size(s: &Size) -> Result<u64, String> {
+    let text = match s {
+        Size::Bytes(n) => return Ok(*n),
+        Size::Text(t) => t.trim(),
+    };
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (use bytes or e.g. \"64KiB\", \"1MiB\")"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("`{text}`: unknown unit `{other}` (B, KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
+}
+
+fn duration_or(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        Some(s) => parse_duration(s).map_err(|m| ConfigError::new(key, m)),
+        None => Ok(default),
+    }
+}
+
+/// Parses a SHA-256 fingerprint: 64 hex digits, `:` separators allowed, any case.
+pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err("expected the SHA-256 of the certificate: 64 hex digits, `:` allowed".into());
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+/// Parses a `ws://` / `wss://` URL and resolves its host.
+pub fn parse_ws_url(s: &str) -> Result<WsUrl, String> {
+    let (tls, rest) = if let Some(r) = s.strip_prefix("ws://") {
+        (false, r)
+    } else if let Some(r) = s.strip_prefix("wss://") {
+        (true, r)
+    } else {
+        return Err("must start with ws:// or wss://".into());
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.contains('@') {
+        return Err("credentials in the URL are not supported".into());
+    }
+    if path.contains('#') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err("the path must be printable, without a fragment".into());
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("unclosed `[` in host")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("bad port `{p}`"))?,
+            None if after.is_empty() => default_port,
+            None => return Err("junk after `]`".into()),
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| format!("bad port `{p}`"))?),
+            None => (authority.to_string(), default_port),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    let addr = resolve(&host, port)?;
+    Ok(WsUrl {
+        tls,
+        host,
+        port,
+        path: path.to_string(),
+        addr,
+    })
+}
+
+/// Resolves once, at load time: a name that does not resolve is a config
+/// error, so no worker ever blocks on DNS while serving consoles.
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{host}` resolves to no address"))
+}
+
+fn parse_host_port(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let (h, p) = s.rsplit_once(':').ok_or("expected host:port")?;
+    let port = p.parse().map_err(|_| format!("bad port `{p}`"))?;
+    resolve(h.trim_start_matches('[').trim_end_matches(']'), port)
+}
+
+fn rel(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+// ---- validation -------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, base)
+    }
+
+    /// Validates TOML text; relative paths are taken from `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's message names the key and line; keep it on one line.
+            ConfigError::new("", e.to_string().replace('\n', " ").trim().to_string())
+        })?;
+        let server = Self::server(raw.server, base)?;
+        let tickets = Self::tickets(raw.tickets, base)?;
+        let limits = Self::limits(raw.limits)?;
+        let mut upstreams = BTreeMap::new();
+        for (name, u) in raw.upstreams {
+            let up = Self::upstream(&name, u, base)?;
+            upstreams.insert(name, up);
+        }
+        if upstreams.is_empty() {
+            return Err(ConfigError::new("upstreams", "at least one [upstreams.<name>] is required"));
+        }
+        Ok(Config {
+            server,
+            tickets,
+            limits,
+            upstreams,
+        })
+    }
+
+    fn server(raw: RawServer, base: &Path) -> Result<Server, ConfigError> {
+        let listen_s = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_s
+            .parse()
+            .map_err(|_| ConfigError::new("server.listen", format!("`{listen_s}` is not an ip:port")))?;
+        let workers = match raw.workers {
+            Some(0) | None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            Some(n) if n > 1024 => return Err(ConfigError::new("server.workers", "at most 1024")),
+            Some(n) => n,
+        };
+        let path = raw.path.unwrap_or_else(|| DEFAULT_PATH.to_string());
+        if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+            return Err(ConfigError::new("server.path", "must start with `/` and hold no `?`, `#` or space"));
+        }
+        let tls = match (raw.tls_cert, raw.tls_key) {
+            (Some(c), Some(k)) => Some(TlsFiles {
+                cert: rel(base, &c),
+                key: rel(base, &k),
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::new("server.tls_key", "required with server.tls_cert")),
+            (None, Some(_)) => return Err(ConfigError::new("server.tls_cert", "required with server.tls_key")),
+        };
+        let ping = duration_or("server.ping_interval", &raw.ping_interval, DEFAULT_PING_INTERVAL)?;
+        let ping_interval = if ping.is_zero() {
+            None
+        } else if ping < Duration::from_secs(1) {
+            return Err(ConfigError::new("server.ping_interval", "at least 1s (or \"0s\" for off)"));
+        } else {
+            Some(ping)
+        };
+        Ok(Server {
+            listen,
+            workers,
+            path,
+            tls,
+            ping_interval,
+        })
+    }
+
+    fn tickets(raw: Option<RawTickets>, base: &Path) -> Result<Tickets, ConfigError> {
+        let raw = raw.ok_or_else(|| ConfigError::new("tickets", "the [tickets] section with keys is required"))?;
+        if raw.keys.is_empty() {
+            return Err(ConfigError::new("tickets.keys", "at least one key is required"));
+        }
+        let mut keys = Vec::new();
+        for (i, k) in raw.keys.into_iter().enumerate() {
+            let at = format!("tickets.keys[{i}]");
+            let secret = match (k.secret, k.secret_file) {
+                (Some(s), None) => s,
+                (None, Some(f)) => {
+                    let p = rel(base, &f);
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| ConfigError::new(format!("{at}.secret_file"), format!("cannot read {}: {e}", p.display())))?
+                        .trim()
+                        .to_string()
+                }
+                _ => return Err(ConfigError::new(&at, "exactly one of `secret` or `secret_file`")),
+            };
+            let key = Key::from_secret_b64(&k.id, &secret).map_err(|e| {
+                let field = if e == crate::ticket::KeyError::EmptyId { "id" } else { "secret" };
+                ConfigError::new(format!("{at}.{field}"), e.to_string())
+            })?;
+            if keys.iter().any(|o: &Key| o.id() == key.id()) {
+                return Err(ConfigError::new(format!("{at}.id"), format!("duplicate key id `{}`", k.id)));
+            }
+            keys.push(key);
+        }
+        let max_ttl = duration_or("tickets.max_ttl", &raw.max_ttl, DEFAULT_MAX_TTL)?;
+        if max_ttl.is_zero() {
+            return Err(ConfigError::new("tickets.max_ttl", "must be above zero"));
+        }
+        let leeway = duration_or("tickets.leeway", &raw.leeway, DEFAULT_LEEWAY)?;
+        Ok(Tickets {
+            keys: KeyRing::new(keys),
+            policy: Policy {
+                max_ttl: max_ttl.as_secs(),
+                leeway: leeway.as_secs(),
+                audience: None,
+            },
+        })
+    }
+
+    fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
+        let max_frame = match &raw.max_frame {
+            Some(s) => parse_size(s).map_err(|m| ConfigError::new("limits.max_frame", m))?,
+            None => DEFAULT_MAX_FRAME,
+        };
+        if !(125..=(1 << 30)).contains(&max_frame) {
+            return Err(ConfigError::new("limits.max_frame", "between 125 bytes and 1GiB"));
+        }
+        let max_head = match &raw.max_head {
+            Some(s) => parse_size(s).map_err(|m| ConfigError::new("limits.max_head", m))? as usize,
+            None => DEFAULT_MAX_HEAD,
+        };
+        if !(1024..=(64 << 10)).contains(&max_head) {
+            return Err(ConfigError::new("limits.max_head", "between 1KiB and 64KiB"));
+        }
+        let max_headers = raw.max_headers.unwrap_or(DEFAULT_MAX_HEADERS);
+        if !(8..=128).contains(&max_headers) {
+            return Err(ConfigError::new("limits.max_headers", "between 8 and 128"));
+        }
+        let handshake_timeout = duration_or("limits.handshake_timeout", &raw.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT)?;
+        if handshake_timeout.is_zero() {
+            return Err(ConfigError::new("limits.handshake_timeout", "must be above zero"));
+        }
+        Ok(Limits {
+            max_frame,
+            handshake_timeout,
+            max_head,
+            max_headers,
+        })
+    }
+
+    fn upstream(name: &str, u: RawUpstream, base: &Path) -> Result<Upstream, ConfigError> {
+        let at = format!("upstreams.{name}");
+        if name.is_empty() || name.len() > 128 {
+            return Err(ConfigError::new(&at, "names are 1 to 128 characters"));
+        }
+        let key = |k: &str| format!("{at}.{k}");
+        let not_for = |k: &str, set: bool| {
+            if set {
+                Err(ConfigError::new(key(k), format!("not valid for kind \"{}\"", u.kind)))
+            } else {
+                Ok(())
+            }
+        };
+        let connect_timeout = duration_or(&key("connect_timeout"), &u.connect_timeout, DEFAULT_CONNECT_TIMEOUT)?;
+        match u.kind.as_str() {
+            "ws" => {
+                not_for("addr", u.addr.is_some())?;
+                let s = u.url.as_deref().ok_or_else(|| ConfigError::new(key("url"), "required for kind \"ws\""))?;
+                let url = parse_ws_url(s).map_err(|m| ConfigError::new(key("url"), m))?;
+                let trust = match (u.ca_file, u.fingerprint) {
+                    (Some(_), Some(_)) => {
+                        return Err(ConfigError::new(key("fingerprint"), "use either ca_file or fingerprint"))
+                    }
+                    (Some(f), None) => Trust::CaFile(rel(base, &f)),
+                    (None, Some(fp)) => {
+                        Trust::Fingerprint(parse_fingerprint(&fp).map_err(|m| ConfigError::new(key("fingerprint"), m))?)
+                    }
+                    (None, None) => Trust::SystemRoots,
+                };
+                if !url.tls && trust != Trust::SystemRoots {
+                    return Err(ConfigError::new(key("url"), "ca_file/fingerprint need a wss:// URL"));
+                }
+                Ok(Upstream::Ws {
+                    url,
+                    trust,
+                    connect_timeout,
+                })
+            }
+            "tcp" => {
+                not_for("url", u.url.is_some())?;
+                not_for("ca_file", u.ca_file.is_some())?;
+                not_for("fingerprint", u.fingerprint.is_some())?;
+                let s = u.addr.as_deref().ok_or_else(|| ConfigError::new(key("addr"), "required for kind \"tcp\""))?;
+                let addr = parse_host_port(s).map_err(|m| ConfigError::new(key("addr"), m))?;
+                Ok(Upstream::Tcp { addr, connect_timeout })
+            }
+            "demo" => {
+                not_for("url", u.url.is_some())?;
+                not_for("addr", u.addr.is_some())?;
+                not_for("ca_file", u.ca_file.is_some())?;
+                not_for("fingerprint", u.fingerprint.is_some())?;
+                not_for("connect_timeout", u.connect_timeout.is_some())?;
+                Ok(Upstream::Demo)
+            }
+            "proxmox" => Err(ConfigError::new(key("kind"), "kind \"proxmox\" is not available in this build yet")),
+            other => Err(ConfigError::new(key("kind"), format!("unknown kind \"{other}\" (ws, tcp, demo)"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn load(extra: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[tickets]\nkeys = [{{ id = \"k1\", secret = \"{KEY}\" }}]\n{extra}\n[upstreams.lab]\nkind = \"tcp\"\naddr = \"127.0.0.1:5901\"\n"
+        );
+        Config::from_toml(&text, Path::new("/nonexistent"))
+    }
+
+    #[test]
+    fn the_issue_example_works_and_defaults_apply() {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:8443\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\npath = \"/console\"\n\
+[tickets]\nkeys = [{{ id = \"k1\", secret = \"{KEY}\" }}]\nmax_ttl = \"120s\"\n\
+[upstreams.lab]\nkind = \"tcp\"\naddr = \"127.0.0.1:5901\"\n[upstreams.any]\nkind = \"ws\"\nurl = \"ws://127.0.0.1:9001/\"\n"
+        );
+        let c = Config::from_toml(&text, Path::new("/etc/nexor")).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.server.tls.as_ref().unwrap().cert, Path::new("/etc/nexor/cert.pem"));
+        assert_eq!(c.server.ping_interval, Some(Duration::from_secs(25)));
+        assert_eq!(c.tickets.policy.max_ttl, 120);
+        assert_eq!(c.limits.max_frame, 1 << 20);
+        assert!(matches!(c.upstreams["lab"], Upstream::Tcp { .. }));
+        match &c.upstreams["any"] {
+            Upstream::Ws { url, trust, .. } => {
+                assert_eq!((url.tls, url.port, url.path.as_str()), (false, 9001, "/"));
+                assert_eq!(url.host_header(), "127.0.0.1:9001");
+                assert_eq!(*trust, Trust::SystemRoots);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[server]\nlisten = \"nope\"", "server.listen"),
+            ("[server]\ntls_cert = \"c.pem\"", "server.tls_key"),
+            ("[server]\nping_interval = \"10\"", "server.ping_interval"),
+            ("[server]\npath = \"console\"", "server.path"),
+            ("[limits]\nmax_frame = \"1 parsec\"", "limits.max_frame"),
+            ("[limits]\nhandshake_timeout = \"5 fortnights\"", "limits.handshake_timeout"),
+            ("[upstreams.x]\nkind = \"ws\"", "upstreams.x.url"),
+            ("[upstreams.x]\nkind = \"ws\"\nurl = \"http://a/\"", "upstreams.x.url"),
+            ("[upstreams.x]\nkind = \"ws\"\nurl = \"wss://127.0.0.1/\"\nfingerprint = \"abc\"", "upstreams.x.fingerprint"),
+            ("[upstreams.x]\nkind = \"tcp\"\naddr = \"127.0.0.1\"", "upstreams.x.addr"),
+            ("[upstreams.x]\nkind = \"demo\"\naddr = \"127.0.0.1:1\"", "upstreams.x.addr"),
+            ("[upstreams.x]\nkind = \"ftp\"", "upstreams.x.kind"),
+        ];
+        for (extra, key) in cases {
+            let e = load(extra).unwrap_err();
+            assert_eq!(e.key, key, "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let e = load("[server]\nlisten_addr = \"1.2.3.4:5\"").unwrap_err();
+        assert!(e.message.contains("listen_addr"), "{e}");
+        let e = load("[limits]\nmax_frames = 5").unwrap_err();
+        assert!(e.message.contains("max_frames"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_reach_errors_or_debug() {
+        let c = load("").unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains(KEY) && !dbg.contains("AAECAwQF"), "{dbg}");
+        let short = "[tickets]\nkeys = [{ id = \"k1\", secret = \"c2hvcnQ=\" }]\n[upstreams.d]\nkind = \"demo\"\n";
+        let e = Config::from_toml(short, Path::new("/")).unwrap_err();
+        assert_eq!(e.key, "tickets.keys[0].secret");
+        assert!(!e.to_string().contains("c2hvcnQ"), "{e}");
+    }
+
+    #[test]
+    fn durations_sizes_and_fingerprints() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("8h"), Ok(Duration::from_secs(8 * 3600)));
+        assert!(parse_duration("5").is_err() && parse_duration("s").is_err() && parse_duration("-1s").is_err());
+        assert_eq!(parse_size(&Size::Text("64KiB".into())), Ok(65536));
+        assert_eq!(parse_size(&Size::Bytes(7)), Ok(7));
+        let fp = "AB:cd:".repeat(16);
+        assert_eq!(parse_fingerprint(&fp).unwrap()[..3], [0xab, 0xcd, 0xab]);
+        assert!(parse_fingerprint("zz").is_err());
+    }
+}

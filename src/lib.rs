@@ -1,0 +1,26 @@
+//! nexor-relay: a console relay between browsers (noVNC, xterm.js) and VM consoles.
+//!
+//! ```text
+//! browser ──wss + ticket──▶ nexor-relay ──ws / tcp / demo──▶ console
+//!
+//! one connection:  Tls → Head → Ticket → Upstream → 101 → Relay → Closed
+//! ```
+//!
+//! The protocol logic is pure code over byte slices and a `now` passed in
+//! (`http`, `ws`, `ticket`, `config`, `demo`); sockets, TLS, timers and threads
+//! are thin glue (`server`, `session`, `upstream`, `relay`).
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod log;
+pub mod relay;
+pub mod server;
+pub mod session;
+pub mod ticket;
+pub mod tls;
+pub mod transport;
+pub mod upstream;
+pub mod ws;

@@ -1,0 +1,326 @@
+//! The `nexor-relay` command: parses the CLI, loads the config, and hands
+//! over to `server::serve`. See `nexor-relay help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nexor_relay::config::{parse_duration, Config};
+use nexor_relay::ticket::{self, Claims, Console, Guest};
+use nexor_relay::{server, tls};
+
+const HELP: &str = "\
+nexor-relay — console relay for VMNexor (noVNC / xterm.js ⇄ VM consoles)
+
+USAGE:
+  nexor-relay serve -c FILE            run the relay with a config file
+  nexor-relay demo [--listen ADDR]     relay + built-in demo console, self-signed TLS
+  nexor-relay check-config -c FILE     validate a config; errors name the key
+  nexor-relay ticket mint -c FILE --upstream NAME [--console vnc|term] [--sub ID]
+        [--ttl 60s] [--kid ID] [--jti ID] [--node N --vmid N --guest qemu|lxc]
+        [--ip ADDR] [--aud ID] [--max-session SECS]
+                                       print a signed ticket (JWT HS256)
+  nexor-relay ticket inspect [-c FILE] TOKEN
+                                       decode a ticket; with -c also verify it
+  nexor-relay --version
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nexor-relay: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `--flag value` options and positional arguments.
+struct Args {
+    opts: Vec<(String, String)>,
+    positional: Vec<String>,
+}
+
+impl Args {
+    fn parse(args: &[String], flags: &[&str]) -> Result<Args> {
+        let mut opts = Vec::new();
+        let mut positional = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if a.starts_with('-') && a.len() > 1 {
+                let name = a.trim_start_matches('-');
+                let name = if name == "c" { "config" } else { name };
+                if !flags.contains(&name) {
+                    bail!("unknown option `{a}` (see `nexor-relay help`)");
+                }
+                let v = it.next().ok_or_else(|| anyhow!("`{a}` needs a value"))?;
+                opts.push((name.to_string(), v.clone()));
+            } else {
+                positional.push(a.clone());
+            }
+        }
+        Ok(Args { opts, positional })
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.opts.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn config(&self) -> Result<Config> {
+        let path = self.get("config").ok_or_else(|| anyhow!("`-c FILE` is required"))?;
+        Config::load(&PathBuf::from(path)).map_err(|e| anyhow!("{path}: {e}"))
+    }
+}
+
+fn run(args: &[String]) -> Result<ExitCode> {
+    let (cmd, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r),
+        None => {
+            print!("{HELP}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match cmd {
+        "serve" => {
+            let a = Args::parse(rest, &["config"])?;
+            let cfg = a.config()?;
+            serve(cfg, None)
+        }
+        "check-config" => {
+            let a = Args::parse(rest, &["config"])?;
+            let cfg = a.config()?;
+            if let Some(t) = &cfg.server.tls {
+                tls::server_config(&t.cert, &t.key).map_err(|e| anyhow!(e))?;
+            }
+            nexor_relay::upstream::Connectors::build(&cfg).map_err(|e| anyhow!(e))?;
+            println!(
+                "config ok: listen {} ({}), {} worker(s), path {}, {} key(s), upstreams: {}",
+                cfg.server.listen,
+                if cfg.server.tls.is_some() { "wss" } else { "ws" },
+                cfg.server.workers,
+                cfg.server.path,
+                cfg.tickets.keys.len(),
+                cfg.upstreams.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        "ticket" => match rest.split_first() {
+            Some((sub, rest)) if sub == "mint" => mint(rest),
+            Some((sub, rest)) if sub == "inspect" => inspect(rest),
+            _ => bail!("`ticket mint` or `ticket inspect`"),
+        },
+        "demo" => demo(rest),
+        "--version" | "-V" | "version" => {
+            println!("nexor-relay {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unknown command `{other}` (see `nexor-relay help`)"),
+    }
+}
+
+fn serve(cfg: Config, demo_banner: Option<Box<dyn FnOnce(std::net::SocketAddr)>>) -> Result<ExitCode> {
+    let tls = match &cfg.server.tls {
+        Some(t) => Some(tls::server_config(&t.cert, &t.key).map_err(|e| anyhow!(e))?),
+        None => None,
+    };
+    serve_with(Arc::new(cfg), tls, demo_banner)
+}
+
+fn serve_with(
+    cfg: Arc<Config>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    banner: Option<Box<dyn FnOnce(std::net::SocketAddr)>>,
+) -> Result<ExitCode> {
+    server::serve(cfg, tls, |addr| {
+        if let Some(b) = banner {
+            b(addr)
+        }
+    })
+    .map_err(|e| anyhow!(e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn mint(rest: &[String]) -> Result<ExitCode> {
+    let a = Args::parse(
+        rest,
+        &[
+            "config", "upstream", "console", "sub", "ttl", "kid", "jti", "node", "vmid", "guest", "ip", "aud",
+            "max-session",
+        ],
+    )?;
+    let cfg = a.config()?;
+    let keys = &cfg.tickets.keys;
+    let key = match a.get("kid") {
+        Some(k) => keys.get(k).ok_or_else(|| anyhow!("--kid {k}: no such key in [tickets] keys"))?,
+        None => keys.first().ok_or_else(|| anyhow!("no ticket key configured"))?,
+    };
+    let upstream = a.get("upstream").ok_or_else(|| anyhow!("--upstream NAME is required"))?;
+    if !cfg.upstreams.contains_key(upstream) {
+        bail!("--upstream {upstream}: no such upstream in the config");
+    }
+    let max_ttl = cfg.tickets.policy.max_ttl;
+    let ttl = match a.get("ttl") {
+        Some(t) => parse_duration(t).map_err(|e| anyhow!("--ttl: {e}"))?.as_secs(),
+        None => max_ttl.min(60),
+    };
+    let iat = now();
+    let num = |name: &str| -> Result<Option<u64>> {
+        a.get(name)
+            .map(|v| v.parse::<u64>().with_context(|| format!("--{name} must be a number")))
+            .transpose()
+    };
+    let claims = Claims {
+        exp: iat + ttl,
+        iat,
+        nbf: None,
+        jti: a.get("jti").map(str::to_string).unwrap_or_else(|| random_hex(16)),
+        sub: a.get("sub").unwrap_or("cli").to_string(),
+        aud: a.get("aud").map(str::to_string),
+        upstream: upstream.to_string(),
+        node: a.get("node").map(str::to_string),
+        vmid: num("vmid")?,
+        guest: match a.get("guest") {
+            None => None,
+            Some("qemu") => Some(Guest::Qemu),
+            Some("lxc") => Some(Guest::Lxc),
+            Some(g) => bail!("--guest {g}: qemu or lxc"),
+        },
+        console: match a.get("console").unwrap_or("vnc") {
+            "vnc" => Console::Vnc,
+            "term" => Console::Term,
+            c => bail!("--console {c}: vnc or term"),
+        },
+        ip: a.get("ip").map(str::to_string),
+        max_session: num("max-session")?,
+    };
+    let token = ticket::mint(&claims, key);
+    // Never print a ticket the relay itself would refuse.
+    ticket::verify_signature(&token, keys).map_err(|e| anyhow!("the claims given make an invalid ticket: {e}"))?;
+    claims
+        .check_time(&cfg.tickets.policy, iat)
+        .map_err(|e| anyhow!("the claims given make an invalid ticket: {e}"))?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(rest: &[String]) -> Result<ExitCode> {
+    let a = Args::parse(rest, &["config"])?;
+    let token = match a.positional.as_slice() {
+        [t] if t == "-" => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+            s.trim().to_string()
+        }
+        [t] => t.trim().to_string(),
+        _ => bail!("ticket inspect [-c FILE] TOKEN (or - for stdin)"),
+    };
+    let (header, payload) = match ticket::decode_unverified(&token) {
+        Ok(v) => v,
+        Err(e) => {
+            println!("invalid: {e} ({})", e.label());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    println!("header:  {header}");
+    println!("claims:  {}", serde_json::to_string_pretty(&payload)?);
+    if let (Some(exp), Some(iat)) = (payload["exp"].as_u64(), payload["iat"].as_u64()) {
+        let n = now();
+        println!(
+            "times:   issued {}s ago, {}",
+            n.saturating_sub(iat),
+            if exp > n { format!("expires in {}s", exp - n) } else { format!("expired {}s ago", n - exp) }
+        );
+    }
+    if a.get("config").is_none() {
+        println!("signature: not checked (pass -c FILE to verify)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = a.config()?;
+    match ticket::verify(&token, &cfg.tickets.keys, &cfg.tickets.policy, now()) {
+        Ok(c) if !cfg.upstreams.contains_key(&c.upstream) => {
+            println!("invalid: upstream `{}` is not configured (403)", c.upstream);
+            Ok(ExitCode::from(1))
+        }
+        Ok(_) => {
+            println!("valid");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("invalid: {e} ({}, HTTP {})", e.label(), e.status());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// How long the demo's printed tickets stay valid.
+const DEMO_TICKET_TTL: Duration = Duration::from_secs(3600);
+
+fn demo(rest: &[String]) -> Result<ExitCode> {
+    let a = Args::parse(rest, &["listen", "workers"])?;
+    let listen = a.get("listen").unwrap_or("127.0.0.1:8443");
+    let workers = a.get("workers").unwrap_or("0");
+    let secret = {
+        let mut k = [0u8; 32];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k);
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, k)
+    };
+    let toml = format!(
+        "[server]\nlisten = \"{listen}\"\nworkers = {workers}\n[tickets]\nkeys = [{{ id = \"demo\", secret = \"{secret}\" }}]\n\
+max_ttl = \"{}s\"\n[upstreams.demo]\nkind = \"demo\"\n",
+        DEMO_TICKET_TTL.as_secs()
+    );
+    let cfg = Config::from_toml(&toml, std::path::Path::new(".")).map_err(|e| anyhow!("demo: {e}"))?;
+    let cert = tls::self_signed().map_err(|e| anyhow!("demo certificate: {e}"))?;
+    let key = cfg.tickets.keys.first().ok_or_else(|| anyhow!("demo key"))?.clone();
+    let fingerprint = tls::fingerprint_hex(&cert.fingerprint);
+    let path = cfg.server.path.clone();
+    let banner = Box::new(move |addr: std::net::SocketAddr| {
+        let iat = now();
+        let t = |console| {
+            ticket::mint(
+                &Claims {
+                    exp: iat + DEMO_TICKET_TTL.as_secs(),
+                    iat,
+                    nbf: None,
+                    jti: random_hex(16),
+                    sub: "demo".into(),
+                    aud: None,
+                    upstream: "demo".into(),
+                    node: None,
+                    vmid: None,
+                    guest: None,
+                    console,
+                    ip: None,
+                    max_session: None,
+                },
+                &key,
+            )
+        };
+        println!("nexor-relay demo is running on wss://{addr}{path} (self-signed certificate)");
+        println!("  certificate SHA-256: {fingerprint}");
+        println!("  VNC console (test pattern), valid 1 h:");
+        println!("    wss://{addr}{path}?ticket={}", t(Console::Vnc));
+        println!("  terminal (line echo), valid 1 h:");
+        println!("    wss://{addr}{path}?ticket={}", t(Console::Term));
+        println!("  try: websocat -k --binary 'wss://{addr}{path}?ticket=<terminal ticket>'");
+        println!("  stop with Ctrl-C");
+    });
+    serve_with(Arc::new(cfg), Some(cert.config), Some(banner))
+}

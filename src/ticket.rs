@@ -1,0 +1,1633 @@
+//! Tickets: the signed JWT a portal hands the browser (DESIGN §2 "Ticket").
+//!
+//! Owns parsing, HS256 verification, claim checks, minting and the
+//! replay key. Pure code: no clock, no I/O; `now` is unix seconds.
+//!
+//! ```text
+//!  eyJhbGciOi… . eyJleHAiOj… . dWmw1uUftS…      compact JWS, RFC 7515 §7.1
+//!  └─ header ─┘   └─ claims ─┘  └─ MAC ────┘     base64url, no `=`
+//!  └──── signing input (ASCII) ─┘                HMAC-SHA256(key[kid], input)
+//!
+//!  header  {"alg":"HS256","kid":"k1","typ":"JWT"}
+//!  claims  {"exp":…,"iat":…,"jti":"…","sub":"…","upstream":"pve1",
+//!           "console":"vnc", optional nbf aud node vmid guest ip max_session}
+//! ```
+//!
+//! Order of work, cheapest and most hostile first: length cap, shape,
+//! base64, header, key lookup, MAC, and only then the claims JSON, so an
+//! unauthenticated sender never reaches the claim parser.
+//!
+//! `verify` does not go through the serde derives on [`Claims`]: it reads
+//! the claims by hand so every wrong type names its claim and `null`,
+//! floats, negatives and duplicate keys are refused.
+
+use std::cell::Cell;
+use std::fmt;
+
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use ring::hmac;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Number, Value};
+use sha2::{Digest, Sha256};
+
+/// Longest token accepted, in bytes, checked before any decoding.
+///
+/// Bounds the work an unauthenticated handshake can cause; real tickets
+/// are a few hundred bytes.
+pub const MAX_TICKET_LEN: usize = 4096;
+
+/// Shortest HMAC key accepted, in bytes.
+///
+/// > A key of the same size as the hash output (for instance, 256 bits
+/// > for "HS256") or larger MUST be used with this algorithm.
+/// > — RFC 7518 §3.2
+pub const MIN_KEY_LEN: usize = 32;
+
+/// `jti` length bounds, in characters: long enough to be unguessable,
+/// short enough for replay caches.
+const JTI_LEN: (usize, usize) = (16, 128);
+/// Longest `sub`, in characters (it lands in audit lines).
+const SUB_MAX: usize = 256;
+/// Longest `upstream`, in characters (a config table name).
+const UPSTREAM_MAX: usize = 128;
+
+/// One HS256 verification key, named by the `kid` header.
+///
+/// Holds only ring's prepared key: the secret bytes are dropped after
+/// construction, and `Debug` shows the id alone.
+#[derive(Clone)]
+pub struct Key {
+    id: String,
+    hmac: hmac::Key,
+}
+
+impl Key {
+    /// Builds a key from its id and base64 secret.
+    ///
+    /// Accepts the standard or url-safe alphabet, padded or not, and trims
+    /// surrounding ASCII whitespace (secret files end in a newline).
+    /// Mixing the two alphabets is refused.
+    ///
+    /// # Errors
+    /// [`KeyError`] when the id is empty, the secret is not base64 or it
+    /// decodes to fewer than [`MIN_KEY_LEN`] bytes.
+    pub fn from_secret_b64(id: &str, secret_b64: &str) -> Result<Key, KeyError> {
+        if id.is_empty() {
+            return Err(KeyError::EmptyId);
+        }
+        let text = secret_b64.trim_ascii();
+        let url = text.contains(['-', '_']);
+        let std = text.contains(['+', '/']);
+        if url && std {
+            return Err(KeyError::BadBase64);
+        }
+        let cfg = GeneralPurposeConfig::new()
+            .with_encode_padding(false)
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent);
+        let engine = if url {
+            GeneralPurpose::new(&alphabet::URL_SAFE, cfg)
+        } else {
+            GeneralPurpose::new(&alphabet::STANDARD, cfg)
+        };
+        let secret = engine.decode(text).map_err(|_| KeyError::BadBase64)?;
+        if secret.len() < MIN_KEY_LEN {
+            return Err(KeyError::TooShort {
+                bytes: secret.len(),
+            });
+        }
+        Ok(Key {
+            id: id.to_owned(),
+            hmac: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+        })
+    }
+
+    /// The key id, as matched against the `kid` header.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a configured key was refused. Never carries the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyError {
+    /// The secret is not base64 (standard or url-safe).
+    BadBase64,
+    /// The decoded secret is shorter than [`MIN_KEY_LEN`].
+    TooShort {
+        /// Decoded length, so the operator knows how far off it is.
+        bytes: usize,
+    },
+    /// The key id is empty, so no `kid` could name it.
+    EmptyId,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::BadBase64 => f.write_str("key secret is not valid base64"),
+            KeyError::TooShort { bytes } => write!(
+                f,
+                "key secret is {bytes} bytes, HS256 needs at least {MIN_KEY_LEN}"
+            ),
+            KeyError::EmptyId => f.write_str("key id is empty"),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// The configured keys; several at once so secrets can rotate.
+///
+/// Lookup is by `kid`; with duplicate ids the first wins, so config
+/// validation should refuse duplicates.
+#[derive(Clone, Default)]
+pub struct KeyRing {
+    keys: Vec<Key>,
+}
+
+impl KeyRing {
+    /// Wraps the keys, in config order.
+    #[must_use]
+    pub fn new(keys: Vec<Key>) -> Self {
+        KeyRing { keys }
+    }
+
+    /// The key a `kid` names, if any.
+    #[must_use]
+    pub fn get(&self, kid: &str) -> Option<&Key> {
+        self.keys.iter().find(|k| k.id == kid)
+    }
+
+    /// The first configured key: the one `ticket mint` signs with.
+    #[must_use]
+    pub fn first(&self) -> Option<&Key> {
+        self.keys.first()
+    }
+
+    /// How many keys are configured.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|k| &k.id))
+            .finish()
+    }
+}
+
+/// What the relay demands of a ticket beyond its signature (`[tickets]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Longest allowed `exp - iat`, seconds: caps what a leaked ticket is worth.
+    pub max_ttl: u64,
+    /// Clock skew tolerated between portal and relay, seconds.
+    pub leeway: u64,
+    /// When set, `aud` must equal it, so one ticket opens one relay only.
+    pub audience: Option<String>,
+}
+
+/// Which console the ticket opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Console {
+    /// Graphical console, noVNC (`"vnc"`).
+    Vnc,
+    /// Terminal console, xterm.js (`"term"`).
+    Term,
+}
+
+/// Proxmox guest kind, which picks the API path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Guest {
+    /// A QEMU virtual machine (`"qemu"`).
+    Qemu,
+    /// An LXC container (`"lxc"`).
+    Lxc,
+}
+
+/// The verified claims of a ticket (DESIGN §2 claim table).
+///
+/// `Debug` prints the `jti`, which is a bearer secret until used:
+/// log [`Claims::replay_key`] instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Connect-by deadline, unix seconds.
+    pub exp: u64,
+    /// Issued at, unix seconds.
+    pub iat: u64,
+    /// Not before, unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Unique ticket id, 16–128 characters: the replay and reconnect key.
+    pub jti: String,
+    /// Customer / user id, for audit and per-user limits.
+    pub sub: String,
+    /// Relay id the ticket is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Name of a configured upstream.
+    pub upstream: String,
+    /// Proxmox node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Proxmox VM / container id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmid: Option<u64>,
+    /// Proxmox guest kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<Guest>,
+    /// Graphical or terminal console.
+    pub console: Console,
+    /// The only client IP allowed to use the ticket (unparsed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Session lifetime cap, seconds (the caller clamps it to config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_session: Option<u64>,
+}
+
+/// Why a ticket was refused: one variant per rule.
+///
+/// Carries no token bytes, claim values or key material, so it is safe
+/// to log, count and send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketError {
+    /// Longer than [`MAX_TICKET_LEN`].
+    TooLarge,
+    /// Not exactly three `.`-separated segments.
+    Malformed,
+    /// A segment is not strict base64url without padding.
+    BadBase64,
+    /// The signature segment is empty (`alg: none` style).
+    EmptySignature,
+    /// The header is not a JSON object.
+    BadHeader,
+    /// A JSON object in the header or claims repeats a key; parsers
+    /// disagree on which copy wins, so neither is trusted.
+    DuplicateKey,
+    /// `alg` missing or not exactly `"HS256"`.
+    BadAlgorithm,
+    /// No `kid` in the header.
+    MissingKid,
+    /// `kid` is not a string.
+    BadKid,
+    /// `kid` names no configured key.
+    UnknownKid,
+    /// `typ` present but not the string `"JWT"` (any case).
+    BadTyp,
+    /// A `crit` header: extensions we do not implement must not be ignored
+    /// (RFC 7515 §4.1.11).
+    CritHeader,
+    /// The MAC does not match.
+    BadSignature,
+    /// The claims are not a JSON object.
+    MalformedClaims,
+    /// A required claim is absent.
+    MissingClaim(&'static str),
+    /// A claim has the wrong type, length or value.
+    BadClaim(&'static str),
+    /// `now` is at or past `exp + leeway`.
+    Expired,
+    /// `iat` is more than `leeway` in the future.
+    IssuedInFuture,
+    /// `nbf` is more than `leeway` in the future.
+    NotYetValid,
+    /// `exp - iat` exceeds `max_ttl`.
+    TtlTooLong,
+    /// The relay requires an audience and the ticket has none.
+    MissingAudience,
+    /// The ticket is bound to another relay.
+    WrongAudience,
+}
+
+impl TicketError {
+    /// Every label [`TicketError::label`] can return, for metrics
+    /// that declare their label set up front.
+    pub const LABELS: [&'static str; 22] = [
+        "too_large",
+        "malformed",
+        "bad_base64",
+        "empty_signature",
+        "bad_header",
+        "duplicate_key",
+        "bad_algorithm",
+        "missing_kid",
+        "bad_kid",
+        "unknown_kid",
+        "bad_typ",
+        "crit_header",
+        "bad_signature",
+        "malformed_claims",
+        "missing_claim",
+        "bad_claim",
+        "expired",
+        "issued_in_future",
+        "not_yet_valid",
+        "ttl_too_long",
+        "missing_audience",
+        "wrong_audience",
+    ];
+
+    /// Stable `snake_case` label for metrics and audit lines.
+    ///
+    /// Claim names are left out so the label set stays fixed.
+    #[must_use]
+    pub fn label(&self) -> &'static str {
+        match self {
+            TicketError::TooLarge => "too_large",
+            TicketError::Malformed => "malformed",
+            TicketError::BadBase64 => "bad_base64",
+            TicketError::EmptySignature => "empty_signature",
+            TicketError::BadHeader => "bad_header",
+            TicketError::DuplicateKey => "duplicate_key",
+            TicketError::BadAlgorithm => "bad_algorithm",
+            TicketError::MissingKid => "missing_kid",
+            TicketError::BadKid => "bad_kid",
+            TicketError::UnknownKid => "unknown_kid",
+            TicketError::BadTyp => "bad_typ",
+            TicketError::CritHeader => "crit_header",
+            TicketError::BadSignature => "bad_signature",
+            TicketError::MalformedClaims => "malformed_claims",
+            TicketError::MissingClaim(_) => "missing_claim",
+            TicketError::BadClaim(_) => "bad_claim",
+            TicketError::Expired => "expired",
+            TicketError::IssuedInFuture => "issued_in_future",
+            TicketError::NotYetValid => "not_yet_valid",
+            TicketError::TtlTooLong => "ttl_too_long",
+            TicketError::MissingAudience => "missing_audience",
+            TicketError::WrongAudience => "wrong_audience",
+        }
+    }
+
+    /// HTTP status for the handshake: 401, or 403 when a valid ticket is
+    /// bound to another relay (DESIGN §2 status table).
+    #[must_use]
+    pub fn status(&self) -> u16 {
+        match self {
+            TicketError::WrongAudience => 403,
+            _ => 401,
+        }
+    }
+}
+
+impl fmt::Display for TicketError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            TicketError::TooLarge => "ticket too large",
+            TicketError::Malformed => "ticket is not a compact JWS",
+            TicketError::BadBase64 => "ticket is not base64url",
+            TicketError::EmptySignature => "ticket is unsigned",
+            TicketError::BadHeader => "ticket header is not a JSON object",
+            TicketError::DuplicateKey => "ticket repeats a JSON key",
+            TicketError::BadAlgorithm => "ticket algorithm is not HS256",
+            TicketError::MissingKid => "ticket has no key id",
+            TicketError::BadKid => "ticket key id is not a string",
+            TicketError::UnknownKid => "ticket key id is unknown",
+            TicketError::BadTyp => "ticket type is not JWT",
+            TicketError::CritHeader => "ticket has critical header extensions",
+            TicketError::BadSignature => "ticket signature is invalid",
+            TicketError::MalformedClaims => "ticket claims are not a JSON object",
+            TicketError::MissingClaim(name) => return write!(f, "ticket claim {name} missing"),
+            TicketError::BadClaim(name) => return write!(f, "ticket claim {name} invalid"),
+            TicketError::Expired => "ticket expired",
+            TicketError::IssuedInFuture => "ticket issued in the future",
+            TicketError::NotYetValid => "ticket not yet valid",
+            TicketError::TtlTooLong => "ticket lifetime exceeds max_ttl",
+            TicketError::MissingAudience => "ticket has no audience",
+            TicketError::WrongAudience => "ticket is for another relay",
+        };
+        f.write_str(text)
+    }
+}
+
+impl std::error::Error for TicketError {}
+
+/// Verifies a ticket completely: signature, claims, time and audience.
+///
+/// # Errors
+/// The first rule the ticket breaks, as a [`TicketError`].
+pub fn verify(
+    token: &str,
+    keys: &KeyRing,
+    policy: &Policy,
+    now: u64,
+) -> Result<Claims, TicketError> {
+    let claims = verify_signature(token, keys)?;
+    claims.check_time(policy, now)?;
+    claims.check_audience(policy)?;
+    Ok(claims)
+}
+
+/// Verifies everything except time and audience.
+///
+/// For the reconnect grant, which honours a ticket past `exp`; anyone
+/// else wants [`verify`].
+///
+/// # Errors
+/// As [`verify`], less the time and audience variants.
+pub fn verify_signature(token: &str, keys: &KeyRing) -> Result<Claims, TicketError> {
+    let parts = split(token)?;
+    let header = parse_object(&parts.header, TicketError::BadHeader)?;
+    let key = check_header(&header, keys)?;
+    // After the header, so `alg: none` tokens are counted as such.
+    if parts.signature.is_empty() {
+        return Err(TicketError::EmptySignature);
+    }
+    hmac::verify(&key.hmac, parts.signing_input.as_bytes(), &parts.signature)
+        .map_err(|_| TicketError::BadSignature)?;
+    let claims = parse_object(&parts.payload, TicketError::MalformedClaims)?;
+    claims_from_map(&claims)
+}
+
+/// Decodes header and claims without checking the MAC, for
+/// `ticket inspect`.
+///
+/// Applies the same shape rules as [`verify`] (length, segments, strict
+/// base64url, non-empty signature, JSON objects, no duplicate keys), so
+/// it never shows as well-formed what `verify` would call malformed.
+/// The result is unauthenticated: never act on it.
+///
+/// # Errors
+/// The shape variants of [`TicketError`], up to `MalformedClaims`.
+pub fn decode_unverified(token: &str) -> Result<(Value, Value), TicketError> {
+    let parts = split(token)?;
+    let header = parse_object(&parts.header, TicketError::BadHeader)?;
+    if parts.signature.is_empty() {
+        return Err(TicketError::EmptySignature);
+    }
+    let claims = parse_object(&parts.payload, TicketError::MalformedClaims)?;
+    Ok((Value::Object(header), Value::Object(claims)))
+}
+
+/// Signs claims as a compact JWS with `key`.
+///
+/// The header is exactly `{"alg":"HS256","kid":"<id>","typ":"JWT"}`;
+/// absent optional claims are left out, not `null`. Claims are not
+/// validated here: verify the result if they came from a person.
+#[must_use]
+pub fn mint(claims: &Claims, key: &Key) -> String {
+    let header = format!(
+        r#"{{"alg":"HS256","kid":{},"typ":"JWT"}}"#,
+        Value::String(key.id.clone())
+    );
+    let payload = Value::Object(claims_to_map(claims)).to_string();
+    let mut token = URL_SAFE_NO_PAD.encode(header);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(payload, &mut token);
+    let tag = hmac::sign(&key.hmac, token.as_bytes());
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(tag.as_ref(), &mut token);
+    token
+}
+
+impl Claims {
+    /// Checks the time claims against `now`, in this order: expired,
+    /// issued in the future, not yet valid, lifetime over `max_ttl`.
+    ///
+    /// > The processing of the "exp" claim requires that the current
+    /// > date/time MUST be before the expiration date/time.
+    /// > — RFC 7519 §4.1.4
+    ///
+    /// # Errors
+    /// `Expired`, `IssuedInFuture`, `NotYetValid` or `TtlTooLong`.
+    pub fn check_time(&self, policy: &Policy, now: u64) -> Result<(), TicketError> {
+        let late = now.saturating_add(policy.leeway);
+        if self.exp.saturating_add(policy.leeway) <= now {
+            return Err(TicketError::Expired);
+        }
+        if self.iat > late {
+            return Err(TicketError::IssuedInFuture);
+        }
+        if self.nbf.is_some_and(|nbf| nbf > late) {
+            return Err(TicketError::NotYetValid);
+        }
+        if self.exp.saturating_sub(self.iat) > policy.max_ttl {
+            return Err(TicketError::TtlTooLong);
+        }
+        Ok(())
+    }
+
+    /// Checks `aud` when the relay is configured with an audience;
+    /// without one, any `aud` is accepted.
+    ///
+    /// # Errors
+    /// `MissingAudience` (401) or `WrongAudience` (403).
+    pub fn check_audience(&self, policy: &Policy) -> Result<(), TicketError> {
+        let Some(want) = &policy.audience else {
+            return Ok(());
+        };
+        match &self.aud {
+            None => Err(TicketError::MissingAudience),
+            Some(aud) if aud == want => Ok(()),
+            Some(_) => Err(TicketError::WrongAudience),
+        }
+    }
+
+    /// SHA-256 of the `jti`: the key for replay caches and audit lines,
+    /// because the raw `jti` is a bearer secret until it is used.
+    #[must_use]
+    pub fn replay_key(&self) -> [u8; 32] {
+        Sha256::digest(self.jti.as_bytes()).into()
+    }
+}
+
+/// A token cut into its segments, base64 already undone.
+struct Parts<'a> {
+    /// `header_b64 "." payload_b64`, exactly as sent: what the MAC covers.
+    signing_input: &'a str,
+    header: Vec<u8>,
+    payload: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+fn split(token: &str) -> Result<Parts<'_>, TicketError> {
+    if token.len() > MAX_TICKET_LEN {
+        return Err(TicketError::TooLarge);
+    }
+    let mut segments = token.split('.');
+    let (Some(h), Some(p), Some(s), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return Err(TicketError::Malformed);
+    };
+    // URL_SAFE_NO_PAD refuses `=`, `+`, `/`, whitespace and non-zero
+    // trailing bits, so every token has exactly one spelling.
+    let b64 = |seg: &str| {
+        URL_SAFE_NO_PAD
+            .decode(seg)
+            .map_err(|_| TicketError::BadBase64)
+    };
+    Ok(Parts {
+        signing_input: &token[..h.len() + 1 + p.len()],
+        header: b64(h)?,
+        payload: b64(p)?,
+        signature: b64(s)?,
+    })
+}
+
+/// Checks alg, crit, typ and kid; returns the key the MAC must match.
+fn check_header<'k>(
+    header: &Map<String, Value>,
+    keys: &'k KeyRing,
+) -> Result<&'k Key, TicketError> {
+    // Exact match: RFC 7515 §4.1.1 makes "alg" case-sensitive.
+    if header.get("alg").and_then(Value::as_str) != Some("HS256") {
+        return Err(TicketError::BadAlgorithm);
+    }
+    if header.contains_key("crit") {
+        return Err(TicketError::CritHeader);
+    }
+    if let Some(typ) = header.get("typ") {
+        // RFC 7519 §5.1: "JWT", compared case-insensitively.
+        if !typ.as_str().is_some_and(|t| t.eq_ignore_ascii_case("JWT")) {
+            return Err(TicketError::BadTyp);
+        }
+    }
+    let kid = match header.get("kid") {
+        None => return Err(TicketError::MissingKid),
+        Some(Value::String(kid)) => kid,
+        Some(_) => return Err(TicketError::BadKid),
+    };
+    keys.get(kid).ok_or(TicketError::UnknownKid)
+}
+
+/// Parses one segment as a JSON object, refusing duplicate keys at any
+/// depth. `not_object` is the error for anything else.
+fn parse_object(bytes: &[u8], not_object: TicketError) -> Result<Map<String, Value>, TicketError> {
+    let dup = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = Strict(&dup)
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+    match parsed {
+        Ok(Value::Object(map)) => Ok(map),
+        Err(_) if dup.get() => Err(TicketError::DuplicateKey),
+        _ => Err(not_object),
+    }
+}
+
+/// Builds a `serde_json::Value` as `serde_json` does, but fails on a
+/// repeated object key (`serde_json` keeps the last copy silently).
+/// The flag tells that failure apart from a syntax error.
+#[derive(Clone, Copy)]
+struct Strict<'a>(&'a Cell<bool>);
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // JSON has no NaN or infinity, so this is never Null in practice.
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                self.0.set(true);
+                return Err(de::Error::custom("duplicate key"));
+            }
+            let value = map.next_value_seed(self)?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Reads the claims by hand: each wrong type names its claim.
+fn claims_from_map(m: &Map<String, Value>) -> Result<Claims, TicketError> {
+    Ok(Claims {
+        exp: required(m, "exp", int)?,
+        iat: required(m, "iat", int)?,
+        nbf: optional(m, "nbf", int)?,
+        jti: required(m, "jti", |v| text(v, JTI_LEN.0, JTI_LEN.1))?,
+        sub: required(m, "sub", |v| text(v, 1, SUB_MAX))?,
+        aud: optional(m, "aud", audience)?,
+        upstream: required(m, "upstream", |v| text(v, 1, UPSTREAM_MAX))?,
+        node: optional(m, "node", |v| text(v, 0, usize::MAX))?,
+        vmid: optional(m, "vmid", int)?,
+        guest: optional(m, "guest", |v| match v.as_str()? {
+            "qemu" => Some(Guest::Qemu),
+            "lxc" => Some(Guest::Lxc),
+            _ => None,
+        })?,
+        console: required(m, "console", |v| match v.as_str()? {
+            "vnc" => Some(Console::Vnc),
+            "term" => Some(Console::Term),
+            _ => None,
+        })?,
+        ip: optional(m, "ip", |v| text(v, 0, usize::MAX))?,
+        max_session: optional(m, "max_session", int)?,
+    })
+}
+
+fn required<T>(
+    m: &Map<String, Value>,
+    name: &'static str,
+    read: impl Fn(&Value) -> Option<T>,
+) -> Result<T, TicketError> {
+    let v = m.get(name).ok_or(TicketError::MissingClaim(name))?;
+    read(v).ok_or(TicketError::BadClaim(name))
+}
+
+/// An optional claim; `null` is a wrong type, not absence, so a portal
+/// bug shows up instead of silently dropping a binding such as `ip`.
+fn optional<T>(
+    m: &Map<String, Value>,
+    name: &'static str,
+    read: impl Fn(&Value) -> Option<T>,
+) -> Result<Option<T>, TicketError> {
+    m.get(name)
+        .map(|v| read(v).ok_or(TicketError::BadClaim(name)))
+        .transpose()
+}
+
+/// A non-negative JSON integer: strings, floats (even `1.0`) and
+/// negatives are refused.
+fn int(v: &Value) -> Option<u64> {
+    v.as_u64()
+}
+
+/// A string of `min..=max` characters without control characters, which
+/// would forge lines in logs and audit.
+fn text(v: &Value, min: usize, max: usize) -> Option<String> {
+    let s = v.as_str()?;
+    let n = s.chars().count();
+    ((min..=max).contains(&n) && !s.chars().any(char::is_control)).then(|| s.to_owned())
+}
+
+/// `aud` as a string, or an array of exactly one string (`PyJWT` and
+/// php-jwt let portals send a list); longer lists are refused because a
+/// ticket valid at several relays defeats per-relay single use.
+fn audience(v: &Value) -> Option<String> {
+    match v {
+        Value::Array(items) => match items.as_slice() {
+            [one] => text(one, 0, usize::MAX),
+            _ => None,
+        },
+        _ => text(v, 0, usize::MAX),
+    }
+}
+
+/// The JSON `mint` signs: what [`claims_from_map`] reads back.
+fn claims_to_map(c: &Claims) -> Map<String, Value> {
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Value| {
+        m.insert(k.to_owned(), v);
+    };
+    put("exp", c.exp.into());
+    put("iat", c.iat.into());
+    if let Some(nbf) = c.nbf {
+        put("nbf", nbf.into());
+    }
+    put("jti", c.jti.clone().into());
+    put("sub", c.sub.clone().into());
+    if let Some(aud) = &c.aud {
+        put("aud", aud.clone().into());
+    }
+    put("upstream", c.upstream.clone().into());
+    if let Some(node) = &c.node {
+        put("node", node.clone().into());
+    }
+    if let Some(vmid) = c.vmid {
+        put("vmid", vmid.into());
+    }
+    if let Some(guest) = c.guest {
+        let g = match guest {
+            Guest::Qemu => "qemu",
+            Guest::Lxc => "lxc",
+        };
+        put("guest", g.into());
+    }
+    let console = match c.console {
+        Console::Vnc => "vnc",
+        Console::Term => "term",
+    };
+    put("console", console.into());
+    if let Some(ip) = &c.ip {
+        put("ip", ip.clone().into());
+    }
+    if let Some(max) = c.max_session {
+        put("max_session", max.into());
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::OnceLock;
+
+    const VECTORS: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/jwt-hs256.json"
+    ));
+    const K1_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const NOW: u64 = 1_790_000_000;
+
+    fn vectors() -> &'static Value {
+        static PARSED: OnceLock<Value> = OnceLock::new();
+        PARSED.get_or_init(|| serde_json::from_str(VECTORS).unwrap())
+    }
+
+    fn ring() -> &'static KeyRing {
+        static RING: OnceLock<KeyRing> = OnceLock::new();
+        RING.get_or_init(load_ring)
+    }
+
+    fn load_ring() -> KeyRing {
+        let v = vectors();
+        let keys = v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                let id = k["id"].as_str().unwrap();
+                Key::from_secret_b64(id, k["secret"].as_str().unwrap()).unwrap()
+            })
+            .collect();
+        KeyRing::new(keys)
+    }
+
+    fn policy() -> Policy {
+        let v = vectors();
+        Policy {
+            max_ttl: v["max_ttl_s"].as_u64().unwrap(),
+            leeway: v["leeway_s"].as_u64().unwrap(),
+            audience: None,
+        }
+    }
+
+    fn k1() -> Key {
+        Key::from_secret_b64("k1", K1_B64).unwrap()
+    }
+
+    fn good_token() -> String {
+        vectors()["vectors"][0]["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn good_payload() -> Value {
+        vectors()["claims_of_valid"].clone()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Signs raw header and payload text with HS256, whatever they say.
+    fn sign_raw(header: &str, payload: &str, key: &Key) -> String {
+        let input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+        let tag = hmac::sign(&key.hmac, input.as_bytes());
+        format!("{input}.{}", b64(tag.as_ref()))
+    }
+
+    const HEADER: &str = r#"{"alg":"HS256","kid":"k1","typ":"JWT"}"#;
+
+    fn with_payload(payload: &Value) -> String {
+        sign_raw(HEADER, &payload.to_string(), &k1())
+    }
+
+    fn with_header(header: &str) -> String {
+        sign_raw(header, &good_payload().to_string(), &k1())
+    }
+
+    fn check(token: &str) -> Result<Claims, TicketError> {
+        verify(token, ring(), &policy(), NOW)
+    }
+
+    fn full_claims() -> Claims {
+        Claims {
+            exp: NOW + 60,
+            iat: NOW - 5,
+            nbf: Some(NOW - 5),
+            jti: "t-0123456789abcdef".into(),
+            sub: "customer-42".into(),
+            aud: Some("relay-a".into()),
+            upstream: "pve1".into(),
+            node: Some("pve-a".into()),
+            vmid: Some(101),
+            guest: Some(Guest::Lxc),
+            console: Console::Term,
+            ip: Some("192.0.2.7".into()),
+            max_session: Some(3600),
+        }
+    }
+
+    #[test]
+    fn every_vector_gets_its_status() {
+        let v = vectors();
+        assert_eq!(v["now"].as_u64(), Some(NOW));
+        let want: Claims = serde_json::from_value(v["claims_of_valid"].clone()).unwrap();
+        for vec in v["vectors"].as_array().unwrap() {
+            let name = vec["name"].as_str().unwrap();
+            let got = check(vec["token"].as_str().unwrap());
+            match &vec["expect"] {
+                Value::String(s) if s == "valid" => {
+                    let claims = got.unwrap_or_else(|e| panic!("{name}: {e}"));
+                    if name != "valid-term-lxc" {
+                        assert_eq!(claims, want, "{name}");
+                    }
+                }
+                status => {
+                    let e = got.expect_err(name);
+                    assert_eq!(Some(u64::from(e.status())), status.as_u64(), "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_vector_gets_its_precise_error() {
+        use TicketError::*;
+        let want = [
+            ("alg-none", BadAlgorithm),
+            ("alg-none-with-mac", BadAlgorithm),
+            ("hs512", BadAlgorithm),
+            ("unknown-kid", UnknownKid),
+            ("missing-kid", MissingKid),
+            ("wrong-key", BadSignature),
+            ("tampered-payload", BadSignature),
+            ("expired", Expired),
+            ("missing-exp", MissingClaim("exp")),
+            ("missing-jti", MissingClaim("jti")),
+            ("ttl-over-max", TtlTooLong),
+            ("future-iat", IssuedInFuture),
+            ("nbf-future", NotYetValid),
+            ("exp-string", BadClaim("exp")),
+            ("padded-base64", BadBase64),
+            ("four-segments", Malformed),
+            ("payload-array", MalformedClaims),
+        ];
+        let v = vectors();
+        for (name, err) in want {
+            let vec = v["vectors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["name"] == name)
+                .unwrap_or_else(|| panic!("vector {name} gone"));
+            assert_eq!(check(vec["token"].as_str().unwrap()), Err(err), "{name}");
+        }
+    }
+
+    #[test]
+    fn valid_term_lxc_vector_reads_optional_claims() {
+        let v = vectors();
+        let c = check(v["vectors"][2]["token"].as_str().unwrap()).unwrap();
+        assert_eq!(c.console, Console::Term);
+        assert_eq!(c.guest, Some(Guest::Lxc));
+        assert_eq!(c.max_session, Some(3600));
+        assert_eq!(c.vmid, Some(101));
+        assert_eq!(c.nbf, None);
+    }
+
+    #[test]
+    fn refuses_every_single_character_tamper() {
+        let good = good_token();
+        assert!(check(&good).is_ok());
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut tried = 0;
+        for i in 0..good.len() {
+            for &c in alphabet.iter() {
+                if good.as_bytes()[i] == c {
+                    continue;
+                }
+                let mut bytes = good.clone().into_bytes();
+                bytes[i] = c;
+                let bad = String::from_utf8(bytes).unwrap();
+                assert!(check(&bad).is_err(), "position {i} -> {}", c as char);
+                assert!(verify_signature(&bad, ring()).is_err());
+                tried += 1;
+            }
+        }
+        assert!(tried > 300 * 62);
+    }
+
+    #[test]
+    fn refuses_every_prefix_and_suffix() {
+        let good = good_token();
+        for i in 0..good.len() {
+            assert!(check(&good[..i]).is_err(), "prefix {i}");
+            assert!(check(&good[i + 1..]).is_err(), "suffix {i}");
+        }
+    }
+
+    #[test]
+    fn refuses_other_algorithms_even_when_hs256_signed() {
+        for alg in ["none", "HS512", "RS256", "ES256", "hs256", "HS256 ", ""] {
+            let h = format!(r#"{{"alg":"{alg}","kid":"k1","typ":"JWT"}}"#);
+            assert_eq!(
+                check(&with_header(&h)),
+                Err(TicketError::BadAlgorithm),
+                "{alg}"
+            );
+        }
+        for h in [
+            r#"{"kid":"k1"}"#,
+            r#"{"alg":null,"kid":"k1"}"#,
+            r#"{"alg":["HS256"],"kid":"k1"}"#,
+        ] {
+            assert_eq!(
+                check(&with_header(h)),
+                Err(TicketError::BadAlgorithm),
+                "{h}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_empty_signature_after_algorithm() {
+        let good = good_token();
+        let unsigned = &good[..good.rfind('.').unwrap() + 1];
+        assert_eq!(check(unsigned), Err(TicketError::EmptySignature));
+        assert_eq!(
+            decode_unverified(unsigned),
+            Err(TicketError::EmptySignature)
+        );
+    }
+
+    #[test]
+    fn header_rules_for_kid_typ_and_crit() {
+        use TicketError::*;
+        let cases = [
+            (r#"{"alg":"HS256","kid":"k1"}"#, Ok(())),
+            (r#"{"alg":"HS256","kid":"k1","typ":"jwt"}"#, Ok(())),
+            (r#"{"alg":"HS256","kid":"k2","cty":"x"}"#, Err(BadSignature)),
+            (r#"{"alg":"HS256","kid":"k1","typ":"JOSE"}"#, Err(BadTyp)),
+            (r#"{"alg":"HS256","kid":"k1","typ":1}"#, Err(BadTyp)),
+            (
+                r#"{"alg":"HS256","kid":"k1","crit":["exp"]}"#,
+                Err(CritHeader),
+            ),
+            (r#"{"alg":"HS256","kid":"k1","crit":[]}"#, Err(CritHeader)),
+            (r#"{"alg":"HS256"}"#, Err(MissingKid)),
+            (r#"{"alg":"HS256","kid":1}"#, Err(BadKid)),
+            (r#"{"alg":"HS256","kid":null}"#, Err(BadKid)),
+            (r#"{"alg":"HS256","kid":"K1"}"#, Err(UnknownKid)),
+            (r#"{"alg":"HS256","kid":""}"#, Err(UnknownKid)),
+            (r#"["HS256"]"#, Err(BadHeader)),
+            (r#"{"alg":"HS256","kid":"k1"} x"#, Err(BadHeader)),
+            (r#"{"alg":"HS256","kid":"k1""#, Err(BadHeader)),
+            ("", Err(BadHeader)),
+        ];
+        for (h, want) in cases {
+            assert_eq!(check(&with_header(h)).map(|_| ()), want, "{h}");
+        }
+    }
+
+    #[test]
+    fn header_must_be_utf8() {
+        let t = sign_raw("{\"alg\":\"HS256\",\"kid\":\"k1\"}", "{}", &k1());
+        let (_, rest) = t.split_once('.').unwrap();
+        let bad = format!("{}.{rest}", b64(b"{\"alg\":\"HS256\",\"kid\":\"\xff\"}"));
+        assert_eq!(check(&bad), Err(TicketError::BadHeader));
+    }
+
+    #[test]
+    fn refuses_duplicate_keys_anywhere() {
+        let dup_alg = r#"{"alg":"HS256","kid":"k1","alg":"none"}"#;
+        assert_eq!(check(&with_header(dup_alg)), Err(TicketError::DuplicateKey));
+        let dup_kid = r#"{"alg":"HS256","kid":"k2","kid":"k1"}"#;
+        assert_eq!(check(&with_header(dup_kid)), Err(TicketError::DuplicateKey));
+        let good = good_payload().to_string();
+        let dup_exp = good.replacen('{', r#"{"exp":1,"#, 1);
+        let t = sign_raw(HEADER, &dup_exp, &k1());
+        assert_eq!(check(&t), Err(TicketError::DuplicateKey));
+        let dup_sub = good.replacen('{', r#"{"sub":"admin","#, 1);
+        let t = sign_raw(HEADER, &dup_sub, &k1());
+        assert_eq!(check(&t), Err(TicketError::DuplicateKey));
+        let nested = good.replacen('{', r#"{"x":[{"a":1,"a":2}],"#, 1);
+        let t = sign_raw(HEADER, &nested, &k1());
+        assert_eq!(check(&t), Err(TicketError::DuplicateKey));
+        assert_eq!(decode_unverified(&t), Err(TicketError::DuplicateKey));
+    }
+
+    #[test]
+    fn mac_is_checked_before_claims_are_parsed() {
+        let t = sign_raw(HEADER, "not json", &k1());
+        assert_eq!(check(&t), Err(TicketError::MalformedClaims));
+        let other = Key::from_secret_b64("k1", &b64(&[7; 32])).unwrap();
+        let forged = sign_raw(HEADER, "not json", &other);
+        assert_eq!(check(&forged), Err(TicketError::BadSignature));
+    }
+
+    #[test]
+    fn claims_must_be_a_json_object() {
+        for p in [
+            "[]",
+            "null",
+            "1",
+            "\"x\"",
+            "",
+            "{",
+            "{} {}",
+            "{\"a\":\"\u{0}\"}",
+        ] {
+            let t = sign_raw(HEADER, p, &k1());
+            assert_eq!(check(&t), Err(TicketError::MalformedClaims), "{p:?}");
+        }
+        let t = sign_raw(HEADER, "{}", &k1());
+        assert_eq!(check(&t), Err(TicketError::MissingClaim("exp")));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflow() {
+        let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+        let p = good_payload()
+            .to_string()
+            .replacen('{', &format!("{{\"x\":{deep},"), 1);
+        let t = sign_raw(HEADER, &p, &k1());
+        assert!(t.len() <= MAX_TICKET_LEN);
+        assert_eq!(check(&t), Err(TicketError::MalformedClaims));
+        let h = format!(r#"{{"alg":"HS256","kid":"k1","x":{deep}}}"#);
+        assert_eq!(check(&with_header(&h)), Err(TicketError::BadHeader));
+    }
+
+    #[test]
+    fn names_each_missing_required_claim() {
+        for name in ["exp", "iat", "jti", "sub", "upstream", "console"] {
+            let mut p = good_payload();
+            p.as_object_mut().unwrap().remove(name);
+            assert_eq!(
+                check(&with_payload(&p)),
+                Err(TicketError::MissingClaim(name))
+            );
+        }
+        for name in ["node", "vmid", "guest"] {
+            let mut p = good_payload();
+            p.as_object_mut().unwrap().remove(name);
+            assert!(check(&with_payload(&p)).is_ok(), "{name} is optional");
+        }
+    }
+
+    #[test]
+    fn names_each_wrongly_typed_claim() {
+        let long = |n: usize| Value::String("j".repeat(n));
+        let cases: Vec<(&str, Value)> = vec![
+            ("exp", json!("1790000060")),
+            ("exp", json!(1790000060.0)),
+            ("exp", json!(-1)),
+            ("exp", json!(null)),
+            ("exp", json!(1e30)),
+            ("exp", json!(true)),
+            ("iat", json!("1789999995")),
+            ("iat", json!(1789999995.5)),
+            ("nbf", json!("0")),
+            ("nbf", json!(-5)),
+            ("nbf", json!(null)),
+            ("jti", json!(12345678901234567_u64)),
+            ("jti", long(15)),
+            ("jti", long(129)),
+            ("jti", json!("t-0123456789abcd\nef")),
+            ("sub", json!("")),
+            ("sub", long(257)),
+            ("sub", json!(42)),
+            ("sub", json!("a\u{1b}[31m")),
+            ("upstream", json!("")),
+            ("upstream", long(129)),
+            ("upstream", json!(["pve1"])),
+            ("console", json!("VNC")),
+            ("console", json!("ssh")),
+            ("console", json!(null)),
+            ("guest", json!("kvm")),
+            ("guest", json!(0)),
+            ("vmid", json!(-1)),
+            ("vmid", json!("101")),
+            ("vmid", json!(101.0)),
+            ("node", json!(5)),
+            ("ip", json!(["192.0.2.1"])),
+            ("ip", json!(null)),
+            ("max_session", json!(1.5)),
+            ("max_session", json!(-60)),
+            ("max_session", json!("3600")),
+            ("aud", json!(["a", "b"])),
+            ("aud", json!([])),
+            ("aud", json!([1])),
+            ("aud", json!(5)),
+            ("aud", json!({"a": 1})),
+        ];
+        for (name, value) in cases {
+            let mut p = good_payload();
+            p[name] = value.clone();
+            assert_eq!(
+                check(&with_payload(&p)),
+                Err(TicketError::BadClaim(name)),
+                "{name} = {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn accepts_claim_edges_and_ignores_unknown_claims() {
+        let mut p = good_payload();
+        p["jti"] = Value::String("j".repeat(16));
+        p["sub"] = Value::String("é".repeat(256));
+        p["upstream"] = Value::String("u".repeat(128));
+        p["role"] = json!({"admin": true, "list": [1, 2.5, null]});
+        p["aud"] = json!(["relay-a"]);
+        p["vmid"] = json!(0);
+        let c = check(&with_payload(&p)).unwrap();
+        assert_eq!(c.aud.as_deref(), Some("relay-a"));
+        assert_eq!(c.vmid, Some(0));
+        p["jti"] = Value::String("j".repeat(128));
+        assert!(check(&with_payload(&p)).is_ok());
+    }
+
+    #[test]
+    fn time_edges_follow_rfc_7519() {
+        let mut c = full_claims();
+        let mut pol = Policy {
+            max_ttl: 120,
+            leeway: 0,
+            audience: None,
+        };
+        c.iat = NOW - 60;
+        c.nbf = None;
+        c.exp = NOW;
+        assert_eq!(c.check_time(&pol, NOW), Err(TicketError::Expired));
+        c.exp = NOW + 1;
+        assert_eq!(c.check_time(&pol, NOW), Ok(()));
+        c.exp = NOW - 5;
+        pol.leeway = 5;
+        assert_eq!(c.check_time(&pol, NOW), Err(TicketError::Expired));
+        pol.leeway = 6;
+        assert_eq!(c.check_time(&pol, NOW), Ok(()));
+
+        pol.leeway = 10;
+        c.exp = NOW + 60;
+        c.iat = NOW + 10;
+        assert_eq!(c.check_time(&pol, NOW), Ok(()));
+        c.iat = NOW + 11;
+        assert_eq!(c.check_time(&pol, NOW), Err(TicketError::IssuedInFuture));
+        c.iat = NOW;
+        c.nbf = Some(NOW + 10);
+        assert_eq!(c.check_time(&pol, NOW), Ok(()));
+        c.nbf = Some(NOW + 11);
+        assert_eq!(c.check_time(&pol, NOW), Err(TicketError::NotYetValid));
+
+        c.nbf = None;
+        c.exp = c.iat + 120;
+        assert_eq!(c.check_time(&pol, NOW), Ok(()));
+        c.exp = c.iat + 121;
+        assert_eq!(c.check_time(&pol, NOW), Err(TicketError::TtlTooLong));
+    }
+
+    #[test]
+    fn time_checks_saturate() {
+        let mut c = full_claims();
+        let pol = Policy {
+            max_ttl: u64::MAX,
+            leeway: u64::MAX,
+            audience: None,
+        };
+        c.exp = u64::MAX;
+        c.iat = 0;
+        c.nbf = Some(u64::MAX);
+        assert_eq!(c.check_time(&pol, u64::MAX - 1), Ok(()));
+        assert_eq!(c.check_time(&pol, u64::MAX), Err(TicketError::Expired));
+        let strict = Policy {
+            max_ttl: 0,
+            leeway: 0,
+            audience: None,
+        };
+        c.iat = u64::MAX;
+        c.nbf = None;
+        assert_eq!(c.check_time(&strict, 0), Err(TicketError::IssuedInFuture));
+        c.iat = 0;
+        c.exp = 0;
+        assert_eq!(c.check_time(&strict, 0), Err(TicketError::Expired));
+    }
+
+    #[test]
+    fn verify_signature_accepts_an_expired_ticket() {
+        let v = vectors();
+        let t = v["vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == "expired")
+            .unwrap()["token"]
+            .as_str()
+            .unwrap();
+        let c = verify_signature(t, ring()).unwrap();
+        assert_eq!(c.check_time(&policy(), NOW), Err(TicketError::Expired));
+    }
+
+    #[test]
+    fn audience_binding() {
+        let mut c = full_claims();
+        let mut pol = policy();
+        assert_eq!(c.check_audience(&pol), Ok(()));
+        pol.audience = Some("relay-a".into());
+        assert_eq!(c.check_audience(&pol), Ok(()));
+        pol.audience = Some("relay-b".into());
+        let e = c.check_audience(&pol).unwrap_err();
+        assert_eq!((e, e.status()), (TicketError::WrongAudience, 403));
+        c.aud = None;
+        let e = c.check_audience(&pol).unwrap_err();
+        assert_eq!((e, e.status()), (TicketError::MissingAudience, 401));
+        pol.audience = None;
+        assert_eq!(c.check_audience(&pol), Ok(()));
+
+        let mut c = full_claims();
+        c.exp = NOW + 60;
+        c.iat = NOW;
+        let t = mint(&c, &k1());
+        pol.audience = Some("relay-b".into());
+        assert_eq!(
+            verify(&t, ring(), &pol, NOW),
+            Err(TicketError::WrongAudience)
+        );
+    }
+
+    #[test]
+    fn refuses_huge_tickets_before_decoding() {
+        let mut last_ok = 0;
+        for n in 2000.. {
+            let mut p = good_payload();
+            p["pad"] = Value::String("p".repeat(n));
+            let t = with_payload(&p);
+            if t.len() > MAX_TICKET_LEN {
+                assert_eq!(check(&t), Err(TicketError::TooLarge));
+                break;
+            }
+            assert!(check(&t).is_ok(), "len {}", t.len());
+            last_ok = t.len();
+        }
+        assert!(last_ok >= MAX_TICKET_LEN - 1);
+        let junk = "!".repeat(MAX_TICKET_LEN + 1);
+        assert_eq!(check(&junk), Err(TicketError::TooLarge));
+        assert_eq!(decode_unverified(&junk), Err(TicketError::TooLarge));
+    }
+
+    #[test]
+    fn refuses_anything_but_strict_base64url() {
+        let good = good_token();
+        let segs: Vec<&str> = good.split('.').collect();
+        let join = |h: &str, p: &str, s: &str| format!("{h}.{p}.{s}");
+        let padded_sig = format!("{}=", segs[2]);
+        let space = format!("{} ", segs[2]);
+        let plus = format!("+{}", &segs[1][1..]);
+        let mut trailing = segs[2].to_owned();
+        // Last char of a 32-byte MAC carries 2 unused bits: flip them.
+        let last = trailing.pop().unwrap();
+        let alpha = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let pos = alpha.find(last).unwrap();
+        trailing.push(alpha.as_bytes()[pos ^ 1] as char);
+        // A length of 4n+1 characters encodes no whole byte.
+        let mut one_mod_four = segs[1].to_owned();
+        while one_mod_four.len() % 4 != 1 {
+            one_mod_four.push('A');
+        }
+        let cases = [
+            join(segs[0], segs[1], &padded_sig),
+            join(segs[0], segs[1], &space),
+            join(&format!("{}=", segs[0]), segs[1], segs[2]),
+            join(segs[0], &plus, segs[2]),
+            join(segs[0], &format!("{}/", segs[1]), segs[2]),
+            join(segs[0], segs[1], &trailing),
+            join(segs[0], &one_mod_four, segs[2]),
+            join(segs[0], segs[1], &format!("{}\n", segs[2])),
+            join(segs[0], segs[1], "é"),
+        ];
+        for t in &cases {
+            assert_eq!(check(t), Err(TicketError::BadBase64), "{t}");
+            assert_eq!(decode_unverified(t), Err(TicketError::BadBase64));
+        }
+    }
+
+    #[test]
+    fn refuses_wrong_segment_counts() {
+        let good = good_token();
+        let cases = [
+            String::new(),
+            ".".into(),
+            "...".into(),
+            format!("{good}."),
+            format!("{good}.{}", good.split('.').nth(2).unwrap()),
+            good.replacen('.', "", 1),
+            good.replace('.', ""),
+        ];
+        for t in &cases {
+            assert_eq!(check(t), Err(TicketError::Malformed), "{t}");
+        }
+        // Three empty segments are the right shape with an empty header.
+        assert_eq!(check(".."), Err(TicketError::BadHeader));
+    }
+
+    #[test]
+    fn mint_then_verify_round_trips() {
+        let mut c = full_claims();
+        c.aud = Some("relay \"a\"".into());
+        let key = Key::from_secret_b64("k\"2", K1_B64).unwrap();
+        let t = mint(&c, &key);
+        let keys = KeyRing::new(vec![k1(), key]);
+        let pol = Policy {
+            max_ttl: 120,
+            leeway: 0,
+            audience: Some("relay \"a\"".into()),
+        };
+        assert_eq!(verify(&t, &keys, &pol, NOW), Ok(c.clone()));
+
+        let mut bare = full_claims();
+        bare.nbf = None;
+        bare.aud = None;
+        bare.node = None;
+        bare.vmid = None;
+        bare.guest = None;
+        bare.ip = None;
+        bare.max_session = None;
+        bare.console = Console::Vnc;
+        let t = mint(&bare, &k1());
+        assert_eq!(check(&t), Ok(bare.clone()));
+        let (_, payload) = decode_unverified(&t).unwrap();
+        assert!(!payload.to_string().contains("null"));
+        // mint's hand-built JSON and the serde derive agree.
+        assert_eq!(payload, serde_json::to_value(&bare).unwrap());
+        let (_, payload) = decode_unverified(&mint(&c, &k1())).unwrap();
+        assert_eq!(payload, serde_json::to_value(&c).unwrap());
+    }
+
+    #[test]
+    fn mint_header_matches_pyjwt_byte_for_byte() {
+        let t = mint(&full_claims(), &k1());
+        let good = good_token();
+        assert_eq!(t.split('.').next(), good.split('.').next());
+        let (h, _) = decode_unverified(&t).unwrap();
+        assert_eq!(h, json!({"alg": "HS256", "kid": "k1", "typ": "JWT"}));
+    }
+
+    #[test]
+    fn decode_unverified_skips_only_the_mac() {
+        let v = vectors();
+        let wrong_key = v["vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == "wrong-key")
+            .unwrap()["token"]
+            .as_str()
+            .unwrap();
+        let (h, p) = decode_unverified(wrong_key).unwrap();
+        assert_eq!(h["kid"], "k1");
+        assert_eq!(p, v["claims_of_valid"]);
+        let arr = sign_raw(HEADER, "[1]", &k1());
+        assert_eq!(decode_unverified(&arr), Err(TicketError::MalformedClaims));
+        let hdr = sign_raw("[]", "{}", &k1());
+        assert_eq!(decode_unverified(&hdr), Err(TicketError::BadHeader));
+    }
+
+    #[test]
+    fn replay_key_is_sha256_of_jti() {
+        let c = check(&good_token()).unwrap();
+        let hex: String = c.replay_key().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "ad02e4196a25bd8077cea6840b3ae3e3424eab968fd02753e038991f98410273"
+        );
+    }
+
+    #[test]
+    fn key_accepts_both_alphabets_with_or_without_padding() {
+        let bytes: Vec<u8> = (0xe0..=0xff).collect();
+        let std_pad = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let std_nopad = std_pad.trim_end_matches('=').to_owned();
+        let url_pad = base64::engine::general_purpose::URL_SAFE.encode(&bytes);
+        let url_nopad = URL_SAFE_NO_PAD.encode(&bytes);
+        assert!(std_pad.contains(['+', '/']) && url_pad.contains(['-', '_']));
+        let reference = Key::from_secret_b64("k", &std_pad).unwrap();
+        let t = mint(&full_claims(), &reference);
+        for s in [&std_nopad, &url_pad, &url_nopad, &format!("{std_pad}\n")] {
+            let key = Key::from_secret_b64("k", s).unwrap();
+            let keys = KeyRing::new(vec![key]);
+            assert!(verify_signature(&t, &keys).is_ok(), "{s}");
+        }
+    }
+
+    #[test]
+    fn key_refuses_short_bad_or_unnamed_secrets() {
+        assert_eq!(
+            Key::from_secret_b64("k", &b64(&[1; 31])).unwrap_err(),
+            KeyError::TooShort { bytes: 31 }
+        );
+        assert_eq!(
+            Key::from_secret_b64("k", "").unwrap_err(),
+            KeyError::TooShort { bytes: 0 }
+        );
+        assert_eq!(
+            Key::from_secret_b64("", K1_B64).unwrap_err(),
+            KeyError::EmptyId
+        );
+        for bad in ["not base64!", "AAEC AwQF", "ab+cd-ef", "A", "AA=A"] {
+            assert_eq!(
+                Key::from_secret_b64("k", bad).unwrap_err(),
+                KeyError::BadBase64,
+                "{bad}"
+            );
+        }
+        let e = Key::from_secret_b64("k", "c2VjcmV0").unwrap_err();
+        assert!(!e.to_string().contains("c2VjcmV0"));
+        assert!(!e.to_string().contains("secret\""));
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let secret: Vec<u8> = (0u8..32).collect();
+        let forms = [
+            base64::engine::general_purpose::STANDARD.encode(&secret),
+            URL_SAFE_NO_PAD.encode(&secret),
+            format!("{secret:?}"),
+            secret.iter().map(|b| format!("{b:02x}")).collect(),
+        ];
+        let key = Key::from_secret_b64("k1", K1_B64).unwrap();
+        let keys = KeyRing::new(vec![key.clone(), ring().get("k2").unwrap().clone()]);
+        let debug = [
+            format!("{key:?}"),
+            format!("{key:#?}"),
+            format!("{keys:?}"),
+            format!("{keys:#?}"),
+        ];
+        for d in &debug {
+            assert!(d.contains("k1"), "{d}");
+            for f in &forms {
+                assert!(!d.contains(f.as_str()), "{d}");
+            }
+            assert!(!d.contains("AAECAwQF") && !d.contains("ZGVmZ2hp"), "{d}");
+        }
+        assert_eq!(format!("{keys:?}"), r#"["k1", "k2"]"#);
+        assert_eq!(keys.first().map(Key::id), Some("k1"));
+        assert!(keys.get("k3").is_none());
+    }
+
+    #[test]
+    fn errors_have_fixed_labels_and_safe_text() {
+        use TicketError::*;
+        let all = [
+            TooLarge,
+            Malformed,
+            BadBase64,
+            EmptySignature,
+            BadHeader,
+            DuplicateKey,
+            BadAlgorithm,
+            MissingKid,
+            BadKid,
+            UnknownKid,
+            BadTyp,
+            CritHeader,
+            BadSignature,
+            MalformedClaims,
+            MissingClaim("exp"),
+            BadClaim("jti"),
+            Expired,
+            IssuedInFuture,
+            NotYetValid,
+            TtlTooLong,
+            MissingAudience,
+            WrongAudience,
+        ];
+        let labels: Vec<&str> = all.iter().map(TicketError::label).collect();
+        assert_eq!(labels, TicketError::LABELS);
+        for e in all {
+            let l = e.label();
+            let snake = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+            assert!(l.bytes().all(snake), "{l}");
+            let want = if e == WrongAudience { 403 } else { 401 };
+            assert_eq!(e.status(), want, "{l}");
+            assert!(e.to_string().starts_with("ticket"), "{e}");
+        }
+        assert_eq!(Expired.to_string(), "ticket expired");
+        assert_eq!(BadClaim("exp").to_string(), "ticket claim exp invalid");
+    }
+
+    #[test]
+    fn error_text_never_echoes_the_ticket() {
+        let v = vectors();
+        for vec in v["vectors"].as_array().unwrap() {
+            let token = vec["token"].as_str().unwrap();
+            if let Err(e) = check(token) {
+                let text = format!("{e} {e:?}");
+                for seg in token.split('.').filter(|s| s.len() > 3) {
+                    assert!(!text.contains(seg), "{text}");
+                }
+                for value in ["customer-42", "t-0123456789abcdef", "pve1", "k1"] {
+                    assert!(!text.contains(value), "{text}");
+                }
+            }
+        }
+    }
+}

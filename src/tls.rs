@@ -1,0 +1,169 @@
+//! rustls configurations (ring provider): the browser-facing server, the
+//! `wss://` upstream client with its three trust modes, and the self-signed
+//! certificate `demo` makes at start.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{ring as ring_provider, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use crate::config::Trust;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring_provider::default_provider())
+}
+
+fn read_certs(path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
+    let pem = std::fs::read(path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<_, _>>()?;
+    if certs.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "no certificate in PEM"));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> io::Result<PrivateKeyDer<'static>> {
+    let pem = std::fs::read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no private key in PEM"))
+}
+
+fn server_from(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> io::Result<Arc<ServerConfig>> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    // Browsers offer h2 first; a WebSocket upgrade needs HTTP/1.1.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The browser-facing TLS config from PEM files. Errors say which file.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+    let certs = read_certs(cert).map_err(|e| format!("server.tls_cert {}: {e}", cert.display()))?;
+    let key_der = read_key(key).map_err(|e| format!("server.tls_key {}: {e}", key.display()))?;
+    server_from(certs, key_der).map_err(|e| format!("server.tls_cert/tls_key: {e}"))
+}
+
+/// A self-signed certificate for `localhost`/127.0.0.1/::1, made now.
+pub struct SelfSigned {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub fingerprint: [u8; 32],
+    pub config: Arc<ServerConfig>,
+}
+
+/// Makes a fresh self-signed certificate (P-256) for the demo.
+pub fn self_signed() -> Result<SelfSigned, String> {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
+    let der = ck.cert.der().clone();
+    let fingerprint = Sha256::digest(der.as_ref()).into();
+    let key = PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    let config = server_from(vec![der], key).map_err(|e| e.to_string())?;
+    Ok(SelfSigned {
+        cert_pem: ck.cert.pem(),
+        key_pem: ck.key_pair.serialize_pem(),
+        fingerprint,
+        config,
+    })
+}
+
+/// Lowercase hex with `:` separators, as `openssl x509 -fingerprint` and
+/// Proxmox print it.
+pub fn fingerprint_hex(fp: &[u8; 32]) -> String {
+    fp.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+/// The client config for a `wss://` upstream.
+pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, String> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let cfg = match trust {
+        Trust::SystemRoots => {
+            let mut roots = RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::CaFile(path) => {
+            let mut roots = RootCertStore::empty();
+            for c in read_certs(path).map_err(|e| format!("{}: {e}", path.display()))? {
+                roots.add(c).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::Fingerprint(fp) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedLeaf {
+                sha256: *fp,
+                algs: provider().signature_verification_algorithms,
+            }))
+            .with_no_client_auth(),
+    };
+    let mut cfg = cfg;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts exactly one leaf certificate, by SHA-256 of its DER, as Proxmox
+/// pins node certificates (PROXMOX.md §8); the handshake signature is still
+/// verified, so only the holder of that certificate's key passes.
+#[derive(Debug)]
+struct PinnedLeaf {
+    sha256: [u8; 32],
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedLeaf {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        // A certificate is public: a plain comparison leaks nothing.
+        if got == self.sha256 {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The `ServerName` for SNI and hostname checks: an IP literal or a DNS name.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(host.to_string()).map_err(|e| format!("`{host}`: {e}"))
+}

@@ -1,0 +1,89 @@
+//! Opening the upstream leg, before the browser gets its 101: a failure here
+//! is still a clean HTTP status (502, 504).
+//!
+//! * [`ws`]: a WebSocket console (`ws://`, `wss://`), frames pass through;
+//! * [`tcp`]: a raw TCP console, bridged WebSocket ↔ TCP;
+//! * [`demo`]: the built-in backends, in-process over a socketpair.
+//!
+//! Upstreams are dialled per session, never at start: the relay starts even
+//! when a console host is down.
+
+pub mod demo;
+pub mod tcp;
+pub mod ws;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use monoio_rustls::TlsConnector;
+
+use crate::config::{Config, Upstream};
+use crate::error::UpstreamError;
+use crate::http::HeadLimits;
+use crate::relay::Mode;
+use crate::ticket::Console;
+use crate::transport::Stream;
+
+/// An opened upstream leg.
+pub struct Opened {
+    pub stream: Stream,
+    /// Bytes read past the upstream's 101 (its first frames).
+    pub early: Vec<u8>,
+    /// The subprotocol the upstream selected (Frames mode only).
+    pub protocol: Option<String>,
+    pub mode: Mode,
+}
+
+/// TLS client configs for the `wss://` upstreams, built once at start
+/// (reading `ca_file`s) and shared by all workers.
+#[derive(Clone, Default)]
+pub struct Connectors(Arc<HashMap<String, TlsConnector>>);
+
+impl Connectors {
+    pub fn build(cfg: &Config) -> Result<Connectors, String> {
+        let mut map = HashMap::new();
+        for (name, up) in &cfg.upstreams {
+            if let Upstream::Ws { url, trust, .. } = up {
+                if url.tls {
+                    let c = crate::tls::client_config(trust).map_err(|e| format!("upstreams.{name}: {e}"))?;
+                    map.insert(name.clone(), TlsConnector::from(c));
+                }
+            }
+        }
+        Ok(Connectors(Arc::new(map)))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TlsConnector> {
+        self.0.get(name)
+    }
+}
+
+/// Opens upstream `name` for a session. `protocol` is the real subprotocol
+/// the browser offered and the relay selected (`binary` or none).
+pub async fn open(
+    name: &str,
+    up: &Upstream,
+    connectors: &Connectors,
+    protocol: Option<&str>,
+    console: Console,
+    limits: HeadLimits,
+) -> Result<Opened, UpstreamError> {
+    match up {
+        Upstream::Ws {
+            url, connect_timeout, ..
+        } => {
+            let connector = connectors.get(name);
+            match monoio::time::timeout(*connect_timeout, ws::open(url, connector, protocol, limits)).await {
+                Ok(r) => r,
+                Err(_) => Err(UpstreamError::Timeout),
+            }
+        }
+        Upstream::Tcp { addr, connect_timeout } => {
+            match monoio::time::timeout(*connect_timeout, tcp::open(*addr)).await {
+                Ok(r) => r,
+                Err(_) => Err(UpstreamError::Timeout),
+            }
+        }
+        Upstream::Demo => demo::open(console),
+    }
+}

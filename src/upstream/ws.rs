@@ -1,0 +1,74 @@
+//! `kind = "ws"`: a WebSocket console endpoint (`ws://` or `wss://`), e.g.
+//! QEMU's `-vnc websocket=`. The relay is an RFC 6455 client here, offers
+//! exactly the subprotocol it selected for the browser and no extension,
+//! and checks the 101 (accept key, protocol echo, no extension).
+
+use monoio::buf::IoBufMut;
+use monoio::net::TcpStream;
+use monoio_rustls::TlsConnector;
+
+use super::Opened;
+use crate::config::WsUrl;
+use crate::error::UpstreamError;
+use crate::http::{parse_response, HeadLimits};
+use crate::relay::Mode;
+use crate::transport::Stream;
+use crate::ws::handshake::{check_response, client_key, client_request, ResponseError};
+
+pub async fn open(
+    url: &WsUrl,
+    connector: Option<&TlsConnector>,
+    protocol: Option<&str>,
+    limits: HeadLimits,
+) -> Result<Opened, UpstreamError> {
+    let tcp = TcpStream::connect_addr(url.addr).await.map_err(|_| UpstreamError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match (url.tls, connector) {
+        (false, _) => Stream::Tcp(tcp),
+        (true, Some(c)) => {
+            let name = crate::tls::server_name(&url.host).map_err(|_| UpstreamError::Tls)?;
+            let tls = c.connect(name, tcp).await.map_err(|_| UpstreamError::Tls)?;
+            Stream::ClientTls(Box::new(tls))
+        }
+        (true, None) => return Err(UpstreamError::Tls),
+    };
+    let key = client_key();
+    let req = client_request(&url.host_header(), &url.path, &key, protocol);
+    let (res, _) = stream.write_all(req).await;
+    res.map_err(|_| UpstreamError::Closed)?;
+
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(1024);
+        }
+        let (filled, cap) = (buf.len(), buf.capacity());
+        let (res, slice) = stream.read(buf.slice_mut(filled..cap)).await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => return Err(UpstreamError::Closed),
+            Ok(_) => {}
+        }
+        match parse_response(&buf, limits) {
+            Ok(None) => continue,
+            Err(_) => return Err(UpstreamError::Handshake("upstream_bad_response")),
+            Ok(Some((head, n))) => {
+                let selected = check_response(&head, &key, protocol).map_err(|e| {
+                    UpstreamError::Handshake(match e {
+                        ResponseError::Status(_) => "upstream_refused_upgrade",
+                        ResponseError::NotWebSocket => "upstream_not_websocket",
+                        ResponseError::BadAccept => "upstream_bad_accept",
+                        ResponseError::BadProtocol => "upstream_bad_protocol",
+                        ResponseError::Extension => "upstream_extension",
+                    })
+                })?;
+                return Ok(Opened {
+                    stream,
+                    early: buf.split_off(n),
+                    protocol: selected,
+                    mode: Mode::Frames,
+                });
+            }
+        }
+    }
+}
