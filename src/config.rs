@@ -263,7 +263,9 @@ fn parse_size(s: &Size) -> Result<u64, String> {
         Size::Bytes(n) => return Ok(*n),
         Size::Text(t) => t.trim(),
     };
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
     let n: u64 = num
         .parse()
@@ -273,9 +275,14 @@ fn parse_size(s: &Size) -> Result<u64, String> {
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
-        other => return Err(format!("`{text}`: unknown unit `{other}` (B, KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (B, KiB, MiB, GiB)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 fn duration_or(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
@@ -328,7 +335,10 @@ pub fn parse_ws_url(s: &str) -> Result<WsUrl, String> {
         (h.to_string(), port)
     } else {
         match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| format!("bad port `{p}`"))?),
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse().map_err(|_| format!("bad port `{p}`"))?,
+            ),
             None => (authority.to_string(), default_port),
         }
     };
@@ -398,7 +408,10 @@ impl Config {
             upstreams.insert(name, up);
         }
         if upstreams.is_empty() {
-            return Err(ConfigError::new("upstreams", "at least one [upstreams.<name>] is required"));
+            return Err(ConfigError::new(
+                "upstreams",
+                "at least one [upstreams.<name>] is required",
+            ));
         }
         Ok(Config {
             server,
@@ -410,17 +423,22 @@ impl Config {
 
     fn server(raw: RawServer, base: &Path) -> Result<Server, ConfigError> {
         let listen_s = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen = listen_s
-            .parse()
-            .map_err(|_| ConfigError::new("server.listen", format!("`{listen_s}` is not an ip:port")))?;
+        let listen = listen_s.parse().map_err(|_| {
+            ConfigError::new("server.listen", format!("`{listen_s}` is not an ip:port"))
+        })?;
         let workers = match raw.workers {
-            Some(0) | None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            Some(0) | None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             Some(n) if n > 1024 => return Err(ConfigError::new("server.workers", "at most 1024")),
             Some(n) => n,
         };
         let path = raw.path.unwrap_or_else(|| DEFAULT_PATH.to_string());
         if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
-            return Err(ConfigError::new("server.path", "must start with `/` and hold no `?`, `#` or space"));
+            return Err(ConfigError::new(
+                "server.path",
+                "must start with `/` and hold no `?`, `#` or space",
+            ));
         }
         let tls = match (raw.tls_cert, raw.tls_key) {
             (Some(c), Some(k)) => Some(TlsFiles {
@@ -428,14 +446,31 @@ impl Config {
                 key: rel(base, &k),
             }),
             (None, None) => None,
-            (Some(_), None) => return Err(ConfigError::new("server.tls_key", "required with server.tls_cert")),
-            (None, Some(_)) => return Err(ConfigError::new("server.tls_cert", "required with server.tls_key")),
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "server.tls_key",
+                    "required with server.tls_cert",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "server.tls_cert",
+                    "required with server.tls_key",
+                ))
+            }
         };
-        let ping = duration_or("server.ping_interval", &raw.ping_interval, DEFAULT_PING_INTERVAL)?;
+        let ping = duration_or(
+            "server.ping_interval",
+            &raw.ping_interval,
+            DEFAULT_PING_INTERVAL,
+        )?;
         let ping_interval = if ping.is_zero() {
             None
         } else if ping < Duration::from_secs(1) {
-            return Err(ConfigError::new("server.ping_interval", "at least 1s (or \"0s\" for off)"));
+            return Err(ConfigError::new(
+                "server.ping_interval",
+                "at least 1s (or \"0s\" for off)",
+            ));
         } else {
             Some(ping)
         };
@@ -449,9 +484,14 @@ impl Config {
     }
 
     fn tickets(raw: Option<RawTickets>, base: &Path) -> Result<Tickets, ConfigError> {
-        let raw = raw.ok_or_else(|| ConfigError::new("tickets", "the [tickets] section with keys is required"))?;
+        let raw = raw.ok_or_else(|| {
+            ConfigError::new("tickets", "the [tickets] section with keys is required")
+        })?;
         if raw.keys.is_empty() {
-            return Err(ConfigError::new("tickets.keys", "at least one key is required"));
+            return Err(ConfigError::new(
+                "tickets.keys",
+                "at least one key is required",
+            ));
         }
         let mut keys = Vec::new();
         for (i, k) in raw.keys.into_iter().enumerate() {
@@ -461,18 +501,35 @@ impl Config {
                 (None, Some(f)) => {
                     let p = rel(base, &f);
                     std::fs::read_to_string(&p)
-                        .map_err(|e| ConfigError::new(format!("{at}.secret_file"), format!("cannot read {}: {e}", p.display())))?
+                        .map_err(|e| {
+                            ConfigError::new(
+                                format!("{at}.secret_file"),
+                                format!("cannot read {}: {e}", p.display()),
+                            )
+                        })?
                         .trim()
                         .to_string()
                 }
-                _ => return Err(ConfigError::new(&at, "exactly one of `secret` or `secret_file`")),
+                _ => {
+                    return Err(ConfigError::new(
+                        &at,
+                        "exactly one of `secret` or `secret_file`",
+                    ))
+                }
             };
             let key = Key::from_secret_b64(&k.id, &secret).map_err(|e| {
-                let field = if e == crate::ticket::KeyError::EmptyId { "id" } else { "secret" };
+                let field = if e == crate::ticket::KeyError::EmptyId {
+                    "id"
+                } else {
+                    "secret"
+                };
                 ConfigError::new(format!("{at}.{field}"), e.to_string())
             })?;
             if keys.iter().any(|o: &Key| o.id() == key.id()) {
-                return Err(ConfigError::new(format!("{at}.id"), format!("duplicate key id `{}`", k.id)));
+                return Err(ConfigError::new(
+                    format!("{at}.id"),
+                    format!("duplicate key id `{}`", k.id),
+                ));
             }
             keys.push(key);
         }
@@ -497,22 +554,35 @@ impl Config {
             None => DEFAULT_MAX_FRAME,
         };
         if !(125..=(1 << 30)).contains(&max_frame) {
-            return Err(ConfigError::new("limits.max_frame", "between 125 bytes and 1GiB"));
+            return Err(ConfigError::new(
+                "limits.max_frame",
+                "between 125 bytes and 1GiB",
+            ));
         }
         let max_head = match &raw.max_head {
             Some(s) => parse_size(s).map_err(|m| ConfigError::new("limits.max_head", m))? as usize,
             None => DEFAULT_MAX_HEAD,
         };
         if !(1024..=(64 << 10)).contains(&max_head) {
-            return Err(ConfigError::new("limits.max_head", "between 1KiB and 64KiB"));
+            return Err(ConfigError::new(
+                "limits.max_head",
+                "between 1KiB and 64KiB",
+            ));
         }
         let max_headers = raw.max_headers.unwrap_or(DEFAULT_MAX_HEADERS);
         if !(8..=128).contains(&max_headers) {
             return Err(ConfigError::new("limits.max_headers", "between 8 and 128"));
         }
-        let handshake_timeout = duration_or("limits.handshake_timeout", &raw.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT)?;
+        let handshake_timeout = duration_or(
+            "limits.handshake_timeout",
+            &raw.handshake_timeout,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        )?;
         if handshake_timeout.is_zero() {
-            return Err(ConfigError::new("limits.handshake_timeout", "must be above zero"));
+            return Err(ConfigError::new(
+                "limits.handshake_timeout",
+                "must be above zero",
+            ));
         }
         Ok(Limits {
             max_frame,
@@ -530,29 +600,46 @@ impl Config {
         let key = |k: &str| format!("{at}.{k}");
         let not_for = |k: &str, set: bool| {
             if set {
-                Err(ConfigError::new(key(k), format!("not valid for kind \"{}\"", u.kind)))
+                Err(ConfigError::new(
+                    key(k),
+                    format!("not valid for kind \"{}\"", u.kind),
+                ))
             } else {
                 Ok(())
             }
         };
-        let connect_timeout = duration_or(&key("connect_timeout"), &u.connect_timeout, DEFAULT_CONNECT_TIMEOUT)?;
+        let connect_timeout = duration_or(
+            &key("connect_timeout"),
+            &u.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        )?;
         match u.kind.as_str() {
             "ws" => {
                 not_for("addr", u.addr.is_some())?;
-                let s = u.url.as_deref().ok_or_else(|| ConfigError::new(key("url"), "required for kind \"ws\""))?;
+                let s = u
+                    .url
+                    .as_deref()
+                    .ok_or_else(|| ConfigError::new(key("url"), "required for kind \"ws\""))?;
                 let url = parse_ws_url(s).map_err(|m| ConfigError::new(key("url"), m))?;
                 let trust = match (u.ca_file, u.fingerprint) {
                     (Some(_), Some(_)) => {
-                        return Err(ConfigError::new(key("fingerprint"), "use either ca_file or fingerprint"))
+                        return Err(ConfigError::new(
+                            key("fingerprint"),
+                            "use either ca_file or fingerprint",
+                        ))
                     }
                     (Some(f), None) => Trust::CaFile(rel(base, &f)),
-                    (None, Some(fp)) => {
-                        Trust::Fingerprint(parse_fingerprint(&fp).map_err(|m| ConfigError::new(key("fingerprint"), m))?)
-                    }
+                    (None, Some(fp)) => Trust::Fingerprint(
+                        parse_fingerprint(&fp)
+                            .map_err(|m| ConfigError::new(key("fingerprint"), m))?,
+                    ),
                     (None, None) => Trust::SystemRoots,
                 };
                 if !url.tls && trust != Trust::SystemRoots {
-                    return Err(ConfigError::new(key("url"), "ca_file/fingerprint need a wss:// URL"));
+                    return Err(ConfigError::new(
+                        key("url"),
+                        "ca_file/fingerprint need a wss:// URL",
+                    ));
                 }
                 Ok(Upstream::Ws {
                     url,
@@ -564,9 +651,15 @@ impl Config {
                 not_for("url", u.url.is_some())?;
                 not_for("ca_file", u.ca_file.is_some())?;
                 not_for("fingerprint", u.fingerprint.is_some())?;
-                let s = u.addr.as_deref().ok_or_else(|| ConfigError::new(key("addr"), "required for kind \"tcp\""))?;
+                let s = u
+                    .addr
+                    .as_deref()
+                    .ok_or_else(|| ConfigError::new(key("addr"), "required for kind \"tcp\""))?;
                 let addr = parse_host_port(s).map_err(|m| ConfigError::new(key("addr"), m))?;
-                Ok(Upstream::Tcp { addr, connect_timeout })
+                Ok(Upstream::Tcp {
+                    addr,
+                    connect_timeout,
+                })
             }
             "demo" => {
                 not_for("url", u.url.is_some())?;
@@ -576,8 +669,14 @@ impl Config {
                 not_for("connect_timeout", u.connect_timeout.is_some())?;
                 Ok(Upstream::Demo)
             }
-            "proxmox" => Err(ConfigError::new(key("kind"), "kind \"proxmox\" is not available in this build yet")),
-            other => Err(ConfigError::new(key("kind"), format!("unknown kind \"{other}\" (ws, tcp, demo)"))),
+            "proxmox" => Err(ConfigError::new(
+                key("kind"),
+                "kind \"proxmox\" is not available in this build yet",
+            )),
+            other => Err(ConfigError::new(
+                key("kind"),
+                format!("unknown kind \"{other}\" (ws, tcp, demo)"),
+            )),
         }
     }
 }
@@ -604,7 +703,10 @@ mod tests {
         );
         let c = Config::from_toml(&text, Path::new("/etc/nexor")).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:8443".parse().unwrap());
-        assert_eq!(c.server.tls.as_ref().unwrap().cert, Path::new("/etc/nexor/cert.pem"));
+        assert_eq!(
+            c.server.tls.as_ref().unwrap().cert,
+            Path::new("/etc/nexor/cert.pem")
+        );
         assert_eq!(c.server.ping_interval, Some(Duration::from_secs(25)));
         assert_eq!(c.tickets.policy.max_ttl, 120);
         assert_eq!(c.limits.max_frame, 1 << 20);
@@ -627,12 +729,27 @@ mod tests {
             ("[server]\nping_interval = \"10\"", "server.ping_interval"),
             ("[server]\npath = \"console\"", "server.path"),
             ("[limits]\nmax_frame = \"1 parsec\"", "limits.max_frame"),
-            ("[limits]\nhandshake_timeout = \"5 fortnights\"", "limits.handshake_timeout"),
+            (
+                "[limits]\nhandshake_timeout = \"5 fortnights\"",
+                "limits.handshake_timeout",
+            ),
             ("[upstreams.x]\nkind = \"ws\"", "upstreams.x.url"),
-            ("[upstreams.x]\nkind = \"ws\"\nurl = \"http://a/\"", "upstreams.x.url"),
-            ("[upstreams.x]\nkind = \"ws\"\nurl = \"wss://127.0.0.1/\"\nfingerprint = \"abc\"", "upstreams.x.fingerprint"),
-            ("[upstreams.x]\nkind = \"tcp\"\naddr = \"127.0.0.1\"", "upstreams.x.addr"),
-            ("[upstreams.x]\nkind = \"demo\"\naddr = \"127.0.0.1:1\"", "upstreams.x.addr"),
+            (
+                "[upstreams.x]\nkind = \"ws\"\nurl = \"http://a/\"",
+                "upstreams.x.url",
+            ),
+            (
+                "[upstreams.x]\nkind = \"ws\"\nurl = \"wss://127.0.0.1/\"\nfingerprint = \"abc\"",
+                "upstreams.x.fingerprint",
+            ),
+            (
+                "[upstreams.x]\nkind = \"tcp\"\naddr = \"127.0.0.1\"",
+                "upstreams.x.addr",
+            ),
+            (
+                "[upstreams.x]\nkind = \"demo\"\naddr = \"127.0.0.1:1\"",
+                "upstreams.x.addr",
+            ),
             ("[upstreams.x]\nkind = \"ftp\"", "upstreams.x.kind"),
         ];
         for (extra, key) in cases {
@@ -665,7 +782,11 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("8h"), Ok(Duration::from_secs(8 * 3600)));
-        assert!(parse_duration("5").is_err() && parse_duration("s").is_err() && parse_duration("-1s").is_err());
+        assert!(
+            parse_duration("5").is_err()
+                && parse_duration("s").is_err()
+                && parse_duration("-1s").is_err()
+        );
         assert_eq!(parse_size(&Size::Text("64KiB".into())), Ok(65536));
         assert_eq!(parse_size(&Size::Bytes(7)), Ok(7));
         let fp = "AB:cd:".repeat(16);

@@ -84,7 +84,9 @@ impl Refusal {
             Refusal::Head(_) => "malformed request".into(),
             Refusal::NotFound => "not found".into(),
             Refusal::Handshake(HandshakeError::NoUpgrade) => "websocket upgrade required".into(),
-            Refusal::Handshake(HandshakeError::BadVersion) => "websocket version 13 required".into(),
+            Refusal::Handshake(HandshakeError::BadVersion) => {
+                "websocket version 13 required".into()
+            }
             Refusal::Handshake(h) => format!("bad websocket handshake: {}", h.label()),
             Refusal::NoTicket => "ticket required".into(),
             Refusal::Ticket(t) => format!("ticket refused: {t}"),

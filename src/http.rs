@@ -80,6 +80,10 @@ pub struct ResponseHead {
     pub headers: Vec<Header>,
 }
 
+/// A header that must appear once appeared several times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeated;
+
 /// Header lookups shared by requests and responses.
 pub trait Headers {
     fn headers(&self) -> &[Header];
@@ -92,12 +96,12 @@ pub trait Headers {
             .map(|h| h.value.as_str())
     }
 
-    /// The single value of `name`: `Err(())` if it appears more than once.
-    fn one<'a>(&'a self, name: &'a str) -> Result<Option<&'a str>, ()> {
+    /// The single value of `name`; [`Repeated`] if it appears more than once.
+    fn one<'a>(&'a self, name: &'a str) -> Result<Option<&'a str>, Repeated> {
         let mut it = self.all(name);
         let first = it.next();
         match it.next() {
-            Some(_) => Err(()),
+            Some(_) => Err(Repeated),
             None => Ok(first),
         }
     }
@@ -132,7 +136,11 @@ fn convert(headers: &[httparse::Header<'_>]) -> Result<Vec<Header>, HeadError> {
         .map(|h| {
             // RFC 9110 §5.5: field values are visible ASCII, SP and HTAB;
             // obs-text is refused here, since nothing we read needs it.
-            if !h.value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+            if !h
+                .value
+                .iter()
+                .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+            {
                 return Err(HeadError::BadHeaderValue);
             }
             Ok(Header {
@@ -169,7 +177,10 @@ fn map_err(e: httparse::Error) -> HeadError {
 /// Parses a request head at the start of `buf`. `Ok(None)`: incomplete and
 /// still under the cap. On success returns the head and its length; bytes
 /// after it (early frames) belong to the caller.
-pub fn parse_request(buf: &[u8], limits: HeadLimits) -> Result<Option<(RequestHead, usize)>, HeadError> {
+pub fn parse_request(
+    buf: &[u8],
+    limits: HeadLimits,
+) -> Result<Option<(RequestHead, usize)>, HeadError> {
     let window = &buf[..buf.len().min(limits.max_head)];
     let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
     let n = limits.max_headers.min(HEADER_SLOTS);
@@ -192,7 +203,10 @@ pub fn parse_request(buf: &[u8], limits: HeadLimits) -> Result<Option<(RequestHe
 }
 
 /// Parses a response head at the start of `buf` (the upstream's 101).
-pub fn parse_response(buf: &[u8], limits: HeadLimits) -> Result<Option<(ResponseHead, usize)>, HeadError> {
+pub fn parse_response(
+    buf: &[u8],
+    limits: HeadLimits,
+) -> Result<Option<(ResponseHead, usize)>, HeadError> {
     let window = &buf[..buf.len().min(limits.max_head)];
     let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
     let n = limits.max_headers.min(HEADER_SLOTS);
@@ -222,11 +236,13 @@ pub fn split_target(target: &str) -> (&str, Option<&str>) {
 /// Every raw value of query parameter `name` (no percent-decoding: the
 /// values we read, JWTs, are URL-safe as they are).
 pub fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    query.split('&').filter_map(move |pair| match pair.split_once('=') {
-        Some((k, v)) if k == name => Some(v),
-        None if pair == name => Some(""),
-        _ => None,
-    })
+    query
+        .split('&')
+        .filter_map(move |pair| match pair.split_once('=') {
+            Some((k, v)) if k == name => Some(v),
+            None if pair == name => Some(""),
+            _ => None,
+        })
 }
 
 /// The reason phrase for the statuses the relay sends.
@@ -262,7 +278,10 @@ pub fn refusal(status: u16, extra: &[(&str, &str)], body: &str) -> Vec<u8> {
     out.push_str("Content-Type: text/plain; charset=utf-8\r\n");
     out.push_str("Cache-Control: no-store\r\n");
     out.push_str("Connection: close\r\n");
-    out.push_str(&format!("Content-Length: {}\r\n\r\n{body}\n", body.len() + 1));
+    out.push_str(&format!(
+        "Content-Length: {}\r\n\r\n{body}\n",
+        body.len() + 1
+    ));
     out.into_bytes()
 }
 
@@ -289,14 +308,21 @@ Sec-WebSocket-Version: 13\r\n\r\n";
         assert_eq!(head.version, 1);
         assert!(head.has_token("connection", "upgrade"));
         assert_eq!(head.one("host"), Ok(Some("relay.example")));
+        assert_eq!(head.one("absent"), Ok(None));
     }
 
     #[test]
     fn caps_are_enforced() {
-        let l = HeadLimits { max_head: 64, max_headers: 3 };
+        let l = HeadLimits {
+            max_head: 64,
+            max_headers: 3,
+        };
         assert_eq!(parse_request(&[b'G'; 64], l), Err(HeadError::TooLarge));
         let many = b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n";
-        let l = HeadLimits { max_head: 1024, max_headers: 3 };
+        let l = HeadLimits {
+            max_head: 1024,
+            max_headers: 3,
+        };
         assert_eq!(parse_request(many, l), Err(HeadError::TooManyHeaders));
     }
 

@@ -63,7 +63,9 @@ fn quote(out: &mut String, s: &str) {
 
 /// RFC 3339 UTC with milliseconds, without a date crate.
 fn timestamp() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = now.as_secs();
     let (days, rem) = (secs / 86400, secs % 86400);
     // Howard Hinnant's civil_from_days.

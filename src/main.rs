@@ -66,11 +66,17 @@ impl Args {
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.opts.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.opts
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn config(&self) -> Result<Config> {
-        let path = self.get("config").ok_or_else(|| anyhow!("`-c FILE` is required"))?;
+        let path = self
+            .get("config")
+            .ok_or_else(|| anyhow!("`-c FILE` is required"))?;
         Config::load(&PathBuf::from(path)).map_err(|e| anyhow!("{path}: {e}"))
     }
 }
@@ -99,7 +105,11 @@ fn run(args: &[String]) -> Result<ExitCode> {
             println!(
                 "config ok: listen {} ({}), {} worker(s), path {}, {} key(s), upstreams: {}",
                 cfg.server.listen,
-                if cfg.server.tls.is_some() { "wss" } else { "ws" },
+                if cfg.server.tls.is_some() {
+                    "wss"
+                } else {
+                    "ws"
+                },
                 cfg.server.workers,
                 cfg.server.path,
                 cfg.tickets.keys.len(),
@@ -125,7 +135,10 @@ fn run(args: &[String]) -> Result<ExitCode> {
     }
 }
 
-fn serve(cfg: Config, demo_banner: Option<Box<dyn FnOnce(std::net::SocketAddr)>>) -> Result<ExitCode> {
+fn serve(
+    cfg: Config,
+    demo_banner: Option<Box<dyn FnOnce(std::net::SocketAddr)>>,
+) -> Result<ExitCode> {
     let tls = match &cfg.server.tls {
         Some(t) => Some(tls::server_config(&t.cert, &t.key).map_err(|e| anyhow!(e))?),
         None => None,
@@ -148,7 +161,10 @@ fn serve_with(
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -161,36 +177,61 @@ fn mint(rest: &[String]) -> Result<ExitCode> {
     let a = Args::parse(
         rest,
         &[
-            "config", "upstream", "console", "sub", "ttl", "kid", "jti", "node", "vmid", "guest", "ip", "aud",
+            "config",
+            "upstream",
+            "console",
+            "sub",
+            "ttl",
+            "kid",
+            "jti",
+            "node",
+            "vmid",
+            "guest",
+            "ip",
+            "aud",
             "max-session",
         ],
     )?;
     let cfg = a.config()?;
     let keys = &cfg.tickets.keys;
     let key = match a.get("kid") {
-        Some(k) => keys.get(k).ok_or_else(|| anyhow!("--kid {k}: no such key in [tickets] keys"))?,
-        None => keys.first().ok_or_else(|| anyhow!("no ticket key configured"))?,
+        Some(k) => keys
+            .get(k)
+            .ok_or_else(|| anyhow!("--kid {k}: no such key in [tickets] keys"))?,
+        None => keys
+            .first()
+            .ok_or_else(|| anyhow!("no ticket key configured"))?,
     };
-    let upstream = a.get("upstream").ok_or_else(|| anyhow!("--upstream NAME is required"))?;
+    let upstream = a
+        .get("upstream")
+        .ok_or_else(|| anyhow!("--upstream NAME is required"))?;
     if !cfg.upstreams.contains_key(upstream) {
         bail!("--upstream {upstream}: no such upstream in the config");
     }
     let max_ttl = cfg.tickets.policy.max_ttl;
     let ttl = match a.get("ttl") {
-        Some(t) => parse_duration(t).map_err(|e| anyhow!("--ttl: {e}"))?.as_secs(),
+        Some(t) => parse_duration(t)
+            .map_err(|e| anyhow!("--ttl: {e}"))?
+            .as_secs(),
         None => max_ttl.min(60),
     };
     let iat = now();
     let num = |name: &str| -> Result<Option<u64>> {
         a.get(name)
-            .map(|v| v.parse::<u64>().with_context(|| format!("--{name} must be a number")))
+            .map(|v| {
+                v.parse::<u64>()
+                    .with_context(|| format!("--{name} must be a number"))
+            })
             .transpose()
     };
     let claims = Claims {
         exp: iat + ttl,
         iat,
         nbf: None,
-        jti: a.get("jti").map(str::to_string).unwrap_or_else(|| random_hex(16)),
+        jti: a
+            .get("jti")
+            .map(str::to_string)
+            .unwrap_or_else(|| random_hex(16)),
         sub: a.get("sub").unwrap_or("cli").to_string(),
         aud: a.get("aud").map(str::to_string),
         upstream: upstream.to_string(),
@@ -212,7 +253,8 @@ fn mint(rest: &[String]) -> Result<ExitCode> {
     };
     let token = ticket::mint(&claims, key);
     // Never print a ticket the relay itself would refuse.
-    ticket::verify_signature(&token, keys).map_err(|e| anyhow!("the claims given make an invalid ticket: {e}"))?;
+    ticket::verify_signature(&token, keys)
+        .map_err(|e| anyhow!("the claims given make an invalid ticket: {e}"))?;
     claims
         .check_time(&cfg.tickets.policy, iat)
         .map_err(|e| anyhow!("the claims given make an invalid ticket: {e}"))?;
@@ -245,7 +287,11 @@ fn inspect(rest: &[String]) -> Result<ExitCode> {
         println!(
             "times:   issued {}s ago, {}",
             n.saturating_sub(iat),
-            if exp > n { format!("expires in {}s", exp - n) } else { format!("expired {}s ago", n - exp) }
+            if exp > n {
+                format!("expires in {}s", exp - n)
+            } else {
+                format!("expired {}s ago", n - exp)
+            }
         );
     }
     if a.get("config").is_none() {
@@ -286,9 +332,15 @@ fn demo(rest: &[String]) -> Result<ExitCode> {
 max_ttl = \"{}s\"\n[upstreams.demo]\nkind = \"demo\"\n",
         DEMO_TICKET_TTL.as_secs()
     );
-    let cfg = Config::from_toml(&toml, std::path::Path::new(".")).map_err(|e| anyhow!("demo: {e}"))?;
+    let cfg =
+        Config::from_toml(&toml, std::path::Path::new(".")).map_err(|e| anyhow!("demo: {e}"))?;
     let cert = tls::self_signed().map_err(|e| anyhow!("demo certificate: {e}"))?;
-    let key = cfg.tickets.keys.first().ok_or_else(|| anyhow!("demo key"))?.clone();
+    let key = cfg
+        .tickets
+        .keys
+        .first()
+        .ok_or_else(|| anyhow!("demo key"))?
+        .clone();
     let fingerprint = tls::fingerprint_hex(&cert.fingerprint);
     let path = cfg.server.path.clone();
     let banner = Box::new(move |addr: std::net::SocketAddr| {

@@ -34,8 +34,8 @@ use monoio::buf::{IoBuf, IoBufMut};
 
 use crate::transport::{Reader, Signal, Writer, WriterGuard, WriterLock};
 use crate::ws::frame::{
-    self, close, FrameError, FrameHeader, OpCode, Sender, Step, Tracker, MAX_CONTROL_FRAME, MAX_CONTROL_PAYLOAD,
-    MAX_HEADER,
+    self, close, FrameError, FrameHeader, OpCode, Sender, Step, Tracker, MAX_CONTROL_FRAME,
+    MAX_CONTROL_PAYLOAD, MAX_HEADER,
 };
 use crate::ws::mask;
 
@@ -226,7 +226,11 @@ async fn close_upstream(s: &Shared, code: u16) {
 
 /// Answers a ping on the leg it came from, without blocking the reader.
 fn queue_pong(s: &Rc<Shared>, to_browser: bool, payload: Vec<u8>) {
-    let slot = if to_browser { &s.pong_browser } else { &s.pong_upstream };
+    let slot = if to_browser {
+        &s.pong_browser
+    } else {
+        &s.pong_upstream
+    };
     let sender_running = slot.replace(Some(payload)).is_some();
     if sender_running {
         return;
@@ -237,7 +241,11 @@ fn queue_pong(s: &Rc<Shared>, to_browser: bool, payload: Vec<u8>) {
         let Some(mut guard) = or_done(&s.done, lock.lock()).await else {
             return;
         };
-        let slot = if to_browser { &s.pong_browser } else { &s.pong_upstream };
+        let slot = if to_browser {
+            &s.pong_browser
+        } else {
+            &s.pong_upstream
+        };
         let Some(p) = slot.borrow_mut().take() else {
             return;
         };
@@ -264,12 +272,26 @@ pub async fn run(browser: Leg, upstream: Leg, mode: Mode, settings: Settings) ->
         bytes_up: Cell::new(0),
         bytes_down: Cell::new(0),
     });
-    let up = monoio::spawn(pump(s.clone(), Dir::Up, browser.reader, browser.early, settings));
+    let up = monoio::spawn(pump(
+        s.clone(),
+        Dir::Up,
+        browser.reader,
+        browser.early,
+        settings,
+    ));
     let down = match mode {
-        Mode::Frames => monoio::spawn(pump(s.clone(), Dir::Down, upstream.reader, upstream.early, settings)),
+        Mode::Frames => monoio::spawn(pump(
+            s.clone(),
+            Dir::Down,
+            upstream.reader,
+            upstream.early,
+            settings,
+        )),
         Mode::Bytes => monoio::spawn(pump_raw_down(s.clone(), upstream.reader, upstream.early)),
     };
-    let keepalive = settings.ping_interval.map(|every| monoio::spawn(keepalive(s.clone(), every)));
+    let keepalive = settings
+        .ping_interval
+        .map(|every| monoio::spawn(keepalive(s.clone(), every)));
 
     monoio::select! {
         _ = s.done.fired() => {},
@@ -335,7 +357,11 @@ fn resize(buf: &mut Vec<u8>, last_read: usize, room: usize) {
 async fn pump(s: Rc<Shared>, dir: Dir, mut reader: Reader, early: Vec<u8>, settings: Settings) {
     let from_browser = dir == Dir::Up;
     let mut tracker = Tracker::new(
-        if from_browser { Sender::Client } else { Sender::Server },
+        if from_browser {
+            Sender::Client
+        } else {
+            Sender::Server
+        },
         settings.max_frame,
     );
     let target = s.lock_of(!from_browser).clone();
@@ -354,7 +380,9 @@ async fn pump(s: Rc<Shared>, dir: Dir, mut reader: Reader, early: Vec<u8>, setti
             let filled = buf.len();
             room = buf.capacity() - filled;
             let cap = buf.capacity();
-            let Some((res, slice)) = or_done(&s.done, reader.read(buf.slice_mut(filled..cap))).await else {
+            let Some((res, slice)) =
+                or_done(&s.done, reader.read(buf.slice_mut(filled..cap))).await
+            else {
                 return;
             };
             buf = slice.into_inner();
@@ -390,7 +418,12 @@ async fn pump(s: Rc<Shared>, dir: Dir, mut reader: Reader, early: Vec<u8>, setti
                     }
                     pos += len;
                 }
-                Ok(Some(Step::Payload { len, offset, mask: key, .. })) => {
+                Ok(Some(Step::Payload {
+                    len,
+                    offset,
+                    mask: key,
+                    ..
+                })) => {
                     if unmask {
                         if let Some(k) = key {
                             mask::apply(&mut buf[pos..pos + len], k, offset);
@@ -399,7 +432,11 @@ async fn pump(s: Rc<Shared>, dir: Dir, mut reader: Reader, early: Vec<u8>, setti
                     extend(&mut run, pos, pos + len);
                     pos += len;
                 }
-                Ok(Some(Step::Control { len, header, payload_at })) => {
+                Ok(Some(Step::Control {
+                    len,
+                    header,
+                    payload_at,
+                })) => {
                     control = Some((header, pos, pos + payload_at, pos + len));
                     break;
                 }
@@ -475,7 +512,11 @@ async fn flush(
         return None;
     }
     let n = (r.1 - r.0) as u64;
-    let counter = if dir == Dir::Up { &s.bytes_up } else { &s.bytes_down };
+    let counter = if dir == Dir::Up {
+        &s.bytes_up
+    } else {
+        &s.bytes_down
+    };
     counter.set(counter.get() + n);
     Some(slice.into_inner())
 }
@@ -484,7 +525,11 @@ async fn flush(
 /// bytes as received (forwarded unchanged in Frames mode).
 async fn on_close(s: &Rc<Shared>, dir: Dir, payload: &[u8], raw: Vec<u8>) {
     let code = frame::check_close_payload(payload).unwrap_or(close::PROTOCOL_ERROR);
-    let by = if dir == Dir::Up { Side::Browser } else { Side::Upstream };
+    let by = if dir == Dir::Up {
+        Side::Browser
+    } else {
+        Side::Upstream
+    };
     let (replied, sent_other) = match dir {
         Dir::Up => (&s.sent_close_browser, &s.sent_close_upstream),
         Dir::Down => (&s.sent_close_upstream, &s.sent_close_browser),
@@ -507,8 +552,8 @@ async fn on_close(s: &Rc<Shared>, dir: Dir, payload: &[u8], raw: Vec<u8>) {
         return s.finish(end);
     }
     if !sent_other.replace(true) {
-        // End to end: forward the close byte for byte.
-        let lock = s.lock_of(dir == Dir::Up);
+        // End to end: forward the close byte for byte to the other leg.
+        let lock = s.lock_of(dir == Dir::Down);
         if let Ok(mut g) = monoio::time::timeout(CLOSE_GRACE, lock.lock()).await {
             let _ = monoio::time::timeout(CLOSE_GRACE, g.write_all(raw)).await;
         }
@@ -526,7 +571,11 @@ async fn leg_gone(s: &Rc<Shared>, dir: Dir) {
     match dir {
         Dir::Up => {
             s.sent_close_browser.set(true);
-            s.record(End { code: 1006, reason: "browser_gone", by: Side::Browser });
+            s.record(End {
+                code: 1006,
+                reason: "browser_gone",
+                by: Side::Browser,
+            });
             close_upstream(s, close::GOING_AWAY).await;
             s.done.fire();
         }
@@ -536,7 +585,11 @@ async fn leg_gone(s: &Rc<Shared>, dir: Dir) {
                 Mode::Bytes => (close::NORMAL, "upstream_closed"),
                 Mode::Frames => (close::UPSTREAM_FAILED, "upstream_gone"),
             };
-            s.record(End { code, reason, by: Side::Upstream });
+            s.record(End {
+                code,
+                reason,
+                by: Side::Upstream,
+            });
             close_browser(s, code, "").await;
             s.closing.fire();
         }
@@ -548,12 +601,20 @@ async fn leg_gone(s: &Rc<Shared>, dir: Dir) {
 async fn protocol_error(s: &Rc<Shared>, dir: Dir, e: FrameError) {
     match dir {
         Dir::Up => {
-            s.record(End { code: e.close_code(), reason: e.label(), by: Side::Browser });
+            s.record(End {
+                code: e.close_code(),
+                reason: e.label(),
+                by: Side::Browser,
+            });
             close_browser(s, e.close_code(), e.label()).await;
             close_upstream(s, close::GOING_AWAY).await;
         }
         Dir::Down => {
-            s.record(End { code: close::UPSTREAM_FAILED, reason: e.label(), by: Side::Upstream });
+            s.record(End {
+                code: close::UPSTREAM_FAILED,
+                reason: e.label(),
+                by: Side::Upstream,
+            });
             close_upstream(s, e.close_code()).await;
             close_browser(s, close::UPSTREAM_FAILED, "").await;
         }
@@ -573,7 +634,9 @@ async fn pump_raw_down(s: Rc<Shared>, mut reader: Reader, early: Vec<u8>) {
         } else {
             let cap = buf.capacity();
             let room = cap - HEADROOM;
-            let Some((res, slice)) = or_done(&s.done, reader.read(buf.slice_mut(HEADROOM..cap))).await else {
+            let Some((res, slice)) =
+                or_done(&s.done, reader.read(buf.slice_mut(HEADROOM..cap))).await
+            else {
                 return;
             };
             buf = slice.into_inner();
@@ -595,7 +658,9 @@ async fn pump_raw_down(s: Rc<Shared>, mut reader: Reader, early: Vec<u8>) {
         let Some(mut g) = or_done(&s.done, s.browser.lock()).await else {
             return;
         };
-        let Some((res, slice)) = or_done(&s.done, g.write_all(buf.slice(HEADROOM - hl..HEADROOM + n))).await else {
+        let Some((res, slice)) =
+            or_done(&s.done, g.write_all(buf.slice(HEADROOM - hl..HEADROOM + n))).await
+        else {
             return;
         };
         drop(g);

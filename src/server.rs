@@ -69,7 +69,8 @@ pub fn serve(
 ) -> Result<(), String> {
     let nofile = raise_nofile();
     let connectors = Connectors::build(&cfg)?;
-    let listeners = bind(cfg.server.listen, cfg.server.workers).map_err(|e| format!("server.listen {}: {e}", cfg.server.listen))?;
+    let listeners = bind(cfg.server.listen, cfg.server.workers)
+        .map_err(|e| format!("server.listen {}: {e}", cfg.server.listen))?;
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut threads = Vec::new();
@@ -132,7 +133,10 @@ fn worker_main(
         FusionRuntime::Uring(_) => "io_uring",
         FusionRuntime::Legacy(_) => "epoll",
     };
-    log::info("worker started", &[("worker", V::N(id as u64)), ("driver", V::S(driver))]);
+    log::info(
+        "worker started",
+        &[("worker", V::N(id as u64)), ("driver", V::S(driver))],
+    );
     rt.block_on(async move {
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -162,7 +166,13 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the
                 // kernel keeps the backlog meanwhile.
-                log::warn("accept failed", &[("worker", V::N(worker.id as u64)), ("error", V::S(&e.to_string()))]);
+                log::warn(
+                    "accept failed",
+                    &[
+                        ("worker", V::N(worker.id as u64)),
+                        ("error", V::S(&e.to_string())),
+                    ],
+                );
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -50,7 +50,10 @@ impl Worker {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -67,7 +70,9 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let (mut stream, head, early) = match head {
         Err(_) => return refused_quietly(&peer_s, "handshake_timeout"),
         Ok(Err(Quiet(reason))) => return refused_quietly(&peer_s, reason),
-        Ok(Ok(Err((mut stream, e)))) => return refuse(&mut stream, &peer_s, Refusal::Head(e)).await,
+        Ok(Ok(Err((mut stream, e)))) => {
+            return refuse(&mut stream, &peer_s, Refusal::Head(e)).await
+        }
         Ok(Ok(Ok(parts))) => parts,
     };
     let (upgrade, claims) = match admit(&worker, &head) {
@@ -96,7 +101,9 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         relay::Mode::Frames => opened.protocol.as_deref(),
         relay::Mode::Bytes => offered,
     };
-    let (res, _) = stream.write_all(handshake::response_101(&upgrade.key, protocol)).await;
+    let (res, _) = stream
+        .write_all(handshake::response_101(&upgrade.key, protocol))
+        .await;
     if res.is_err() {
         return refused_quietly(&peer_s, "browser_gone_before_101");
     }
@@ -129,8 +136,16 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         ping_interval: worker.cfg.server.ping_interval,
     };
     let out = relay::run(
-        Leg { reader: br, writer: bw, early },
-        Leg { reader: ur, writer: uw, early: opened.early },
+        Leg {
+            reader: br,
+            writer: bw,
+            early,
+        },
+        Leg {
+            reader: ur,
+            writer: uw,
+            early: opened.early,
+        },
         opened.mode,
         settings,
     )
@@ -160,7 +175,10 @@ type Head = (Stream, RequestHead, Vec<u8>);
 
 /// TLS (if configured), then the request head. Bytes after the head (a
 /// client may send its first frames at once) are returned, not lost.
-async fn read_head(worker: &Worker, tcp: TcpStream) -> Result<Result<Head, (Stream, http::HeadError)>, Quiet> {
+async fn read_head(
+    worker: &Worker,
+    tcp: TcpStream,
+) -> Result<Result<Head, (Stream, http::HeadError)>, Quiet> {
     let mut stream = match &worker.tls {
         Some(acceptor) => match acceptor.accept(tcp).await {
             Ok(s) => Stream::ServerTls(Box::new(s)),
@@ -200,7 +218,9 @@ fn admit(worker: &Worker, head: &RequestHead) -> Result<(Upgrade, Claims), Refus
         return Err(Refusal::NotFound);
     }
     let upgrade = handshake::check_upgrade(head).map_err(Refusal::Handshake)?;
-    let mut from_query = query.into_iter().flat_map(|q| http::query_values(q, "ticket"));
+    let mut from_query = query
+        .into_iter()
+        .flat_map(|q| http::query_values(q, "ticket"));
     let q1 = from_query.next();
     if from_query.next().is_some() {
         return Err(Refusal::Handshake(HandshakeError::DuplicateTicket));
@@ -233,5 +253,8 @@ async fn refuse(stream: &mut Stream, peer: &str, r: Refusal) {
 }
 
 fn refused_quietly(peer: &str, reason: &'static str) {
-    log::info("dropped", &[("reason", V::S(reason)), ("client", V::S(peer))]);
+    log::info(
+        "dropped",
+        &[("reason", V::S(reason)), ("client", V::S(peer))],
+    );
 }

@@ -22,7 +22,10 @@ fn read_certs(path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
     let pem = std::fs::read(path)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<_, _>>()?;
     if certs.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "no certificate in PEM"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no certificate in PEM",
+        ));
     }
     Ok(certs)
 }
@@ -33,7 +36,10 @@ fn read_key(path: &Path) -> io::Result<PrivateKeyDer<'static>> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no private key in PEM"))
 }
 
-fn server_from(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> io::Result<Arc<ServerConfig>> {
+fn server_from(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> io::Result<Arc<ServerConfig>> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?
@@ -62,7 +68,11 @@ pub struct SelfSigned {
 
 /// Makes a fresh self-signed certificate (P-256) for the demo.
 pub fn self_signed() -> Result<SelfSigned, String> {
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     let ck = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
     let der = ck.cert.der().clone();
     let fingerprint = Sha256::digest(der.as_ref()).into();
@@ -79,7 +89,10 @@ pub fn self_signed() -> Result<SelfSigned, String> {
 /// Lowercase hex with `:` separators, as `openssl x509 -fingerprint` and
 /// Proxmox print it.
 pub fn fingerprint_hex(fp: &[u8; 32]) -> String {
-    fp.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    fp.iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The client config for a `wss://` upstream.
@@ -96,7 +109,9 @@ pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, String> {
         Trust::CaFile(path) => {
             let mut roots = RootCertStore::empty();
             for c in read_certs(path).map_err(|e| format!("{}: {e}", path.display()))? {
-                roots.add(c).map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -136,7 +151,9 @@ impl ServerCertVerifier for PinnedLeaf {
         if got == self.sha256 {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
         }
     }
 

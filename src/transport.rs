@@ -12,7 +12,9 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
 use monoio::net::{TcpStream, UnixStream};
 use monoio::BufResult;
 use monoio_rustls::{ClientTlsStream, ServerTlsStream};

@@ -62,7 +62,12 @@ async fn write(writer: &WriterLock, out: Vec<u8>) -> bool {
     g.write_all(out).await.0.is_ok()
 }
 
-async fn read_loop(mut reader: Reader, backend: &Rc<RefCell<Box<dyn Backend>>>, writer: &WriterLock, t0: Instant) {
+async fn read_loop(
+    mut reader: Reader,
+    backend: &Rc<RefCell<Box<dyn Backend>>>,
+    writer: &WriterLock,
+    t0: Instant,
+) {
     let mut buf = Vec::with_capacity(4096);
     loop {
         let cap = buf.capacity();
@@ -73,7 +78,9 @@ async fn read_loop(mut reader: Reader, backend: &Rc<RefCell<Box<dyn Backend>>>, 
             Ok(n) => n,
         };
         let mut out = Vec::new();
-        let result = backend.borrow_mut().on_input(&buf[..n], t0.elapsed(), &mut out);
+        let result = backend
+            .borrow_mut()
+            .on_input(&buf[..n], t0.elapsed(), &mut out);
         buf.clear();
         if !write(writer, out).await || result.is_err() || backend.borrow().wants_close() {
             return;
@@ -81,7 +88,12 @@ async fn read_loop(mut reader: Reader, backend: &Rc<RefCell<Box<dyn Backend>>>, 
     }
 }
 
-async fn tick(backend: Rc<RefCell<Box<dyn Backend>>>, writer: WriterLock, done: Signal, t0: Instant) {
+async fn tick(
+    backend: Rc<RefCell<Box<dyn Backend>>>,
+    writer: WriterLock,
+    done: Signal,
+    t0: Instant,
+) {
     // With no update due, look again soon: input may have asked for one.
     const IDLE_POLL: Duration = Duration::from_millis(50);
     loop {

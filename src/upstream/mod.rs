@@ -45,7 +45,8 @@ impl Connectors {
         for (name, up) in &cfg.upstreams {
             if let Upstream::Ws { url, trust, .. } = up {
                 if url.tls {
-                    let c = crate::tls::client_config(trust).map_err(|e| format!("upstreams.{name}: {e}"))?;
+                    let c = crate::tls::client_config(trust)
+                        .map_err(|e| format!("upstreams.{name}: {e}"))?;
                     map.insert(name.clone(), TlsConnector::from(c));
                 }
             }
@@ -70,20 +71,28 @@ pub async fn open(
 ) -> Result<Opened, UpstreamError> {
     match up {
         Upstream::Ws {
-            url, connect_timeout, ..
+            url,
+            connect_timeout,
+            ..
         } => {
             let connector = connectors.get(name);
-            match monoio::time::timeout(*connect_timeout, ws::open(url, connector, protocol, limits)).await {
+            match monoio::time::timeout(
+                *connect_timeout,
+                ws::open(url, connector, protocol, limits),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(_) => Err(UpstreamError::Timeout),
             }
         }
-        Upstream::Tcp { addr, connect_timeout } => {
-            match monoio::time::timeout(*connect_timeout, tcp::open(*addr)).await {
-                Ok(r) => r,
-                Err(_) => Err(UpstreamError::Timeout),
-            }
-        }
+        Upstream::Tcp {
+            addr,
+            connect_timeout,
+        } => match monoio::time::timeout(*connect_timeout, tcp::open(*addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout),
+        },
         Upstream::Demo => demo::open(console),
     }
 }

@@ -11,7 +11,9 @@ use crate::relay::Mode;
 use crate::transport::Stream;
 
 pub async fn open(addr: SocketAddr) -> Result<Opened, UpstreamError> {
-    let tcp = TcpStream::connect_addr(addr).await.map_err(|_| UpstreamError::Connect)?;
+    let tcp = TcpStream::connect_addr(addr)
+        .await
+        .map_err(|_| UpstreamError::Connect)?;
     let _ = tcp.set_nodelay(true);
     Ok(Opened {
         stream: Stream::Tcp(tcp),

@@ -21,7 +21,9 @@ pub async fn open(
     protocol: Option<&str>,
     limits: HeadLimits,
 ) -> Result<Opened, UpstreamError> {
-    let tcp = TcpStream::connect_addr(url.addr).await.map_err(|_| UpstreamError::Connect)?;
+    let tcp = TcpStream::connect_addr(url.addr)
+        .await
+        .map_err(|_| UpstreamError::Connect)?;
     let _ = tcp.set_nodelay(true);
     let mut stream = match (url.tls, connector) {
         (false, _) => Stream::Tcp(tcp),

@@ -346,9 +346,9 @@ impl Step {
     /// Bytes of input this step covers.
     pub fn len(&self) -> usize {
         match *self {
-            Step::DataHeader { len, .. } | Step::Payload { len, .. } | Step::Control { len, .. } => {
-                len
-            }
+            Step::DataHeader { len, .. }
+            | Step::Payload { len, .. }
+            | Step::Control { len, .. } => len,
         }
     }
 
@@ -515,14 +515,18 @@ mod tests {
         let (h, n) = FrameHeader::parse(&[0x81, 0x05, 0x48]).unwrap().unwrap();
         assert_eq!((h.fin, h.opcode, h.len, n), (true, OpCode::Text, 5, 2));
         // §5.7 masked "Hello".
-        let m = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let m = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let (h, n) = FrameHeader::parse(&m).unwrap().unwrap();
         assert_eq!(h.mask, Some([0x37, 0xfa, 0x21, 0x3d]));
         let mut p = m[n..].to_vec();
         crate::ws::mask::apply(&mut p, h.mask.unwrap(), 0);
         assert_eq!(p, b"Hello");
         // §5.7 256 bytes and 64 KiB binary.
-        let (h, n) = FrameHeader::parse(&[0x82, 0x7E, 0x01, 0x00]).unwrap().unwrap();
+        let (h, n) = FrameHeader::parse(&[0x82, 0x7E, 0x01, 0x00])
+            .unwrap()
+            .unwrap();
         assert_eq!((h.len, n), (256, 4));
         let b = [0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0];
         let (h, n) = FrameHeader::parse(&b).unwrap().unwrap();
@@ -532,9 +536,27 @@ mod tests {
     #[test]
     fn every_prefix_of_a_header_is_incomplete() {
         for header in [
-            FrameHeader { fin: true, rsv: 0, opcode: OpCode::Binary, mask: Some([1, 2, 3, 4]), len: 70000 },
-            FrameHeader { fin: false, rsv: 0, opcode: OpCode::Text, mask: None, len: 300 },
-            FrameHeader { fin: true, rsv: 0, opcode: OpCode::Ping, mask: None, len: 3 },
+            FrameHeader {
+                fin: true,
+                rsv: 0,
+                opcode: OpCode::Binary,
+                mask: Some([1, 2, 3, 4]),
+                len: 70000,
+            },
+            FrameHeader {
+                fin: false,
+                rsv: 0,
+                opcode: OpCode::Text,
+                mask: None,
+                len: 300,
+            },
+            FrameHeader {
+                fin: true,
+                rsv: 0,
+                opcode: OpCode::Ping,
+                mask: None,
+                len: 3,
+            },
         ] {
             let mut b = [0u8; MAX_HEADER];
             let n = header.encode(&mut b);
@@ -550,7 +572,13 @@ mod tests {
         for len in [0u64, 1, 125, 126, 127, 65535, 65536, 1 << 40] {
             for mask in [None, Some([9, 8, 7, 6])] {
                 for (fin, rsv, op) in [(true, 0, 2), (false, 5, 0), (true, 7, 0xB)] {
-                    let h = FrameHeader { fin, rsv, opcode: OpCode::from_u8(op), mask, len };
+                    let h = FrameHeader {
+                        fin,
+                        rsv,
+                        opcode: OpCode::from_u8(op),
+                        mask,
+                        len,
+                    };
                     let mut b = [0u8; MAX_HEADER];
                     let n = h.encode(&mut b);
                     assert_eq!(FrameHeader::parse(&b[..n]), Ok(Some((h, n))));
@@ -567,7 +595,13 @@ mod tests {
 
     fn masked(op: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
         let key = [0xa1, 0xb2, 0xc3, 0xd4];
-        let h = FrameHeader { fin, rsv: 0, opcode: OpCode::from_u8(op), mask: Some(key), len: payload.len() as u64 };
+        let h = FrameHeader {
+            fin,
+            rsv: 0,
+            opcode: OpCode::from_u8(op),
+            mask: Some(key),
+            len: payload.len() as u64,
+        };
         let mut b = [0u8; MAX_HEADER];
         let n = h.encode(&mut b);
         let mut v = b[..n].to_vec();
@@ -597,23 +631,78 @@ mod tests {
     fn rejects_each_violation() {
         let cases: Vec<(Vec<u8>, Sender, FrameError)> = vec![
             (vec![0x82, 0x00], Sender::Client, FrameError::UnmaskedFrame),
-            (masked(0x2, true, b""), Sender::Server, FrameError::MaskedFrame),
-            ({ let mut f = masked(0x2, true, b"x"); f[0] |= 0x40; f }, Sender::Client, FrameError::RsvSet),
-            (masked(0x3, true, b""), Sender::Client, FrameError::ReservedOpcode(3)),
-            (masked(0xB, true, b""), Sender::Client, FrameError::ReservedOpcode(0xB)),
-            (masked(0x9, true, &[0; 126]), Sender::Client, FrameError::ControlTooLong),
-            (masked(0x9, false, b""), Sender::Client, FrameError::FragmentedControl),
-            (masked(0x0, true, b"x"), Sender::Client, FrameError::UnexpectedContinuation),
-            ({ let mut f = masked(0x1, false, b"a"); f.extend(masked(0x1, true, b"b")); f }, Sender::Client, FrameError::ExpectedContinuation),
-            (masked(0x8, true, &[0x03]), Sender::Client, FrameError::BadCloseCode),
-            (masked(0x8, true, &[0x03, 0xed]), Sender::Client, FrameError::BadCloseCode), // 1005
-            (masked(0x8, true, &[0x03, 0xe8, 0xff]), Sender::Client, FrameError::BadCloseReason),
+            (
+                masked(0x2, true, b""),
+                Sender::Server,
+                FrameError::MaskedFrame,
+            ),
+            (
+                {
+                    let mut f = masked(0x2, true, b"x");
+                    f[0] |= 0x40;
+                    f
+                },
+                Sender::Client,
+                FrameError::RsvSet,
+            ),
+            (
+                masked(0x3, true, b""),
+                Sender::Client,
+                FrameError::ReservedOpcode(3),
+            ),
+            (
+                masked(0xB, true, b""),
+                Sender::Client,
+                FrameError::ReservedOpcode(0xB),
+            ),
+            (
+                masked(0x9, true, &[0; 126]),
+                Sender::Client,
+                FrameError::ControlTooLong,
+            ),
+            (
+                masked(0x9, false, b""),
+                Sender::Client,
+                FrameError::FragmentedControl,
+            ),
+            (
+                masked(0x0, true, b"x"),
+                Sender::Client,
+                FrameError::UnexpectedContinuation,
+            ),
+            (
+                {
+                    let mut f = masked(0x1, false, b"a");
+                    f.extend(masked(0x1, true, b"b"));
+                    f
+                },
+                Sender::Client,
+                FrameError::ExpectedContinuation,
+            ),
+            (
+                masked(0x8, true, &[0x03]),
+                Sender::Client,
+                FrameError::BadCloseCode,
+            ),
+            (
+                masked(0x8, true, &[0x03, 0xed]),
+                Sender::Client,
+                FrameError::BadCloseCode,
+            ), // 1005
+            (
+                masked(0x8, true, &[0x03, 0xe8, 0xff]),
+                Sender::Client,
+                FrameError::BadCloseReason,
+            ),
         ];
         for (bytes, from, want) in cases {
             assert_eq!(drive(&[&bytes], from), Err(want), "{bytes:02x?}");
         }
         let mut t = Tracker::new(Sender::Client, 10);
-        assert_eq!(t.step(&masked(0x2, true, &[0; 11])), Err(FrameError::TooLarge));
+        assert_eq!(
+            t.step(&masked(0x2, true, &[0; 11])),
+            Err(FrameError::TooLarge)
+        );
         assert_eq!(FrameError::TooLarge.close_code(), 1009);
     }
 
@@ -623,7 +712,11 @@ mod tests {
         let n = write_close(&mut b, 4002, "lifetime", Some([1, 2, 3, 4]));
         let mut t = Tracker::new(Sender::Client, 1 << 20);
         match t.step(&b[..n]).unwrap() {
-            Some(Step::Control { len, header, payload_at }) => {
+            Some(Step::Control {
+                len,
+                header,
+                payload_at,
+            }) => {
                 assert_eq!(len, n);
                 let mut p = b[payload_at..n].to_vec();
                 crate::ws::mask::apply(&mut p, header.mask.unwrap(), 0);

@@ -102,7 +102,8 @@ impl Upgrade {
 fn is_token(s: &str) -> bool {
     // RFC 7230 tchar.
     !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Validates the upgrade part of a request whose method, path and version
@@ -117,7 +118,7 @@ pub fn check_upgrade(head: &RequestHead) -> Result<Upgrade, HandshakeError> {
     let host = match head.one("host") {
         Ok(Some(h)) if !h.is_empty() => h.to_string(),
         Ok(_) => return Err(HandshakeError::MissingHost),
-        Err(()) => return Err(HandshakeError::DuplicateHost),
+        Err(_) => return Err(HandshakeError::DuplicateHost),
     };
     if head.all("transfer-encoding").next().is_some()
         || head.all("content-length").any(|v| v.trim() != "0")
@@ -147,7 +148,10 @@ pub fn check_upgrade(head: &RequestHead) -> Result<Upgrade, HandshakeError> {
     let mut protocols = Vec::new();
     let mut ticket = None;
     let mut offered = 0;
-    for p in head.all("sec-websocket-protocol").flat_map(|v| v.split(',')) {
+    for p in head
+        .all("sec-websocket-protocol")
+        .flat_map(|v| v.split(','))
+    {
         let p = p.trim();
         offered += 1;
         if offered > MAX_PROTOCOLS {
@@ -177,7 +181,9 @@ pub fn check_upgrade(head: &RequestHead) -> Result<Upgrade, HandshakeError> {
 /// The 101 answer. `protocol` is what the upstream selected.
 pub fn response_101(key: &str, protocol: Option<&str>) -> Vec<u8> {
     let mut out = String::with_capacity(160);
-    out.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
+    out.push_str(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+    );
     out.push_str("Sec-WebSocket-Accept: ");
     out.push_str(&accept_key(key));
     out.push_str("\r\n");
@@ -198,7 +204,12 @@ pub fn client_key() -> String {
 }
 
 /// The upstream upgrade request. `host` is the `Host` header value.
-pub fn client_request(host: &str, path_and_query: &str, key: &str, protocol: Option<&str>) -> Vec<u8> {
+pub fn client_request(
+    host: &str,
+    path_and_query: &str,
+    key: &str,
+    protocol: Option<&str>,
+) -> Vec<u8> {
     let mut out = format!(
         "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"
@@ -227,7 +238,11 @@ pub enum ResponseError {
 
 /// Checks the upstream's 101 (§4.1, client requirements 1-6); returns the
 /// subprotocol it selected.
-pub fn check_response(head: &ResponseHead, key: &str, offered: Option<&str>) -> Result<Option<String>, ResponseError> {
+pub fn check_response(
+    head: &ResponseHead,
+    key: &str,
+    offered: Option<&str>,
+) -> Result<Option<String>, ResponseError> {
     if head.status != 101 {
         return Err(ResponseError::Status(head.status));
     }
@@ -238,7 +253,10 @@ pub fn check_response(head: &ResponseHead, key: &str, offered: Option<&str>) -> 
         Ok(Some(a)) if a == accept_key(key) => {}
         _ => return Err(ResponseError::BadAccept),
     }
-    if head.all("sec-websocket-extensions").any(|v| !v.trim().is_empty()) {
+    if head
+        .all("sec-websocket-extensions")
+        .any(|v| !v.trim().is_empty())
+    {
         return Err(ResponseError::Extension);
     }
     match head.one("sec-websocket-protocol") {
@@ -258,18 +276,27 @@ mod tests {
             "GET /console HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         );
-        parse_request(text.as_bytes(), HeadLimits::default()).unwrap().unwrap().0
+        parse_request(text.as_bytes(), HeadLimits::default())
+            .unwrap()
+            .unwrap()
+            .0
     }
 
     #[test]
     fn rfc6455_accept_vector() {
         // §1.3.
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
     fn accepts_a_browser_upgrade_and_splits_out_the_ticket() {
-        let u = check_upgrade(&req("Sec-WebSocket-Protocol: binary, nexor.ticket.a.b.c\r\nOrigin: https://x\r\n")).unwrap();
+        let u = check_upgrade(&req(
+            "Sec-WebSocket-Protocol: binary, nexor.ticket.a.b.c\r\nOrigin: https://x\r\n",
+        ))
+        .unwrap();
         assert_eq!(u.protocols, ["binary"]);
         assert_eq!(u.ticket.as_deref(), Some("a.b.c"));
         assert_eq!(u.selected_protocol(), Some("binary"));
@@ -286,7 +313,10 @@ Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: bi
     fn token_lists_are_case_insensitive() {
         let text = "GET /c HTTP/1.1\r\nHost: r\r\nUPGRADE: WebSocket\r\nconnection: UPGRADE\r\n\
 sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n";
-        let head = parse_request(text.as_bytes(), HeadLimits::default()).unwrap().unwrap().0;
+        let head = parse_request(text.as_bytes(), HeadLimits::default())
+            .unwrap()
+            .unwrap()
+            .0;
         assert!(check_upgrade(&head).is_ok());
     }
 
@@ -294,27 +324,66 @@ sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n
     fn refuses_each_bad_handshake() {
         let base = "GET /console HTTP/1.1\r\n";
         let cases: &[(&str, HandshakeError)] = &[
-            ("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", HandshakeError::BadKey),
+            (
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+                HandshakeError::BadKey,
+            ),
             ("Content-Length: 5\r\n", HandshakeError::BodyOnUpgrade),
-            ("Transfer-Encoding: chunked\r\n", HandshakeError::BodyOnUpgrade),
+            (
+                "Transfer-Encoding: chunked\r\n",
+                HandshakeError::BodyOnUpgrade,
+            ),
             ("Host: other\r\n", HandshakeError::DuplicateHost),
-            ("Sec-WebSocket-Protocol: nexor.ticket.a, nexor.ticket.b\r\n", HandshakeError::DuplicateTicket),
-            ("Sec-WebSocket-Protocol: a,b,c,d,e,f,g,h,i\r\n", HandshakeError::TooManyProtocols),
-            ("Sec-WebSocket-Protocol: bad proto\r\n", HandshakeError::BadProtocol),
+            (
+                "Sec-WebSocket-Protocol: nexor.ticket.a, nexor.ticket.b\r\n",
+                HandshakeError::DuplicateTicket,
+            ),
+            (
+                "Sec-WebSocket-Protocol: a,b,c,d,e,f,g,h,i\r\n",
+                HandshakeError::TooManyProtocols,
+            ),
+            (
+                "Sec-WebSocket-Protocol: bad proto\r\n",
+                HandshakeError::BadProtocol,
+            ),
         ];
         for (extra, want) in cases {
             assert_eq!(check_upgrade(&req(extra)), Err(*want), "{extra}");
         }
         let variants: &[(&str, &str, HandshakeError)] = &[
-            ("GET /console HTTP/1.1", "POST /console HTTP/1.1", HandshakeError::NotGet),
-            ("GET /console HTTP/1.1", "GET /console HTTP/1.0", HandshakeError::OldHttp),
+            (
+                "GET /console HTTP/1.1",
+                "POST /console HTTP/1.1",
+                HandshakeError::NotGet,
+            ),
+            (
+                "GET /console HTTP/1.1",
+                "GET /console HTTP/1.0",
+                HandshakeError::OldHttp,
+            ),
             ("Host: relay\r\n", "", HandshakeError::MissingHost),
             ("Upgrade: websocket\r\n", "", HandshakeError::NoUpgrade),
-            ("Upgrade: websocket", "Upgrade: h2c", HandshakeError::NoUpgrade),
-            ("keep-alive, Upgrade", "keep-alive", HandshakeError::NoConnectionUpgrade),
+            (
+                "Upgrade: websocket",
+                "Upgrade: h2c",
+                HandshakeError::NoUpgrade,
+            ),
+            (
+                "keep-alive, Upgrade",
+                "keep-alive",
+                HandshakeError::NoConnectionUpgrade,
+            ),
             ("Version: 13", "Version: 8", HandshakeError::BadVersion),
-            ("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZQ==", HandshakeError::BadKey),
-            ("dGhlIHNhbXBsZSBub25jZQ==", "not base64!!", HandshakeError::BadKey),
+            (
+                "dGhlIHNhbXBsZSBub25jZQ==",
+                "dGhlIHNhbXBsZQ==",
+                HandshakeError::BadKey,
+            ),
+            (
+                "dGhlIHNhbXBsZSBub25jZQ==",
+                "not base64!!",
+                HandshakeError::BadKey,
+            ),
         ];
         let good = format!(
             "{base}Host: relay\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
@@ -322,7 +391,10 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
         );
         for (from, to, want) in variants {
             let text = good.replacen(from, to, 1);
-            let head = parse_request(text.as_bytes(), HeadLimits::default()).unwrap().unwrap().0;
+            let head = parse_request(text.as_bytes(), HeadLimits::default())
+                .unwrap()
+                .unwrap()
+                .0;
             assert_eq!(check_upgrade(&head), Err(*want), "{from} -> {to}");
         }
         assert_eq!(HandshakeError::BadVersion.status(), 426);
@@ -330,25 +402,50 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     }
 
     fn resp(text: &str) -> ResponseHead {
-        parse_response(text.as_bytes(), HeadLimits::default()).unwrap().unwrap().0
+        parse_response(text.as_bytes(), HeadLimits::default())
+            .unwrap()
+            .unwrap()
+            .0
     }
 
     #[test]
     fn checks_the_upstream_101() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         // pveproxy's exact answer (PROXMOX.md §2.1), lowercase `upgrade`.
-        let ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\
+        let ok =
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\
 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: binary\r\n\r\n";
-        assert_eq!(check_response(&resp(ok), key, Some("binary")), Ok(Some("binary".into())));
-        assert_eq!(check_response(&resp(ok), key, None), Err(ResponseError::BadProtocol));
+        assert_eq!(
+            check_response(&resp(ok), key, Some("binary")),
+            Ok(Some("binary".into()))
+        );
+        assert_eq!(
+            check_response(&resp(ok), key, None),
+            Err(ResponseError::BadProtocol)
+        );
         let both = ok.replace("binary", "binary, base64");
-        assert_eq!(check_response(&resp(&both), key, Some("binary")), Err(ResponseError::BadProtocol));
+        assert_eq!(
+            check_response(&resp(&both), key, Some("binary")),
+            Err(ResponseError::BadProtocol)
+        );
         let bad = ok.replace("s3pP", "AAAA");
-        assert_eq!(check_response(&resp(&bad), key, Some("binary")), Err(ResponseError::BadAccept));
-        let ext = ok.replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
-        assert_eq!(check_response(&resp(&ext), key, Some("binary")), Err(ResponseError::Extension));
+        assert_eq!(
+            check_response(&resp(&bad), key, Some("binary")),
+            Err(ResponseError::BadAccept)
+        );
+        let ext = ok.replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+        );
+        assert_eq!(
+            check_response(&resp(&ext), key, Some("binary")),
+            Err(ResponseError::Extension)
+        );
         let denied = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(check_response(&resp(denied), key, None), Err(ResponseError::Status(403)));
+        assert_eq!(
+            check_response(&resp(denied), key, None),
+            Err(ResponseError::Status(403))
+        );
     }
 
     #[test]

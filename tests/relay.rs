@@ -1,0 +1,610 @@
+//! The relay end to end: real `nexor-relay serve`, real rustls, real
+//! sockets, upstreams on loopback. Run on both drivers by the README's test
+//! command (`MONOIO_FORCE_LEGACY_DRIVER=1` for epoll).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use nexor_relay::ticket::Console;
+use tungstenite::Message;
+
+const SIZES: &[usize] = &[0, 1, 125, 126, 65535, 65536, 300_000, 1 << 20];
+
+fn relay_with(tls: bool, upstreams: &[(&str, String)]) -> Relay {
+    let mut b = RelayBuilder::new(tls);
+    for (name, body) in upstreams {
+        b = b.upstream(name, body);
+    }
+    b.start()
+}
+
+/// Sends each size and reads the echo back. A TCP upstream cannot echo an
+/// empty message (it is zero bytes on the stream), so `skip_empty` there.
+fn echo_roundtrips(ws: &mut tungstenite::WebSocket<Conn>, skip_empty: bool) {
+    for (i, &len) in SIZES.iter().enumerate() {
+        if len == 0 && skip_empty {
+            continue;
+        }
+        let data = pattern(len, i as u8);
+        ws.send(Message::binary(data.clone())).unwrap();
+        // A tcp echo may cut one message into several frames: gather bytes.
+        let mut got = Vec::new();
+        while got.len() < len || (len == 0 && got.is_empty()) {
+            match ws.read().unwrap() {
+                Message::Binary(b) => {
+                    got.extend_from_slice(&b);
+                    if len == 0 {
+                        break;
+                    }
+                }
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got.len(), len, "size {len}");
+        assert!(got == data, "payload of {len} bytes differs");
+    }
+}
+
+#[test]
+fn logs_the_driver_it_runs() {
+    let relay = relay_with(false, &[("d", "kind = \"demo\"".into())]);
+    let want = if std::env::var("MONOIO_FORCE_LEGACY_DRIVER").is_ok_and(|v| v == "1") {
+        "epoll"
+    } else {
+        "io_uring"
+    };
+    assert!(
+        relay.wait_log(&format!("\"driver\":\"{want}\"")),
+        "{}",
+        relay.logs()
+    );
+}
+
+#[test]
+fn wss_query_ticket_to_ws_echo_is_byte_exact() {
+    let echo = Server::ws_echo(false);
+    let relay = relay_with(
+        true,
+        &[(
+            "any",
+            format!("kind = \"ws\"\nurl = \"ws://{}/\"", echo.addr),
+        )],
+    );
+    let t = relay.ticket("any");
+    let (mut ws, resp) = relay
+        .ws(&format!("/console?ticket={t}"), &["binary"])
+        .unwrap();
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").unwrap(),
+        "binary"
+    );
+    echo_roundtrips(&mut ws, false);
+    ws.close(None).unwrap();
+}
+
+#[test]
+fn wss_subprotocol_ticket_to_tcp_echo_is_byte_exact() {
+    let echo = Server::tcp_echo();
+    let relay = relay_with(
+        true,
+        &[("lab", format!("kind = \"tcp\"\naddr = \"{}\"", echo.addr))],
+    );
+    let t = relay.ticket("lab");
+    let ticket_proto = format!("nexor.ticket.{t}");
+    let (mut ws, resp) = relay.ws("/console", &["binary", &ticket_proto]).unwrap();
+    // The ticket subprotocol is never echoed; `binary` is selected.
+    assert_eq!(
+        resp.headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .count(),
+        1
+    );
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").unwrap(),
+        "binary"
+    );
+    echo_roundtrips(&mut ws, true);
+}
+
+#[test]
+fn wss_upstream_with_pinned_fingerprint_and_ca_file() {
+    let echo = Server::ws_echo(true);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &certs().ca_pem).unwrap();
+    let wrong = "00:".repeat(31) + "00";
+    let relay = relay_with(
+        false,
+        &[
+            (
+                "pinned",
+                format!(
+                    "kind = \"ws\"\nurl = \"wss://127.0.0.1:{}/\"\nfingerprint = \"{}\"",
+                    echo.addr.port(),
+                    leaf_fingerprint().to_lowercase()
+                ),
+            ),
+            (
+                "ca",
+                format!(
+                    "kind = \"ws\"\nurl = \"wss://localhost:{}/\"\nca_file = \"{}\"",
+                    echo.addr.port(),
+                    ca.display()
+                ),
+            ),
+            (
+                "wrongpin",
+                format!(
+                    "kind = \"ws\"\nurl = \"wss://127.0.0.1:{}/\"\nfingerprint = \"{wrong}\"",
+                    echo.addr.port()
+                ),
+            ),
+            (
+                "roots",
+                format!(
+                    "kind = \"ws\"\nurl = \"wss://localhost:{}/\"",
+                    echo.addr.port()
+                ),
+            ),
+        ],
+    );
+    for ok in ["pinned", "ca"] {
+        let (mut ws, _) = relay
+            .ws(
+                &format!("/console?ticket={}", relay.ticket(ok)),
+                &["binary"],
+            )
+            .unwrap();
+        ws.send(Message::binary(b"over tls".to_vec())).unwrap();
+        assert_eq!(
+            ws.read().unwrap(),
+            Message::binary(b"over tls".to_vec()),
+            "{ok}"
+        );
+    }
+    // A certificate that is neither pinned nor from a system root: 502.
+    for bad in ["wrongpin", "roots"] {
+        let req = relay.upgrade_request(&format!("/console?ticket={}", relay.ticket(bad)), "");
+        let (status, _, _, _) = relay.raw(&req);
+        assert_eq!(status, 502, "{bad}");
+    }
+}
+
+#[test]
+fn fragmented_messages_pass_through() {
+    let echo = Server::ws_echo(false);
+    let relay = relay_with(
+        false,
+        &[(
+            "any",
+            format!("kind = \"ws\"\nurl = \"ws://{}/\"", echo.addr),
+        )],
+    );
+    let (status, head, mut c, rest) =
+        relay.raw(&relay.upgrade_request(&format!("/console?ticket={}", relay.ticket("any")), ""));
+    assert_eq!(status, 101, "{head}");
+    let parts: [&[u8]; 3] = [b"frag", b"men", b"ted!"];
+    // A ping between fragments is allowed (RFC 6455 §5.4) and answered by the relay.
+    let mut bytes = frame_bytes(false, 2, parts[0], true);
+    bytes.extend(frame_bytes(true, 9, b"mid", true));
+    bytes.extend(frame_bytes(false, 0, parts[1], true));
+    bytes.extend(frame_bytes(true, 0, parts[2], true));
+    // Written one byte at a time: the relay must cope with any split.
+    for b in &bytes {
+        c.write_all(&[*b]).unwrap();
+    }
+    c.flush().unwrap();
+    let mut pending = rest;
+    let mut got = Vec::new();
+    let mut pong = false;
+    while got.len() < 11 {
+        let f = read_frame(&mut c, &mut pending).unwrap();
+        assert!(!f.masked);
+        match f.opcode {
+            10 => {
+                assert_eq!(f.payload, b"mid");
+                pong = true;
+            }
+            2 => got.extend(f.payload),
+            op => panic!("opcode {op}"),
+        }
+    }
+    assert!(pong, "the relay answers pings itself");
+    assert_eq!(got, b"fragmented!");
+}
+
+#[test]
+fn pings_are_hop_by_hop_on_both_legs() {
+    let (up, conns) = Server::ws_manual();
+    let relay = RelayBuilder::new(false)
+        .server("ping_interval = \"1s\"")
+        .upstream("m", &format!("kind = \"ws\"\nurl = \"ws://{}/\"", up.addr))
+        .start();
+    let (status, _, mut c, rest) = relay.raw(&relay.upgrade_request(
+        &format!("/console?ticket={}", relay.ticket("m")),
+        "Sec-WebSocket-Protocol: binary\r\n",
+    ));
+    assert_eq!(status, 101);
+    let (mut u, upending) = conns.recv_timeout(IO_TIMEOUT).unwrap();
+    let (mut bp, mut upd) = (rest, upending);
+
+    // Upstream pings: the relay answers with a masked pong and the browser sees nothing.
+    write_frame(&mut u, true, 9, b"u-ping", false);
+    let f = read_frame(&mut u, &mut upd).unwrap();
+    let f = if f.opcode == 9 {
+        read_frame(&mut u, &mut upd).unwrap()
+    } else {
+        f
+    };
+    assert_eq!(
+        (f.opcode, f.masked, f.payload.as_slice()),
+        (10, true, &b"u-ping"[..])
+    );
+
+    // Keepalive: both legs get a ping within the interval; the browser's
+    // pong is swallowed, not forwarded.
+    let f = read_frame(&mut c, &mut bp).unwrap();
+    assert_eq!((f.opcode, f.masked), (9, false));
+    write_frame(&mut c, true, 10, &f.payload, true);
+    let mut saw_ping = false;
+    for _ in 0..3 {
+        let f = read_frame(&mut u, &mut upd).unwrap();
+        assert_ne!(f.opcode, 10, "a browser pong reached the upstream");
+        if f.opcode == 9 {
+            assert!(f.masked, "client-side frames are masked");
+            saw_ping = true;
+            break;
+        }
+    }
+    assert!(saw_ping);
+    // Data still flows both ways after all that.
+    write_frame(&mut c, true, 2, b"up", true);
+    let f = loop {
+        let f = read_frame(&mut u, &mut upd).unwrap();
+        if f.opcode == 2 {
+            break f;
+        }
+    };
+    assert_eq!(f.payload, b"up");
+    write_frame(&mut u, true, 2, b"down", false);
+    let f = loop {
+        let f = read_frame(&mut c, &mut bp).unwrap();
+        if f.opcode == 2 {
+            break f;
+        }
+    };
+    assert_eq!(f.payload, b"down");
+}
+
+#[test]
+fn browser_close_goes_end_to_end() {
+    let (up, conns) = Server::ws_manual();
+    let relay = relay_with(
+        false,
+        &[("m", format!("kind = \"ws\"\nurl = \"ws://{}/\"", up.addr))],
+    );
+    let (_, _, mut c, mut bp) =
+        relay.raw(&relay.upgrade_request(&format!("/console?ticket={}", relay.ticket("m")), ""));
+    let (mut u, mut upd) = conns.recv_timeout(IO_TIMEOUT).unwrap();
+    let close = frame_bytes(true, 8, &[0x10, 0xe1, b'b', b'y', b'e'], true);
+    c.write_all(&close).unwrap();
+    // Forwarded byte for byte (same mask key).
+    let mut got = vec![0u8; close.len()];
+    u.read_exact(&mut got).unwrap();
+    assert_eq!(got, close);
+    write_frame(&mut u, true, 8, &[0x10, 0xe1], false);
+    let f = read_frame(&mut c, &mut bp).unwrap();
+    assert_eq!(close_code(&f), Some(4321));
+    // Then the relay closes the TCP connection.
+    assert!(read_frame(&mut c, &mut bp).is_err());
+    let _ = &mut upd;
+    assert!(relay.wait_log("\"code\":4321"), "{}", relay.logs());
+}
+
+#[test]
+fn upstream_close_goes_end_to_end() {
+    let (up, conns) = Server::ws_manual();
+    let relay = relay_with(
+        true,
+        &[("m", format!("kind = \"ws\"\nurl = \"ws://{}/\"", up.addr))],
+    );
+    let t = relay.ticket("m");
+    let (mut ws, _) = relay.ws(&format!("/console?ticket={t}"), &[]).unwrap();
+    let (mut u, mut upd) = conns.recv_timeout(IO_TIMEOUT).unwrap();
+    write_frame(&mut u, true, 8, &[0x0f, 0xa0, b'v', b'm'], false);
+    match ws.read().unwrap() {
+        Message::Close(Some(cf)) => {
+            assert_eq!(u16::from(cf.code), 4000);
+            assert_eq!(cf.reason.as_str(), "vm");
+        }
+        other => panic!("{other:?}"),
+    }
+    // tungstenite answers the close; the relay forwards it upstream.
+    let _ = ws.flush();
+    let f = read_frame(&mut u, &mut upd).unwrap();
+    assert_eq!((f.opcode, close_code(&f), f.masked), (8, Some(4000), true));
+}
+
+#[test]
+fn tcp_upstream_eof_closes_the_browser_with_1000() {
+    let up = Server::start(|mut tcp| {
+        tcp.write_all(b"console says bye").unwrap();
+    });
+    let relay = relay_with(
+        false,
+        &[("t", format!("kind = \"tcp\"\naddr = \"{}\"", up.addr))],
+    );
+    let (mut ws, _) = relay
+        .ws(
+            &format!("/console?ticket={}", relay.ticket("t")),
+            &["binary"],
+        )
+        .unwrap();
+    let mut got = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) => got.extend_from_slice(&b),
+            Ok(Message::Close(Some(cf))) => {
+                assert_eq!(u16::from(cf.code), 1000);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, b"console says bye");
+}
+
+#[test]
+fn browser_close_to_tcp_upstream_is_answered_by_the_relay() {
+    let echo = Server::tcp_echo();
+    let relay = relay_with(
+        false,
+        &[("t", format!("kind = \"tcp\"\naddr = \"{}\"", echo.addr))],
+    );
+    let (_, _, mut c, mut bp) =
+        relay.raw(&relay.upgrade_request(&format!("/console?ticket={}", relay.ticket("t")), ""));
+    write_frame(&mut c, true, 8, &[0x03, 0xe8], true);
+    let f = read_frame(&mut c, &mut bp).unwrap();
+    assert_eq!(close_code(&f), Some(1000));
+    assert!(read_frame(&mut c, &mut bp).is_err());
+}
+
+#[test]
+fn upstream_refused_is_502_and_silent_is_504() {
+    let silent = Server::silent();
+    let relay = relay_with(
+        true,
+        &[
+            (
+                "down",
+                format!("kind = \"tcp\"\naddr = \"{}\"", refused_addr()),
+            ),
+            (
+                "wsdown",
+                format!("kind = \"ws\"\nurl = \"ws://{}/\"", refused_addr()),
+            ),
+            (
+                "mute",
+                format!(
+                    "kind = \"ws\"\nurl = \"ws://{}/\"\nconnect_timeout = \"1s\"",
+                    silent.addr
+                ),
+            ),
+        ],
+    );
+    for (up, want) in [("down", 502), ("wsdown", 502), ("mute", 504)] {
+        let (status, head, mut c, rest) =
+            relay.raw(&relay.upgrade_request(&format!("/console?ticket={}", relay.ticket(up)), ""));
+        assert_eq!(status, want, "{up}: {head}");
+        let body = read_body(&mut c, &head, rest);
+        assert!(
+            !body.contains("127.0.0.1") && body.lines().count() == 1,
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn refusals_have_their_status_and_leak_nothing() {
+    let echo = Server::tcp_echo();
+    let relay = relay_with(
+        false,
+        &[("t", format!("kind = \"tcp\"\naddr = \"{}\"", echo.addr))],
+    );
+    let good = relay.ticket("t");
+    let mut expired = Relay::claims("t", Console::Vnc);
+    expired.iat = now() - 100;
+    expired.exp = now() - 10;
+    let expired = relay.sign(&expired);
+    let unknown = relay.sign(&Relay::claims("nope", Console::Vnc));
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (relay.upgrade_request(&format!("/other?ticket={good}"), ""), 404),
+        (b"GET /console HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 426),
+        (relay.upgrade_request("/console", ""), 401),
+        (relay.upgrade_request("/console?ticket=abc.def.ghi", ""), 401),
+        (relay.upgrade_request(&format!("/console?ticket={expired}"), ""), 401),
+        (relay.upgrade_request(&format!("/console?ticket={unknown}"), ""), 403),
+        (relay.upgrade_request(&format!("/console?ticket={good}&ticket={good}"), ""), 400),
+        (relay.upgrade_request(&format!("/console?ticket={good}"), "Sec-WebSocket-Protocol: nexor.ticket.x.y.z\r\n"), 400),
+        (relay.upgrade_request(&format!("/console?ticket={good}"), "Content-Length: 3\r\n"), 400),
+        (b"GET /console HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".to_vec(), 426),
+        (b"\x00\x01garbage\r\n\r\n".to_vec(), 400),
+    ];
+    for (req, want) in cases {
+        let (status, head, mut c, rest) = relay.raw(&req);
+        assert_eq!(status, want, "{}", String::from_utf8_lossy(&req));
+        assert!(head.contains("Connection: close"));
+        let body = read_body(&mut c, &head, rest);
+        assert_eq!(body.lines().count(), 1, "{body}");
+        assert!(
+            !body.contains(&good) && !body.contains("127.0.0.1"),
+            "{body}"
+        );
+        if want == 426 && head.contains("Sec-WebSocket-Version") {
+            assert!(head.contains("Sec-WebSocket-Version: 13"));
+        }
+    }
+    // The relay is still healthy after all that.
+    let (mut ws, _) = relay
+        .ws(&format!("/console?ticket={}", relay.ticket("t")), &[])
+        .unwrap();
+    ws.send(Message::binary(b"ok".to_vec())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::binary(b"ok".to_vec()));
+}
+
+#[test]
+fn frame_violations_get_their_close_codes() {
+    let echo = Server::tcp_echo();
+    let relay = RelayBuilder::new(false)
+        .limits("max_frame = \"64KiB\"")
+        .upstream("t", &format!("kind = \"tcp\"\naddr = \"{}\"", echo.addr))
+        .start();
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (frame_bytes(true, 2, b"unmasked", false), 1002),
+        (frame_bytes(true, 2, &vec![0u8; 65537], true), 1009),
+        (
+            {
+                let mut f = frame_bytes(true, 2, b"x", true);
+                f[0] |= 0x40;
+                f
+            },
+            1002,
+        ),
+        (frame_bytes(true, 3, b"", true), 1002),
+        (frame_bytes(true, 9, &[0u8; 126], true), 1002),
+        (frame_bytes(true, 0, b"cont", true), 1002),
+        (frame_bytes(true, 8, &[0x03], true), 1002),
+        (frame_bytes(true, 8, &[0x03, 0xed], true), 1002),
+    ];
+    for (bytes, want) in cases {
+        let (status, _, mut c, mut bp) = relay
+            .raw(&relay.upgrade_request(&format!("/console?ticket={}", relay.ticket("t")), ""));
+        assert_eq!(status, 101);
+        let _ = c.write_all(&bytes);
+        let f = read_frame(&mut c, &mut bp).unwrap();
+        assert_eq!(
+            close_code(&f),
+            Some(want),
+            "{:02x?}",
+            &bytes[..bytes.len().min(16)]
+        );
+    }
+}
+
+#[test]
+fn large_upstream_stream_reaches_the_browser_intact() {
+    const TOTAL: usize = 8 << 20;
+    let up = Server::start(|mut tcp| {
+        let data = pattern(TOTAL, 7);
+        let _ = tcp.write_all(&data);
+    });
+    let relay = relay_with(
+        true,
+        &[("t", format!("kind = \"tcp\"\naddr = \"{}\"", up.addr))],
+    );
+    let (mut ws, _) = relay
+        .ws(
+            &format!("/console?ticket={}", relay.ticket("t")),
+            &["binary"],
+        )
+        .unwrap();
+    let mut got = Vec::with_capacity(TOTAL);
+    while got.len() < TOTAL {
+        match ws.read().unwrap() {
+            Message::Binary(b) => got.extend_from_slice(&b),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(got == pattern(TOTAL, 7));
+}
+
+#[test]
+fn demo_vnc_speaks_rfb_with_security_none() {
+    let relay = relay_with(true, &[("demo", "kind = \"demo\"".into())]);
+    let (mut ws, _) = relay
+        .ws(
+            &format!("/console?ticket={}", relay.ticket("demo")),
+            &["binary"],
+        )
+        .unwrap();
+    let mut rx = Vec::new();
+    let need = |ws: &mut tungstenite::WebSocket<Conn>, n: usize, rx: &mut Vec<u8>| -> Vec<u8> {
+        while rx.len() < n {
+            if let Message::Binary(b) = ws.read().unwrap() {
+                rx.extend_from_slice(&b);
+            }
+        }
+        rx.drain(..n).collect()
+    };
+    assert_eq!(need(&mut ws, 12, &mut rx), b"RFB 003.008\n");
+    ws.send(Message::binary(b"RFB 003.008\n".to_vec())).unwrap();
+    assert_eq!(need(&mut ws, 2, &mut rx), [1, 1]);
+    ws.send(Message::binary(vec![1])).unwrap();
+    assert_eq!(need(&mut ws, 4, &mut rx), [0, 0, 0, 0]);
+    ws.send(Message::binary(vec![1])).unwrap();
+    let init = need(&mut ws, 24, &mut rx);
+    assert_eq!(&init[..4], &[0x02, 0x80, 0x01, 0xe0], "640x480");
+    let name_len = u32::from_be_bytes([init[20], init[21], init[22], init[23]]) as usize;
+    assert_eq!(need(&mut ws, name_len, &mut rx), b"nexor-relay demo");
+    // A full update of a 16x16 corner: header + 16*16*4 bytes of Raw pixels.
+    ws.send(Message::binary(vec![3, 0, 0, 0, 0, 0, 0, 16, 0, 16]))
+        .unwrap();
+    let upd = need(&mut ws, 4 + 12 + 16 * 16 * 4, &mut rx);
+    assert_eq!(upd[0], 0);
+    assert_eq!(&upd[4..12], &[0, 0, 0, 0, 0, 16, 0, 16]);
+}
+
+#[test]
+fn demo_terminal_echoes_lines() {
+    let relay = relay_with(false, &[("demo", "kind = \"demo\"".into())]);
+    let mut c = Relay::claims("demo", Console::Term);
+    c.sub = "someone".into();
+    let t = relay.sign(&c);
+    let (mut ws, _) = relay
+        .ws(&format!("/console?ticket={t}"), &["binary"])
+        .unwrap();
+    ws.send(Message::binary(b"uptime\r".to_vec())).unwrap();
+    let mut text = Vec::new();
+    while !String::from_utf8_lossy(&text).contains("you typed: uptime") {
+        if let Message::Binary(b) = ws.read().unwrap() {
+            text.extend_from_slice(&b);
+        }
+    }
+    assert!(String::from_utf8_lossy(&text).starts_with("nexor-relay demo terminal\r\n$ "));
+}
+
+#[test]
+fn early_frames_after_the_head_are_not_lost() {
+    let echo = Server::tcp_echo();
+    let relay = relay_with(
+        false,
+        &[("t", format!("kind = \"tcp\"\naddr = \"{}\"", echo.addr))],
+    );
+    let mut req = relay.upgrade_request(&format!("/console?ticket={}", relay.ticket("t")), "");
+    req.extend(frame_bytes(true, 2, b"eager", true));
+    let (status, _, mut c, mut bp) = relay.raw(&req);
+    assert_eq!(status, 101);
+    let f = read_frame(&mut c, &mut bp).unwrap();
+    assert_eq!(f.payload, b"eager");
+}
+
+#[test]
+fn slow_handshake_is_cut_at_the_deadline() {
+    let relay = RelayBuilder::new(false)
+        .limits("handshake_timeout = \"1s\"")
+        .upstream("d", "kind = \"demo\"")
+        .start();
+    let mut c = relay.conn();
+    c.write_all(b"GET /console HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut b = [0u8; 16];
+    // Closed without an answer (a write may still succeed; the read sees EOF).
+    let _ = c.write_all(b"Host: x\r\n");
+    assert!(matches!(c.read(&mut b), Ok(0) | Err(_)));
+    assert!(relay.wait_log("handshake_timeout"));
+}
