@@ -276,7 +276,7 @@ fn inspect(rest: &[String]) -> Result<ExitCode> {
     let (header, payload) = match ticket::decode_unverified(&token) {
         Ok(v) => v,
         Err(e) => {
-            println!("invalid: {e} ({})", e.label());
+            println!("invalid: {e} ({}, HTTP {})", e.label(), e.status());
             return Ok(ExitCode::from(1));
         }
     };
