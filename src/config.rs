@@ -69,6 +69,10 @@ struct RawServer {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     ping_interval: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+    require_origin: Option<bool>,
+    proxy_protocol: Option<bool>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +81,8 @@ struct RawTickets {
     keys: Vec<RawKey>,
     max_ttl: Option<String>,
     leeway: Option<String>,
+    audience: Option<String>,
+    reconnect_grace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +100,14 @@ struct RawLimits {
     handshake_timeout: Option<String>,
     max_head: Option<Size>,
     max_headers: Option<usize>,
+    max_sessions: Option<usize>,
+    max_sessions_per_vm: Option<usize>,
+    max_sessions_per_user: Option<usize>,
+    on_vm_limit: Option<String>,
+    max_session: Option<String>,
+    idle_timeout: Option<String>,
+    handshakes_per_ip: Option<u32>,
+    max_handshakes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -136,6 +150,21 @@ pub struct Server {
     pub tls: Option<TlsFiles>,
     /// Keepalive pings on both legs; `None` turns them off ("0s").
     pub ping_interval: Option<Duration>,
+    pub origins: OriginPolicy,
+    /// Expect a PROXY protocol v1/v2 header on every connection.
+    pub proxy_protocol: bool,
+    /// Peers whose X-Forwarded-For / Forwarded / CF-Connecting-IP are believed.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// Which `Origin`s may open a console.
+#[derive(Debug, Clone, Default)]
+pub struct OriginPolicy {
+    /// Exact origins (`scheme://host[:port]`, lowercase). Empty: the
+    /// Origin's host must equal the Host header's.
+    pub allowed: Vec<String>,
+    /// Refuse requests without an Origin (non-browser clients).
+    pub require: bool,
 }
 
 /// Certificate chain and private key, PEM.
@@ -150,6 +179,9 @@ pub struct TlsFiles {
 pub struct Tickets {
     pub keys: KeyRing,
     pub policy: Policy,
+    /// How long after a session drops its client may reconnect with the
+    /// same ticket (noVNC's auto-reconnect), even past `exp`.
+    pub reconnect_grace: Duration,
 }
 
 /// `[limits]`.
@@ -161,6 +193,90 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     pub max_head: usize,
     pub max_headers: usize,
+    /// Live sessions on this relay (all cores); `None` = no limit.
+    pub max_sessions: Option<usize>,
+    /// Live sessions per VM (`upstream/node/vmid`).
+    pub max_sessions_per_vm: Option<usize>,
+    pub max_sessions_per_user: Option<usize>,
+    pub on_vm_limit: VmLimit,
+    /// Cap on a session's lifetime (and the lifetime of tickets without
+    /// `max_session`); then close 4002.
+    pub max_session: Duration,
+    /// No data frames either way for this long: close 4003. `None` = off.
+    pub idle_timeout: Option<Duration>,
+    /// Handshakes per client IP per second (429 beyond); `None` = off.
+    pub handshakes_per_ip: Option<u32>,
+    /// Handshakes in progress at once (all cores); beyond, connections are
+    /// dropped before TLS.
+    pub max_handshakes: usize,
+}
+
+/// What a new session does when its VM is at `max_sessions_per_vm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmLimit {
+    /// Refuse it with 429.
+    Reject,
+    /// Admit it and close the VM's oldest session with 4001.
+    Replace,
+}
+
+/// An IP network, `10.0.0.0/8` or `::1/128` or a bare address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or_else(|| format!("`{s}`: bad prefix length"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// True if `ip` is inside (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// `[upstreams.<name>]`.
@@ -233,6 +349,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEAD: usize = 8 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 32;
+pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(8 * 3600);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_MAX_HANDSHAKES: usize = 4096;
 
 // ---- parsing helpers --------------------------------------------------------
 
@@ -474,12 +594,43 @@ impl Config {
         } else {
             Some(ping)
         };
+        let mut allowed = Vec::new();
+        for (i, o) in raw
+            .allowed_origins
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
+            if !(o.starts_with("https://") || o.starts_with("http://"))
+                || o.matches('/').count() != 2
+            {
+                return Err(ConfigError::new(
+                    format!("server.allowed_origins[{i}]"),
+                    "an origin is scheme://host[:port], e.g. \"https://portal.example.com\"",
+                ));
+            }
+            allowed.push(o);
+        }
+        let mut trusted_proxies = Vec::new();
+        for (i, c) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
+            trusted_proxies.push(
+                Cidr::parse(c)
+                    .map_err(|m| ConfigError::new(format!("server.trusted_proxies[{i}]"), m))?,
+            );
+        }
         Ok(Server {
             listen,
             workers,
             path,
             tls,
             ping_interval,
+            origins: OriginPolicy {
+                allowed,
+                require: raw.require_origin.unwrap_or(false),
+            },
+            proxy_protocol: raw.proxy_protocol.unwrap_or(false),
+            trusted_proxies,
         })
     }
 
@@ -538,13 +689,25 @@ impl Config {
             return Err(ConfigError::new("tickets.max_ttl", "must be above zero"));
         }
         let leeway = duration_or("tickets.leeway", &raw.leeway, DEFAULT_LEEWAY)?;
+        let audience = match raw.audience {
+            Some(a) if a.trim().is_empty() => {
+                return Err(ConfigError::new("tickets.audience", "must not be empty"))
+            }
+            a => a,
+        };
+        let reconnect_grace = duration_or(
+            "tickets.reconnect_grace",
+            &raw.reconnect_grace,
+            DEFAULT_RECONNECT_GRACE,
+        )?;
         Ok(Tickets {
             keys: KeyRing::new(keys),
             policy: Policy {
                 max_ttl: max_ttl.as_secs(),
                 leeway: leeway.as_secs(),
-                audience: None,
+                audience,
             },
+            reconnect_grace,
         })
     }
 
@@ -584,11 +747,42 @@ impl Config {
                 "must be above zero",
             ));
         }
+        let nonzero = |v: Option<usize>| v.filter(|&n| n > 0);
+        let on_vm_limit = match raw.on_vm_limit.as_deref() {
+            None | Some("reject") => VmLimit::Reject,
+            Some("replace") => VmLimit::Replace,
+            Some(o) => {
+                return Err(ConfigError::new(
+                    "limits.on_vm_limit",
+                    format!("`{o}`: \"reject\" or \"replace\""),
+                ))
+            }
+        };
+        let max_session = duration_or("limits.max_session", &raw.max_session, DEFAULT_MAX_SESSION)?;
+        if max_session.is_zero() {
+            return Err(ConfigError::new("limits.max_session", "must be above zero"));
+        }
+        let idle = duration_or(
+            "limits.idle_timeout",
+            &raw.idle_timeout,
+            DEFAULT_IDLE_TIMEOUT,
+        )?;
         Ok(Limits {
             max_frame,
             handshake_timeout,
             max_head,
             max_headers,
+            max_sessions: nonzero(raw.max_sessions),
+            max_sessions_per_vm: nonzero(raw.max_sessions_per_vm),
+            max_sessions_per_user: nonzero(raw.max_sessions_per_user),
+            on_vm_limit,
+            max_session,
+            idle_timeout: (!idle.is_zero()).then_some(idle),
+            handshakes_per_ip: raw.handshakes_per_ip.filter(|&n| n > 0),
+            max_handshakes: raw
+                .max_handshakes
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_MAX_HANDSHAKES),
         })
     }
 

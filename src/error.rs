@@ -6,6 +6,7 @@
 use std::fmt;
 
 use crate::http::HeadError;
+use crate::registry::Denial;
 use crate::ticket::TicketError;
 use crate::ws::handshake::HandshakeError;
 
@@ -48,6 +49,14 @@ pub enum Refusal {
     Ticket(TicketError),
     /// A valid ticket naming an upstream this relay does not have.
     UnknownUpstream,
+    /// `Origin` not allowed (or missing with `require_origin`).
+    Origin,
+    /// The ticket's `ip` is not the client's.
+    WrongIp,
+    /// Too many handshakes from this client IP this second.
+    RateLimited,
+    /// Single use, reconnect grant, session limits.
+    Policy(Denial),
     Upstream(UpstreamError),
 }
 
@@ -59,7 +68,9 @@ impl Refusal {
             Refusal::Handshake(h) => h.status(),
             Refusal::NoTicket => 401,
             Refusal::Ticket(t) => t.status(),
-            Refusal::UnknownUpstream => 403,
+            Refusal::UnknownUpstream | Refusal::Origin | Refusal::WrongIp => 403,
+            Refusal::RateLimited => 429,
+            Refusal::Policy(d) => d.status(),
             Refusal::Upstream(UpstreamError::Timeout) => 504,
             Refusal::Upstream(_) => 502,
         }
@@ -73,6 +84,10 @@ impl Refusal {
             Refusal::NoTicket => "no_ticket",
             Refusal::Ticket(t) => t.label(),
             Refusal::UnknownUpstream => "unknown_upstream",
+            Refusal::Origin => "origin_not_allowed",
+            Refusal::WrongIp => "ticket_ip_mismatch",
+            Refusal::RateLimited => "handshake_rate",
+            Refusal::Policy(d) => d.label(),
             Refusal::Upstream(u) => u.label(),
         }
     }
@@ -91,6 +106,13 @@ impl Refusal {
             Refusal::NoTicket => "ticket required".into(),
             Refusal::Ticket(t) => format!("ticket refused: {t}"),
             Refusal::UnknownUpstream => "ticket refused: unknown upstream".into(),
+            Refusal::Origin => "origin not allowed".into(),
+            Refusal::WrongIp => "ticket refused: bound to another client".into(),
+            Refusal::RateLimited => "too many connection attempts, retry shortly".into(),
+            Refusal::Policy(Denial::Replay) => "ticket refused: already used".into(),
+            Refusal::Policy(Denial::Time(t)) => format!("ticket refused: {t}"),
+            Refusal::Policy(Denial::CacheFull) => "relay busy, retry shortly".into(),
+            Refusal::Policy(_) => "too many console sessions".into(),
             Refusal::Upstream(UpstreamError::Timeout) => "console did not answer in time".into(),
             Refusal::Upstream(_) => "console unavailable".into(),
         }
@@ -101,6 +123,7 @@ impl Refusal {
         match self {
             Refusal::Handshake(HandshakeError::BadVersion) => &[("Sec-WebSocket-Version", "13")],
             Refusal::Handshake(HandshakeError::NoUpgrade) => &[("Upgrade", "websocket")],
+            Refusal::RateLimited | Refusal::Policy(Denial::CacheFull) => &[("Retry-After", "1")],
             _ => &[],
         }
     }

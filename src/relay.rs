@@ -28,10 +28,12 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
 
+use crate::registry::SessionCtl;
 use crate::transport::{Reader, Signal, Writer, WriterGuard, WriterLock};
 use crate::ws::frame::{
     self, close, FrameError, FrameHeader, OpCode, Sender, Step, Tracker, MAX_CONTROL_FRAME,
@@ -63,6 +65,10 @@ pub enum Mode {
 pub struct Settings {
     pub max_frame: u64,
     pub ping_interval: Option<Duration>,
+    /// Time left until the session's lifetime deadline (then 4002).
+    pub lifetime: Option<Duration>,
+    /// No data frames either way for this long: 4003. Pings do not count.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// One leg after its handshake: halves plus bytes read past the handshake.
@@ -136,6 +142,8 @@ struct Shared {
     pong_upstream: RefCell<Option<Vec<u8>>>,
     bytes_up: Cell<u64>,
     bytes_down: Cell<u64>,
+    /// When a data frame (or raw bytes) last went either way.
+    last_data: Cell<Instant>,
 }
 
 impl Shared {
@@ -256,8 +264,15 @@ fn queue_pong(s: &Rc<Shared>, to_browser: bool, payload: Vec<u8>) {
     });
 }
 
-/// Runs a session from the two handshaken legs to its end.
-pub async fn run(browser: Leg, upstream: Leg, mode: Mode, settings: Settings) -> Outcome {
+/// Runs a session from the two handshaken legs to its end. `ctl` lets
+/// other cores close it (replace, revoke, drain).
+pub async fn run(
+    browser: Leg,
+    upstream: Leg,
+    mode: Mode,
+    settings: Settings,
+    ctl: Option<Arc<SessionCtl>>,
+) -> Outcome {
     let s = Rc::new(Shared {
         mode,
         browser: WriterLock::new(browser.writer),
@@ -271,6 +286,7 @@ pub async fn run(browser: Leg, upstream: Leg, mode: Mode, settings: Settings) ->
         pong_upstream: RefCell::new(None),
         bytes_up: Cell::new(0),
         bytes_down: Cell::new(0),
+        last_data: Cell::new(Instant::now()),
     });
     let up = monoio::spawn(pump(
         s.clone(),
@@ -298,6 +314,14 @@ pub async fn run(browser: Leg, upstream: Leg, mode: Mode, settings: Settings) ->
         _ = s.closing.fired() => {
             let _ = monoio::time::timeout(CLOSE_GRACE, s.done.fired()).await;
         },
+        (code, reason) = watchdog(&s, ctl.as_deref(), settings) => {
+            // The relay ends it: lifetime, idle, replaced, revoked, shutdown.
+            s.record(End { code, reason, by: Side::Relay });
+            close_browser(&s, code, reason).await;
+            close_upstream(&s, close::GOING_AWAY).await;
+            s.closing.fire();
+            let _ = monoio::time::timeout(CLOSE_GRACE, s.done.fired()).await;
+        },
     }
     s.done.fire();
     up.await;
@@ -322,6 +346,43 @@ pub async fn run(browser: Leg, upstream: Leg, mode: Mode, settings: Settings) ->
         by: end.by,
         bytes_up: s.bytes_up.get(),
         bytes_down: s.bytes_down.get(),
+    }
+}
+
+/// Resolves with the close code and reason when the relay itself must end
+/// the session: its lifetime deadline, the idle timeout, or a request from
+/// another core.
+async fn watchdog(s: &Shared, ctl: Option<&SessionCtl>, settings: Settings) -> (u16, &'static str) {
+    let start = Instant::now();
+    loop {
+        let now = Instant::now();
+        let mut wake: Option<Instant> = None;
+        if let Some(life) = settings.lifetime {
+            if start + life <= now {
+                return (close::LIFETIME, "lifetime");
+            }
+            wake = Some(start + life);
+        }
+        if let Some(idle) = settings.idle_timeout {
+            let at = s.last_data.get() + idle;
+            if at <= now {
+                return (close::IDLE, "idle");
+            }
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
+        let sleep = async {
+            match wake {
+                Some(at) => monoio::time::sleep(at - now).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        match ctl {
+            Some(c) => monoio::select! {
+                r = c.wait() => return (r.code(), r.label()),
+                _ = sleep => {},
+            },
+            None => sleep.await,
+        }
     }
 }
 
@@ -518,6 +579,7 @@ async fn flush(
         &s.bytes_down
     };
     counter.set(counter.get() + n);
+    s.last_data.set(Instant::now());
     Some(slice.into_inner())
 }
 
@@ -669,6 +731,7 @@ async fn pump_raw_down(s: Rc<Shared>, mut reader: Reader, early: Vec<u8>) {
             return leg_gone(&s, Dir::Up).await;
         }
         s.bytes_down.set(s.bytes_down.get() + n as u64);
+        s.last_data.set(Instant::now());
         buf.truncate(HEADROOM);
         if room > 0 {
             resize_raw(&mut buf, n, room);

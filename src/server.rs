@@ -18,6 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::log::{self, V};
+use crate::registry::Registry;
 use crate::session::{self, Worker};
 use crate::upstream::Connectors;
 
@@ -69,6 +70,7 @@ pub fn serve(
 ) -> Result<(), String> {
     let nofile = raise_nofile();
     let connectors = Connectors::build(&cfg)?;
+    let registry = Arc::new(Registry::new());
     let listeners = bind(cfg.server.listen, cfg.server.workers)
         .map_err(|e| format!("server.listen {}: {e}", cfg.server.listen))?;
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
@@ -78,10 +80,11 @@ pub fn serve(
         let cfg = cfg.clone();
         let tls = tls.clone();
         let connectors = connectors.clone();
+        let registry = registry.clone();
         let ready = ready_tx.clone();
         let t = std::thread::Builder::new()
             .name(format!("nexor-w{id}"))
-            .spawn(move || worker_main(id, l, cfg, tls, connectors, ready))
+            .spawn(move || worker_main(id, l, cfg, tls, connectors, registry, ready))
             .map_err(|e| e.to_string())?;
         threads.push(t);
     }
@@ -116,6 +119,7 @@ fn worker_main(
     cfg: Arc<Config>,
     tls: Option<Arc<ServerConfig>>,
     connectors: Connectors,
+    registry: Arc<Registry>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let rt = RuntimeBuilder::<FusionDriver>::new()
@@ -151,6 +155,7 @@ fn worker_main(
             cfg,
             tls: tls.map(TlsAcceptor::from),
             connectors,
+            registry,
             started: Cell::new(0),
         });
         accept_loop(worker, listener).await;

@@ -1,7 +1,7 @@
 //! One client connection, start to close:
 //!
 //! ```text
-//! Tls → Head → Ticket → Upstream → 101 → Relay → Closed
+//! [PROXY] → Tls → Head → client IP → Ticket → policy → Upstream → 101 → Relay → Closed
 //! ```
 //!
 //! Every step before the 101 can refuse with the exact status of
@@ -11,19 +11,22 @@
 //! audit key is the SHA-256 of the `jti`.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use monoio::buf::IoBufMut;
+use monoio::io::AsyncReadRentExt;
 use monoio::net::TcpStream;
 use monoio_rustls::TlsAcceptor;
 
-use crate::config::Config;
+use crate::config::{Config, OriginPolicy};
 use crate::error::Refusal;
 use crate::http::{self, HeadLimits, RequestHead};
 use crate::log::{self, V};
+use crate::proxy::{self, ProxyHeader};
+use crate::registry::{Registry, Request};
 use crate::relay::{self, Leg, Settings};
 use crate::ticket::{self, Claims, Console};
 use crate::transport::Stream;
@@ -36,6 +39,7 @@ pub struct Worker {
     pub cfg: Arc<Config>,
     pub tls: Option<TlsAcceptor>,
     pub connectors: Connectors,
+    pub registry: Arc<Registry>,
     /// Sessions started on this worker, for session ids.
     pub started: Cell<u64>,
 }
@@ -49,39 +53,60 @@ impl Worker {
     }
 }
 
-fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Serves one accepted TCP connection to its end.
 pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let peer_s = peer.ip().to_string();
-    let deadline = worker.cfg.limits.handshake_timeout;
-    // Slowloris guard: TLS and the whole request head within the deadline.
-    let head = monoio::time::timeout(deadline, read_head(&worker, tcp)).await;
-    let (mut stream, head, early) = match head {
-        Err(_) => return refused_quietly(&peer_s, "handshake_timeout"),
-        Ok(Err(Quiet(reason))) => return refused_quietly(&peer_s, reason),
-        Ok(Ok(Err((mut stream, e)))) => {
-            return refuse(&mut stream, &peer_s, Refusal::Head(e)).await
-        }
+    let cfg = worker.cfg.clone();
+    let Some(slot) = worker.registry.begin_handshake(cfg.limits.max_handshakes) else {
+        return dropped(peer.ip(), "handshake_capacity");
+    };
+    // Slowloris guard: PROXY header, TLS and the request head within the deadline.
+    let head =
+        monoio::time::timeout(cfg.limits.handshake_timeout, read_head(&worker, tcp, peer)).await;
+    let (mut stream, head, early, peer_ip) = match head {
+        Err(_) => return dropped(peer.ip(), "handshake_timeout"),
+        Ok(Err((ip, reason))) => return dropped(ip, reason),
+        Ok(Ok(Err((mut stream, ip, e)))) => return refuse(&mut stream, ip, Refusal::Head(e)).await,
         Ok(Ok(Ok(parts))) => parts,
     };
-    let (upgrade, claims) = match admit(&worker, &head) {
+    let client = proxy::client_ip(peer_ip, &head, &cfg.server.trusted_proxies);
+    let (upgrade, claims) = match admit(&worker, &head, client) {
         Ok(v) => v,
-        Err(r) => return refuse(&mut stream, &peer_s, r).await,
+        Err(r) => return refuse(&mut stream, client, r).await,
     };
-    let Some(up) = worker.cfg.upstreams.get(&claims.upstream) else {
-        return refuse(&mut stream, &peer_s, Refusal::UnknownUpstream).await;
+    let Some(up) = cfg.upstreams.get(&claims.upstream) else {
+        return refuse(&mut stream, client, Refusal::UnknownUpstream).await;
     };
+    let now = unix_now();
+    let policy = &cfg.tickets.policy;
+    let grace = cfg.tickets.reconnect_grace.as_secs();
+    let admitted = worker.registry.admit(
+        Request {
+            claims: &claims,
+            time: claims.check_time(policy, now),
+            client,
+            now,
+            leeway: policy.leeway,
+            grace,
+        },
+        &cfg.limits,
+    );
+    let admitted = match admitted {
+        Ok(a) => a,
+        Err(d) => return refuse(&mut stream, client, Refusal::Policy(d)).await,
+    };
+    let ctl = admitted.ctl;
     let offered = upgrade.selected_protocol();
     let t_connect = Instant::now();
     let opened = upstream::open(
@@ -95,7 +120,11 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     .await;
     let opened = match opened {
         Ok(o) => o,
-        Err(e) => return refuse(&mut stream, &peer_s, Refusal::Upstream(e)).await,
+        Err(e) => {
+            // The console never opened: the client may retry with the same ticket.
+            worker.registry.release(&ctl, unix_now(), grace);
+            return refuse(&mut stream, client, Refusal::Upstream(e)).await;
+        }
     };
     let protocol = match opened.mode {
         relay::Mode::Frames => opened.protocol.as_deref(),
@@ -105,13 +134,16 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         .write_all(handshake::response_101(&upgrade.key, protocol))
         .await;
     if res.is_err() {
-        return refused_quietly(&peer_s, "browser_gone_before_101");
+        worker.registry.release(&ctl, unix_now(), grace);
+        return dropped(client, "browser_gone_before_101");
     }
+    drop(slot);
 
     let n = worker.started.get() + 1;
     worker.started.set(n);
     let sid = format!("{}-{n}", worker.id);
-    let jti_hash = hex(&claims.replay_key()[..16]);
+    let jti_hash = hex(&ctl.jti_hash[..16]);
+    let client_s = client.to_string();
     let console = match claims.console {
         Console::Vnc => "vnc",
         Console::Term => "term",
@@ -123,8 +155,10 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             ("jti_sha256", V::S(&jti_hash)),
             ("sub", V::S(&claims.sub)),
             ("upstream", V::S(&claims.upstream)),
+            ("vm", V::S(&ctl.vm)),
             ("console", V::S(console)),
-            ("client", V::S(&peer_s)),
+            ("client", V::S(&client_s)),
+            ("reconnect", V::B(ctl.reconnect)),
             ("connect_ms", V::N(t_connect.elapsed().as_millis() as u64)),
         ],
     );
@@ -132,8 +166,10 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let (br, bw) = stream.into_split();
     let (ur, uw) = opened.stream.into_split();
     let settings = Settings {
-        max_frame: worker.cfg.limits.max_frame,
-        ping_interval: worker.cfg.server.ping_interval,
+        max_frame: cfg.limits.max_frame,
+        ping_interval: cfg.server.ping_interval,
+        lifetime: Some(admitted.lifetime),
+        idle_timeout: cfg.limits.idle_timeout,
     };
     let out = relay::run(
         Leg {
@@ -148,8 +184,10 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         },
         opened.mode,
         settings,
+        Some(ctl.clone()),
     )
     .await;
+    worker.registry.release(&ctl, unix_now(), grace);
     log::info(
         "session end",
         &[
@@ -157,7 +195,8 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             ("jti_sha256", V::S(&jti_hash)),
             ("sub", V::S(&claims.sub)),
             ("upstream", V::S(&claims.upstream)),
-            ("client", V::S(&peer_s)),
+            ("vm", V::S(&ctl.vm)),
+            ("client", V::S(&client_s)),
             ("code", V::N(out.code as u64)),
             ("reason", V::S(out.reason)),
             ("by", V::S(out.by.as_str())),
@@ -168,21 +207,58 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     );
 }
 
-/// A connection dropped without an HTTP answer (no TLS, no head).
-struct Quiet(&'static str);
+type Head = (Stream, RequestHead, Vec<u8>, IpAddr);
+type HeadResult = Result<Result<Head, (Stream, IpAddr, http::HeadError)>, (IpAddr, &'static str)>;
 
-type Head = (Stream, RequestHead, Vec<u8>);
+/// Reads exactly `n` more bytes onto `buf`.
+async fn read_more(tcp: &mut TcpStream, buf: Vec<u8>, n: usize) -> Result<Vec<u8>, &'static str> {
+    let mut more = Vec::with_capacity(n);
+    let (res, b) = tcp.read_exact(more).await;
+    more = b;
+    res.map_err(|_| "closed_in_proxy_header")?;
+    let mut buf = buf;
+    buf.extend_from_slice(&more);
+    Ok(buf)
+}
 
-/// TLS (if configured), then the request head. Bytes after the head (a
-/// client may send its first frames at once) are returned, not lost.
-async fn read_head(
-    worker: &Worker,
-    tcp: TcpStream,
-) -> Result<Result<Head, (Stream, http::HeadError)>, Quiet> {
+/// The PROXY protocol header, read without consuming a byte past it (the
+/// TLS handshake follows): 8 bytes tell v1 from v2; v2 gives its length;
+/// v1 is read up to its CRLF.
+async fn read_proxy_header(tcp: &mut TcpStream, peer: IpAddr) -> Result<IpAddr, &'static str> {
+    let mut buf = read_more(tcp, Vec::new(), 8).await?;
+    loop {
+        match proxy::parse(&buf) {
+            Ok(Some((ProxyHeader::Proxied { source }, _))) => {
+                return Ok(proxy::canonical(source.ip()))
+            }
+            Ok(Some((ProxyHeader::Local, _))) => return Ok(peer),
+            Err(e) => return Err(e.label()),
+            Ok(None) => {
+                let want = if buf[0] == b'P' {
+                    1
+                } else if buf.len() < 16 {
+                    16 - buf.len()
+                } else {
+                    16 + u16::from_be_bytes([buf[14], buf[15]]) as usize - buf.len()
+                };
+                buf = read_more(tcp, buf, want.max(1)).await?;
+            }
+        }
+    }
+}
+
+/// PROXY header (if configured), TLS (if configured), then the request
+/// head. Bytes after the head (a client may send its first frames at once)
+/// are returned, not lost.
+async fn read_head(worker: &Worker, mut tcp: TcpStream, peer: SocketAddr) -> HeadResult {
+    let mut ip = proxy::canonical(peer.ip());
+    if worker.cfg.server.proxy_protocol {
+        ip = read_proxy_header(&mut tcp, ip).await.map_err(|r| (ip, r))?;
+    }
     let mut stream = match &worker.tls {
         Some(acceptor) => match acceptor.accept(tcp).await {
             Ok(s) => Stream::ServerTls(Box::new(s)),
-            Err(_) => return Err(Quiet("tls_handshake_failed")),
+            Err(_) => return Err((ip, "tls_handshake_failed")),
         },
         None => Stream::Tcp(tcp),
     };
@@ -196,28 +272,68 @@ async fn read_head(
         let (res, slice) = stream.read(buf.slice_mut(filled..cap)).await;
         buf = slice.into_inner();
         match res {
-            Ok(0) => return Err(Quiet("closed_before_head")),
-            Err(_) => return Err(Quiet("read_error_before_head")),
+            Ok(0) => return Err((ip, "closed_before_head")),
+            Err(_) => return Err((ip, "read_error_before_head")),
             Ok(_) => {}
         }
         match http::parse_request(&buf, limits) {
             Ok(None) => continue,
             Ok(Some((head, n))) => {
                 let early = buf.split_off(n);
-                return Ok(Ok((stream, head, early)));
+                return Ok(Ok((stream, head, early, ip)));
             }
-            Err(e) => return Ok(Err((stream, e))),
+            Err(e) => return Ok(Err((stream, ip, e))),
         }
     }
 }
 
-/// Routing, the upgrade, and the ticket: everything decided on the head.
-fn admit(worker: &Worker, head: &RequestHead) -> Result<(Upgrade, Claims), Refusal> {
+/// Is `origin` allowed? Without a list, the Origin's host must be the
+/// Host header's (default ports ignored); no Origin is fine for
+/// non-browser clients unless `require_origin`.
+pub fn origin_allowed(policy: &OriginPolicy, origin: Option<&str>, host: &str) -> bool {
+    let Some(origin) = origin else {
+        return !policy.require;
+    };
+    let o = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    if !policy.allowed.is_empty() {
+        return policy.allowed.contains(&o);
+    }
+    let Some((scheme, authority)) = o.split_once("://") else {
+        return false; // "null" (sandboxed or file:// pages) and garbage
+    };
+    let default = match scheme {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return false,
+    };
+    let host = host.trim().to_ascii_lowercase();
+    authority.trim_end_matches(default) == host.trim_end_matches(default)
+}
+
+/// Everything decided on the head: route, rate, upgrade, origin, ticket.
+fn admit(
+    worker: &Worker,
+    head: &RequestHead,
+    client: IpAddr,
+) -> Result<(Upgrade, Claims), Refusal> {
+    let cfg = &worker.cfg;
     let (path, query) = http::split_target(&head.target);
-    if path != worker.cfg.server.path {
+    if path != cfg.server.path {
         return Err(Refusal::NotFound);
     }
+    if let Some(per_sec) = cfg.limits.handshakes_per_ip {
+        if !worker.registry.allow_handshake(client, unix_now(), per_sec) {
+            return Err(Refusal::RateLimited);
+        }
+    }
     let upgrade = handshake::check_upgrade(head).map_err(Refusal::Handshake)?;
+    if !origin_allowed(
+        &cfg.server.origins,
+        upgrade.origin.as_deref(),
+        &upgrade.host,
+    ) {
+        return Err(Refusal::Origin);
+    }
     let mut from_query = query
         .into_iter()
         .flat_map(|q| http::query_values(q, "ticket"));
@@ -230,18 +346,29 @@ fn admit(worker: &Worker, head: &RequestHead) -> Result<(Upgrade, Claims), Refus
         (Some(t), None) | (None, Some(t)) => t,
         (None, None) => return Err(Refusal::NoTicket),
     };
-    let t = &worker.cfg.tickets;
-    let claims = ticket::verify(token, &t.keys, &t.policy, unix_now()).map_err(Refusal::Ticket)?;
+    // Signature and claims now; time checks in the registry, which knows
+    // whether a reconnect grant lets an expired ticket through.
+    let t = &cfg.tickets;
+    let claims = ticket::verify_signature(token, &t.keys).map_err(Refusal::Ticket)?;
+    claims.check_audience(&t.policy).map_err(Refusal::Ticket)?;
+    if let Some(bound) = &claims.ip {
+        let ok = bound
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| proxy::canonical(ip) == client);
+        if !ok {
+            return Err(Refusal::WrongIp);
+        }
+    }
     Ok((upgrade, claims))
 }
 
-async fn refuse(stream: &mut Stream, peer: &str, r: Refusal) {
+async fn refuse(stream: &mut Stream, client: IpAddr, r: Refusal) {
     log::info(
         "refused",
         &[
             ("status", V::N(r.status() as u64)),
             ("reason", V::S(r.label())),
-            ("client", V::S(peer)),
+            ("client", V::S(&client.to_string())),
         ],
     );
     let body = http::refusal(r.status(), r.headers(), &r.body());
@@ -252,9 +379,64 @@ async fn refuse(stream: &mut Stream, peer: &str, r: Refusal) {
     .await;
 }
 
-fn refused_quietly(peer: &str, reason: &'static str) {
+fn dropped(client: IpAddr, reason: &'static str) {
     log::info(
         "dropped",
-        &[("reason", V::S(reason)), ("client", V::S(peer))],
+        &[
+            ("reason", V::S(reason)),
+            ("client", V::S(&client.to_string())),
+        ],
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_rules() {
+        let open = OriginPolicy::default();
+        assert!(origin_allowed(&open, None, "relay.example"));
+        assert!(origin_allowed(
+            &open,
+            Some("https://relay.example"),
+            "relay.example"
+        ));
+        assert!(origin_allowed(
+            &open,
+            Some("https://Relay.Example:443"),
+            "relay.example"
+        ));
+        assert!(origin_allowed(
+            &open,
+            Some("http://127.0.0.1:8080"),
+            "127.0.0.1:8080"
+        ));
+        assert!(!origin_allowed(
+            &open,
+            Some("https://evil.example"),
+            "relay.example"
+        ));
+        assert!(!origin_allowed(&open, Some("null"), "relay.example"));
+        assert!(!origin_allowed(
+            &open,
+            Some("https://relay.example:8443"),
+            "relay.example"
+        ));
+        let strict = OriginPolicy {
+            allowed: vec!["https://portal.example".into()],
+            require: true,
+        };
+        assert!(!origin_allowed(&strict, None, "relay.example"));
+        assert!(origin_allowed(
+            &strict,
+            Some("https://portal.example/"),
+            "relay.example"
+        ));
+        assert!(!origin_allowed(
+            &strict,
+            Some("https://relay.example"),
+            "relay.example"
+        ));
+    }
 }

@@ -1,0 +1,607 @@
+//! The little state shared by all cores, behind one lock touched only at
+//! handshake, session start and session end (never on the data path):
+//!
+//! * the replay cache: a ticket (`jti`) opens one session; after it drops,
+//!   the same client IP may reconnect with it within `reconnect_grace`
+//!   (even past `exp`), one live session at a time, until the session's
+//!   lifetime deadline. Entries live until the ticket can no longer be used;
+//! * live sessions by VM (`upstream/node/vmid`), by user (`sub`) and in
+//!   total, for the limits, with the VM's oldest session replaced (4001)
+//!   when `on_vm_limit = "replace"`;
+//! * each live session's [`SessionCtl`]: another core (or the admin API)
+//!   asks a session to close by setting its code and waking its task;
+//! * handshake counters: per client IP per second, and in flight.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::future::{poll_fn, Future};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use crate::config::{Limits, VmLimit};
+use crate::ticket::{Claims, TicketError};
+use crate::ws::frame::close;
+
+/// Tickets remembered at once. A flood of distinct valid tickets needs the
+/// portal's key; this only bounds memory (~150 B an entry) if it leaks.
+pub const MAX_TICKETS: usize = 1 << 20;
+/// Per-IP rate entries kept before stale ones are swept.
+const MAX_RATE_ENTRIES: usize = 1 << 16;
+
+/// Why a session is asked to close from outside its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseRequest {
+    /// A newer session of the same VM took its place (4001).
+    Replaced,
+    /// The admin revoked it (1008).
+    Revoked,
+    /// The relay is shutting down (1001).
+    Shutdown,
+}
+
+impl CloseRequest {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseRequest::Replaced => close::REPLACED,
+            CloseRequest::Revoked => close::POLICY,
+            CloseRequest::Shutdown => close::GOING_AWAY,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseRequest::Replaced => "replaced",
+            CloseRequest::Revoked => "revoked",
+            CloseRequest::Shutdown => "shutdown",
+        }
+    }
+
+    fn to_u32(self) -> u32 {
+        match self {
+            CloseRequest::Replaced => 1,
+            CloseRequest::Revoked => 2,
+            CloseRequest::Shutdown => 3,
+        }
+    }
+
+    fn from_u32(v: u32) -> Option<CloseRequest> {
+        match v {
+            1 => Some(CloseRequest::Replaced),
+            2 => Some(CloseRequest::Revoked),
+            3 => Some(CloseRequest::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// A live session as the rest of the relay sees it.
+#[derive(Debug)]
+pub struct SessionCtl {
+    pub id: u64,
+    /// SHA-256 of the ticket's `jti`: the audit and revoke key.
+    pub jti_hash: [u8; 32],
+    pub sub: String,
+    /// `upstream/node/vmid`, absent claims left empty.
+    pub vm: String,
+    pub upstream: String,
+    pub client: IpAddr,
+    pub started_unix: u64,
+    pub reconnect: bool,
+    request: AtomicU32,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl SessionCtl {
+    /// Asks the session to close; the first request wins. Safe from any thread.
+    pub fn request_close(&self, why: CloseRequest) {
+        if self
+            .request
+            .compare_exchange(0, why.to_u32(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            if let Some(w) = lock(&self.waker).take() {
+                w.wake();
+            }
+        }
+    }
+
+    pub fn requested(&self) -> Option<CloseRequest> {
+        CloseRequest::from_u32(self.request.load(Ordering::Acquire))
+    }
+
+    /// Resolves when a close was requested.
+    pub fn wait(&self) -> impl Future<Output = CloseRequest> + '_ {
+        poll_fn(move |cx| {
+            if let Some(r) = self.requested() {
+                return Poll::Ready(r);
+            }
+            *lock(&self.waker) = Some(cx.waker().clone());
+            // A request may have landed between the check and the store.
+            match self.requested() {
+                Some(r) => Poll::Ready(r),
+                None => Poll::Pending,
+            }
+        })
+    }
+}
+
+/// The VM identity of DESIGN.md §2: `upstream/node/vmid`.
+pub fn vm_key(c: &Claims) -> String {
+    format!(
+        "{}/{}/{}",
+        c.upstream,
+        c.node.as_deref().unwrap_or(""),
+        c.vmid.map(|v| v.to_string()).unwrap_or_default()
+    )
+}
+
+/// Why the registry refused a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// The ticket was used and no reconnect grant applies (403).
+    Replay,
+    /// A new ticket that is not valid now (401): expired, not yet valid...
+    Time(TicketError),
+    VmLimit,
+    UserLimit,
+    GlobalLimit,
+    /// The replay cache is full (503).
+    CacheFull,
+}
+
+impl Denial {
+    pub fn status(self) -> u16 {
+        match self {
+            Denial::Replay => 403,
+            Denial::Time(e) => e.status(),
+            Denial::VmLimit | Denial::UserLimit | Denial::GlobalLimit => 429,
+            Denial::CacheFull => 503,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Denial::Replay => "ticket_used",
+            Denial::Time(e) => e.label(),
+            Denial::VmLimit => "vm_session_limit",
+            Denial::UserLimit => "user_session_limit",
+            Denial::GlobalLimit => "global_session_limit",
+            Denial::CacheFull => "ticket_cache_full",
+        }
+    }
+}
+
+/// An admitted session.
+#[derive(Debug)]
+pub struct Admitted {
+    pub ctl: Arc<SessionCtl>,
+    /// Time left until the session's lifetime deadline.
+    pub lifetime: Duration,
+}
+
+struct TicketEntry {
+    live: Option<u64>,
+    client: IpAddr,
+    /// When its last session dropped, if a reconnect grant is open.
+    dropped_at: Option<u64>,
+    /// The session lifetime deadline (unix seconds), fixed at first use.
+    deadline: u64,
+    /// `exp + leeway`: a used ticket is remembered at least this long.
+    exp_until: u64,
+    keep_until: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    tickets: HashMap<[u8; 32], TicketEntry>,
+    purge: BinaryHeap<Reverse<(u64, [u8; 32])>>,
+    live: BTreeMap<u64, Arc<SessionCtl>>,
+    per_vm: HashMap<String, BTreeSet<u64>>,
+    per_user: HashMap<String, usize>,
+    next_id: u64,
+    rates: HashMap<IpAddr, (u64, u32)>,
+}
+
+/// The shared registry (one per process).
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+    handshakes: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere never leaves these maps half-updated in a way that
+    // matters more than refusing every later console would.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What [`Registry::admit`] needs to decide.
+pub struct Request<'a> {
+    pub claims: &'a Claims,
+    /// The ticket's time check now (`exp`, `iat`, `nbf`, `max_ttl`).
+    pub time: Result<(), TicketError>,
+    pub client: IpAddr,
+    pub now: u64,
+    pub leeway: u64,
+    pub grace: u64,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Admits a session or says why not.
+    pub fn admit(&self, r: Request<'_>, limits: &Limits) -> Result<Admitted, Denial> {
+        let mut g = lock(&self.inner);
+        let inner = &mut *g;
+        purge(inner, r.now);
+        let key = r.claims.replay_key();
+        let cap = limits.max_session.as_secs();
+        let (deadline, reconnect) = match inner.tickets.get(&key) {
+            Some(e) if e.live.is_some() => return Err(Denial::Replay),
+            Some(e) => match e.dropped_at {
+                Some(at) if e.client == r.client && r.now <= at + r.grace && r.now < e.deadline => {
+                    (e.deadline, true)
+                }
+                _ => return Err(Denial::Replay),
+            },
+            None => {
+                r.time.map_err(Denial::Time)?;
+                if inner.tickets.len() >= MAX_TICKETS {
+                    return Err(Denial::CacheFull);
+                }
+                let life = r.claims.max_session.map_or(cap, |m| m.min(cap));
+                (r.now.saturating_add(life), false)
+            }
+        };
+        if limits.max_sessions.is_some_and(|m| inner.live.len() >= m) {
+            return Err(Denial::GlobalLimit);
+        }
+        if limits
+            .max_sessions_per_user
+            .is_some_and(|m| inner.per_user.get(&r.claims.sub).copied().unwrap_or(0) >= m)
+        {
+            return Err(Denial::UserLimit);
+        }
+        let vm = vm_key(r.claims);
+        if let Some(max) = limits.max_sessions_per_vm {
+            let ids = inner.per_vm.entry(vm.clone()).or_default();
+            while ids.len() >= max {
+                if limits.on_vm_limit == VmLimit::Reject {
+                    return Err(Denial::VmLimit);
+                }
+                // Replace: the oldest session of this VM goes (4001); it no
+                // longer counts, even before its task has closed it.
+                let Some(oldest) = ids.pop_first() else { break };
+                if let Some(ctl) = inner.live.get(&oldest) {
+                    ctl.request_close(CloseRequest::Replaced);
+                }
+            }
+        }
+        inner.next_id += 1;
+        let ctl = Arc::new(SessionCtl {
+            id: inner.next_id,
+            jti_hash: key,
+            sub: r.claims.sub.clone(),
+            vm: vm.clone(),
+            upstream: r.claims.upstream.clone(),
+            client: r.client,
+            started_unix: r.now,
+            reconnect,
+            request: AtomicU32::new(0),
+            waker: Mutex::new(None),
+        });
+        inner.live.insert(ctl.id, ctl.clone());
+        inner.per_vm.entry(vm).or_default().insert(ctl.id);
+        *inner.per_user.entry(ctl.sub.clone()).or_default() += 1;
+        let exp_until = r.claims.exp.saturating_add(r.leeway);
+        let entry = inner.tickets.entry(key).or_insert(TicketEntry {
+            live: None,
+            client: r.client,
+            dropped_at: None,
+            deadline,
+            exp_until,
+            keep_until: exp_until,
+        });
+        entry.live = Some(ctl.id);
+        entry.dropped_at = None;
+        Ok(Admitted {
+            ctl,
+            lifetime: Duration::from_secs(deadline.saturating_sub(r.now)),
+        })
+    }
+
+    /// A session ended. Its ticket gets a reconnect grant unless the session
+    /// was replaced or revoked.
+    pub fn release(&self, ctl: &SessionCtl, now: u64, grace: u64) {
+        let mut g = lock(&self.inner);
+        let inner = &mut *g;
+        inner.live.remove(&ctl.id);
+        if let Some(ids) = inner.per_vm.get_mut(&ctl.vm) {
+            ids.remove(&ctl.id);
+            if ids.is_empty() {
+                inner.per_vm.remove(&ctl.vm);
+            }
+        }
+        if let Some(n) = inner.per_user.get_mut(&ctl.sub) {
+            *n -= 1;
+            if *n == 0 {
+                inner.per_user.remove(&ctl.sub);
+            }
+        }
+        let grant = !matches!(
+            ctl.requested(),
+            Some(CloseRequest::Replaced | CloseRequest::Revoked)
+        );
+        if let Some(e) = inner.tickets.get_mut(&ctl.jti_hash) {
+            if e.live == Some(ctl.id) {
+                e.live = None;
+                e.dropped_at = grant.then_some(now);
+                e.keep_until = if grant {
+                    e.exp_until.max(now + grace)
+                } else {
+                    e.exp_until
+                };
+                inner.purge.push(Reverse((e.keep_until, ctl.jti_hash)));
+            }
+        }
+    }
+
+    /// Counts a handshake from `ip` in the current second; false if over
+    /// `per_sec`.
+    pub fn allow_handshake(&self, ip: IpAddr, now: u64, per_sec: u32) -> bool {
+        let mut g = lock(&self.inner);
+        if g.rates.len() >= MAX_RATE_ENTRIES {
+            g.rates.retain(|_, (sec, _)| *sec == now);
+        }
+        let e = g.rates.entry(ip).or_insert((now, 0));
+        if e.0 != now {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        e.1 <= per_sec
+    }
+
+    /// Starts a handshake if fewer than `max` are in flight.
+    pub fn begin_handshake(self: &Arc<Self>, max: usize) -> Option<HandshakeSlot> {
+        let n = self.handshakes.fetch_add(1, Ordering::AcqRel);
+        if n >= max {
+            self.handshakes.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(HandshakeSlot(self.clone()))
+    }
+
+    /// Live sessions, oldest first.
+    pub fn live(&self) -> Vec<Arc<SessionCtl>> {
+        lock(&self.inner).live.values().cloned().collect()
+    }
+
+    /// Tickets remembered (for tests and metrics).
+    pub fn remembered(&self) -> usize {
+        lock(&self.inner).tickets.len()
+    }
+}
+
+/// One handshake in flight; released on drop.
+pub struct HandshakeSlot(Arc<Registry>);
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn purge(inner: &mut Inner, now: u64) {
+    while let Some(Reverse((until, key))) = inner.purge.peek().copied() {
+        if until > now {
+            break;
+        }
+        inner.purge.pop();
+        if let Some(e) = inner.tickets.get(&key) {
+            if e.live.is_none() && e.keep_until <= now {
+                inner.tickets.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ticket::Console;
+
+    fn claims(jti: &str, sub: &str, vmid: u64) -> Claims {
+        Claims {
+            exp: 1060,
+            iat: 1000,
+            nbf: None,
+            jti: jti.into(),
+            sub: sub.into(),
+            aud: None,
+            upstream: "pve".into(),
+            node: Some("n1".into()),
+            vmid: Some(vmid),
+            guest: None,
+            console: Console::Vnc,
+            ip: None,
+            max_session: None,
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_frame: 1 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            max_head: 8192,
+            max_headers: 32,
+            max_sessions: None,
+            max_sessions_per_vm: None,
+            max_sessions_per_user: None,
+            on_vm_limit: VmLimit::Reject,
+            max_session: Duration::from_secs(3600),
+            idle_timeout: None,
+            handshakes_per_ip: None,
+            max_handshakes: 10,
+        }
+    }
+
+    fn req<'a>(c: &'a Claims, ip: &str, now: u64) -> Request<'a> {
+        let time = if now >= c.exp {
+            Err(TicketError::Expired)
+        } else {
+            Ok(())
+        };
+        Request {
+            claims: c,
+            time,
+            client: ip.parse().unwrap(),
+            now,
+            leeway: 0,
+            grace: 30,
+        }
+    }
+
+    #[test]
+    fn single_use_then_reconnect_grant_for_the_same_ip_only() {
+        let reg = Registry::new();
+        let l = limits();
+        let c = claims("jti-0123456789abcdef", "u1", 100);
+        let a = reg.admit(req(&c, "1.1.1.1", 1000), &l).unwrap();
+        assert!(!a.ctl.reconnect);
+        assert_eq!(a.lifetime, Duration::from_secs(3600));
+        // Live: no second session, from anywhere.
+        assert_eq!(
+            reg.admit(req(&c, "1.1.1.1", 1001), &l).unwrap_err(),
+            Denial::Replay
+        );
+        reg.release(&a.ctl, 1010, 30);
+        // Another IP: refused. Same IP within grace, past exp: admitted.
+        assert_eq!(
+            reg.admit(req(&c, "2.2.2.2", 1020), &l).unwrap_err(),
+            Denial::Replay
+        );
+        let b = reg.admit(req(&c, "1.1.1.1", 1039), &l).unwrap();
+        assert!(b.ctl.reconnect);
+        assert_eq!(
+            b.lifetime,
+            Duration::from_secs(3600 - 39),
+            "the deadline is kept"
+        );
+        reg.release(&b.ctl, 1040, 30);
+        // Within the new grace and past exp: still the one grant.
+        let d = reg.admit(req(&c, "1.1.1.1", 1065), &l).unwrap();
+        reg.release(&d.ctl, 1066, 30);
+        // After the grace (1066 + 30), past exp: forgotten, so just expired.
+        assert_eq!(
+            reg.admit(req(&c, "1.1.1.1", 1097), &l).unwrap_err(),
+            Denial::Time(TicketError::Expired)
+        );
+        assert_eq!(reg.remembered(), 0);
+    }
+
+    #[test]
+    fn replaced_and_revoked_sessions_get_no_grant() {
+        let reg = Registry::new();
+        let l = limits();
+        let c = claims("jti-aaaaaaaaaaaaaaaa", "u1", 100);
+        let a = reg.admit(req(&c, "1.1.1.1", 1000), &l).unwrap();
+        a.ctl.request_close(CloseRequest::Revoked);
+        reg.release(&a.ctl, 1001, 30);
+        assert_eq!(
+            reg.admit(req(&c, "1.1.1.1", 1002), &l).unwrap_err(),
+            Denial::Replay
+        );
+    }
+
+    #[test]
+    fn vm_user_and_global_limits() {
+        let reg = Registry::new();
+        let mut l = limits();
+        l.max_sessions_per_vm = Some(1);
+        let a = reg
+            .admit(
+                req(&claims("jti-1111111111111111", "u1", 7), "1.1.1.1", 1000),
+                &l,
+            )
+            .unwrap();
+        let e = reg
+            .admit(
+                req(&claims("jti-2222222222222222", "u2", 7), "1.1.1.1", 1000),
+                &l,
+            )
+            .unwrap_err();
+        assert_eq!((e, e.status()), (Denial::VmLimit, 429));
+        // Another VM is fine.
+        reg.admit(
+            req(&claims("jti-3333333333333333", "u2", 8), "1.1.1.1", 1000),
+            &l,
+        )
+        .unwrap();
+        l.on_vm_limit = VmLimit::Replace;
+        let b = reg
+            .admit(
+                req(&claims("jti-4444444444444444", "u3", 7), "1.1.1.1", 1000),
+                &l,
+            )
+            .unwrap();
+        assert_eq!(a.ctl.requested(), Some(CloseRequest::Replaced));
+        assert_eq!(b.ctl.requested(), None);
+        reg.release(&a.ctl, 1001, 30);
+        assert_eq!(reg.live().len(), 2);
+        let mut l = limits();
+        l.max_sessions_per_user = Some(1);
+        let e = reg
+            .admit(
+                req(&claims("jti-5555555555555555", "u3", 9), "1.1.1.1", 1000),
+                &l,
+            )
+            .unwrap_err();
+        assert_eq!(e, Denial::UserLimit);
+        l.max_sessions = Some(2);
+        l.max_sessions_per_user = None;
+        let e = reg
+            .admit(
+                req(&claims("jti-6666666666666666", "u9", 9), "1.1.1.1", 1000),
+                &l,
+            )
+            .unwrap_err();
+        assert_eq!(e, Denial::GlobalLimit);
+    }
+
+    #[test]
+    fn ticket_lifetime_is_capped_by_config() {
+        let reg = Registry::new();
+        let l = limits();
+        let mut c = claims("jti-7777777777777777", "u1", 1);
+        c.max_session = Some(60);
+        assert_eq!(
+            reg.admit(req(&c, "1.1.1.1", 1000), &l).unwrap().lifetime,
+            Duration::from_secs(60)
+        );
+        let mut c = claims("jti-8888888888888888", "u1", 2);
+        c.max_session = Some(999_999);
+        assert_eq!(
+            reg.admit(req(&c, "1.1.1.1", 1000), &l).unwrap().lifetime,
+            Duration::from_secs(3600)
+        );
+    }
+
+    #[test]
+    fn handshake_rate_and_slots() {
+        let reg = Arc::new(Registry::new());
+        let ip: IpAddr = "9.9.9.9".parse().unwrap();
+        assert!(reg.allow_handshake(ip, 5, 2) && reg.allow_handshake(ip, 5, 2));
+        assert!(!reg.allow_handshake(ip, 5, 2));
+        assert!(reg.allow_handshake(ip, 6, 2), "a new second");
+        let a = reg.begin_handshake(2).unwrap();
+        let _b = reg.begin_handshake(2).unwrap();
+        assert!(reg.begin_handshake(2).is_none());
+        drop(a);
+        assert!(reg.begin_handshake(2).is_some());
+    }
+}
