@@ -18,7 +18,8 @@ fn relay_cmd() -> Command {
 /// The shipped example, next to the certificate files it names.
 fn example_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/relay.toml")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/relay.toml")).unwrap();
     std::fs::write(dir.path().join("relay.toml"), text).unwrap();
     std::fs::write(dir.path().join("cert.pem"), &certs().leaf_pem).unwrap();
     std::fs::write(dir.path().join("key.pem"), &certs().key_pem).unwrap();
@@ -40,7 +41,10 @@ fn check_config_accepts_the_shipped_example() {
     let cfg = dir.path().join("relay.toml");
     let (code, out, err) = run(&["check-config", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("config ok") && out.contains("wss") && out.contains("any, demo, lab"), "{out}");
+    assert!(
+        out.contains("config ok") && out.contains("wss") && out.contains("any, demo, lab"),
+        "{out}"
+    );
     // No secret in what check-config prints.
     assert!(!out.contains("AAECAwQF") && !err.contains("AAECAwQF"));
 }
@@ -51,10 +55,22 @@ fn check_config_errors_name_the_key() {
     let cfg = dir.path().join("relay.toml");
     let base = std::fs::read_to_string(&cfg).unwrap();
     for (from, to, key) in [
-        ("addr = \"127.0.0.1:5901\"", "addr = \"127.0.0.1\"", "upstreams.lab.addr"),
+        (
+            "addr = \"127.0.0.1:5901\"",
+            "addr = \"127.0.0.1\"",
+            "upstreams.lab.addr",
+        ),
         ("max_ttl = \"120s\"", "max_ttl = \"120\"", "tickets.max_ttl"),
-        ("max_frame = \"1MiB\"", "max_frame = \"1 MB\"", "limits.max_frame"),
-        ("tls_key = \"key.pem\"", "tls_key = \"missing.pem\"", "server.tls_key"),
+        (
+            "max_frame = \"1MiB\"",
+            "max_frame = \"1 MB\"",
+            "limits.max_frame",
+        ),
+        (
+            "tls_key = \"key.pem\"",
+            "tls_key = \"missing.pem\"",
+            "server.tls_key",
+        ),
         ("path = \"/console\"", "pathh = \"/console\"", "pathh"),
         ("kind = \"ws\"", "kind = \"wss\"", "upstreams.any.kind"),
     ] {
@@ -73,14 +89,32 @@ fn ticket_mint_then_inspect() {
     let cfg = dir.path().join("relay.toml");
     let cfg = cfg.to_str().unwrap();
     let (code, token, err) = run(&[
-        "ticket", "mint", "-c", cfg, "--upstream", "lab", "--console", "term", "--sub", "cust-7", "--ttl", "90s", "--vmid", "101",
+        "ticket",
+        "mint",
+        "-c",
+        cfg,
+        "--upstream",
+        "lab",
+        "--console",
+        "term",
+        "--sub",
+        "cust-7",
+        "--ttl",
+        "90s",
+        "--vmid",
+        "101",
     ]);
     assert_eq!(code, 0, "{err}");
     let token = token.trim();
     assert_eq!(token.split('.').count(), 3);
     let (code, out, _) = run(&["ticket", "inspect", "-c", cfg, token]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("\"sub\": \"cust-7\"") && out.contains("\"vmid\": 101") && out.trim_end().ends_with("valid"), "{out}");
+    assert!(
+        out.contains("\"sub\": \"cust-7\"")
+            && out.contains("\"vmid\": 101")
+            && out.trim_end().ends_with("valid"),
+        "{out}"
+    );
     // Without a config: decoded, signature not checked.
     let (code, out, _) = run(&["ticket", "inspect", token]);
     assert_eq!(code, 0);
@@ -94,11 +128,26 @@ fn ticket_mint_then_inspect() {
     let bad = String::from_utf8(bad).unwrap();
     let (code, out, _) = run(&["ticket", "inspect", "-c", cfg, &bad]);
     assert_eq!(code, 1);
-    assert!(out.contains("bad_signature") && out.contains("401"), "{out}");
+    assert!(
+        out.contains("bad_signature") && out.contains("401"),
+        "{out}"
+    );
     // A lifetime over max_ttl is refused at mint time, not handed out.
-    let (code, _, err) = run(&["ticket", "mint", "-c", cfg, "--upstream", "lab", "--ttl", "10m"]);
+    let (code, _, err) = run(&[
+        "ticket",
+        "mint",
+        "-c",
+        cfg,
+        "--upstream",
+        "lab",
+        "--ttl",
+        "10m",
+    ]);
     assert_eq!(code, 2);
-    assert!(err.contains("max_ttl") || err.contains("lifetime") || err.contains("ttl"), "{err}");
+    assert!(
+        err.contains("max_ttl") || err.contains("lifetime") || err.contains("ttl"),
+        "{err}"
+    );
     let (code, _, err) = run(&["ticket", "mint", "-c", cfg, "--upstream", "nowhere"]);
     assert_eq!(code, 2);
     assert!(err.contains("nowhere"), "{err}");
@@ -127,15 +176,27 @@ fn demo_prints_working_console_urls() {
     let vnc = url_after("VNC console");
     let fp_line = text.lines().find(|l| l.contains("SHA-256")).unwrap();
     let fp = nexor_relay::config::parse_fingerprint(fp_line.rsplit(' ').next().unwrap()).unwrap();
-    let tls = nexor_relay::tls::client_config(&nexor_relay::config::Trust::Fingerprint(fp)).unwrap();
+    let tls =
+        nexor_relay::tls::client_config(&nexor_relay::config::Trust::Fingerprint(fp)).unwrap();
     let open = |url: &str| {
-        let port: u16 = url.split(':').nth(2).unwrap().split('/').next().unwrap().parse().unwrap();
+        let port: u16 = url
+            .split(':')
+            .nth(2)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let conn = rustls::ClientConnection::new(Arc::clone(&tls), name).unwrap();
         let s = rustls::StreamOwned::new(conn, tcp);
-        tungstenite::client::client(url, s).map_err(|e| e.to_string()).unwrap().0
+        tungstenite::client::client(url, s)
+            .map_err(|e| e.to_string())
+            .unwrap()
+            .0
     };
     let mut ws = open(&term);
     ws.send(Message::binary(b"hi\r".to_vec())).unwrap();

@@ -14,13 +14,22 @@ fn python_websockets_with_pyjwt_ticket() {
     let ws_echo = Server::ws_echo(false);
     let tcp_echo = Server::tcp_echo();
     let relay = RelayBuilder::new(true)
-        .upstream("echo", &format!("kind = \"ws\"\nurl = \"ws://{}/\"", ws_echo.addr))
-        .upstream("lab", &format!("kind = \"tcp\"\naddr = \"{}\"", tcp_echo.addr))
+        .upstream(
+            "echo",
+            &format!("kind = \"ws\"\nurl = \"ws://{}/\"", ws_echo.addr),
+        )
+        .upstream(
+            "lab",
+            &format!("kind = \"tcp\"\naddr = \"{}\"", tcp_echo.addr),
+        )
         .start();
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &certs().ca_pem).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/python_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/python_client.py"
+    );
     let out = Command::new("python3")
         .arg(script)
         .arg(relay.url("/console"))
