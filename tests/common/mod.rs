@@ -189,6 +189,12 @@ impl RelayBuilder {
         self
     }
 
+    pub fn tickets(mut self, s: &str) -> Self {
+        self.tickets.push_str(s);
+        self.tickets.push('\n');
+        self
+    }
+
     pub fn limits(mut self, s: &str) -> Self {
         self.limits.push_str(s);
         self.limits.push('\n');
