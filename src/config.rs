@@ -126,6 +126,12 @@ struct RawUpstream {
     ca_file: Option<PathBuf>,
     fingerprint: Option<String>,
     connect_timeout: Option<String>,
+    api: Option<String>,
+    token_id: Option<String>,
+    token_secret: Option<String>,
+    token_secret_file: Option<PathBuf>,
+    nodes: Option<BTreeMap<String, String>>,
+    force_shared: Option<bool>,
 }
 
 // ---- the validated config ---------------------------------------------------
@@ -295,6 +301,50 @@ pub enum Upstream {
     },
     /// The built-in test-pattern screen and echo terminal.
     Demo,
+    /// A Proxmox VE node or cluster (PROXMOX.md).
+    Proxmox(Box<Proxmox>),
+}
+
+/// A secret string (an API token): never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `kind = "proxmox"`.
+#[derive(Debug, Clone)]
+pub struct Proxmox {
+    /// The API entry point (`https://host:8006`).
+    pub api: WsUrl,
+    /// Nodes reached directly, by node name; others go through `api`.
+    pub nodes: BTreeMap<String, WsUrl>,
+    /// `user@realm!tokenid`.
+    pub token_id: String,
+    pub token_secret: Secret,
+    pub trust: Trust,
+    /// API call, websocket and console login, each (then 504).
+    pub connect_timeout: Duration,
+    /// Force the browser's RFB shared flag to 1 so one viewer cannot
+    /// disconnect the others (PROXMOX.md §6.4).
+    pub force_shared: bool,
+}
+
+impl Proxmox {
+    /// Where a console of `node` is opened: the POST and its websocket go
+    /// to the same host (PROXMOX.md §2.3).
+    pub fn endpoint(&self, node: &str) -> &WsUrl {
+        self.nodes.get(node).unwrap_or(&self.api)
+    }
 }
 
 /// A parsed `ws://` or `wss://` URL.
@@ -808,6 +858,30 @@ impl Config {
             DEFAULT_CONNECT_TIMEOUT,
         )?;
         match u.kind.as_str() {
+            "ws" | "tcp" | "demo"
+                if u.api.is_some()
+                    || u.token_id.is_some()
+                    || u.token_secret.is_some()
+                    || u.token_secret_file.is_some()
+                    || u.nodes.is_some()
+                    || u.force_shared.is_some() =>
+            {
+                let k = [
+                    ("api", u.api.is_some()),
+                    ("token_id", u.token_id.is_some()),
+                    ("token_secret", u.token_secret.is_some()),
+                    ("token_secret_file", u.token_secret_file.is_some()),
+                    ("nodes", u.nodes.is_some()),
+                    ("force_shared", u.force_shared.is_some()),
+                ]
+                .into_iter()
+                .find(|(_, set)| *set)
+                .map_or("api", |(k, _)| k);
+                Err(ConfigError::new(
+                    key(k),
+                    format!("not valid for kind \"{}\"", u.kind),
+                ))
+            }
             "ws" => {
                 not_for("addr", u.addr.is_some())?;
                 let s = u
@@ -863,13 +937,120 @@ impl Config {
                 not_for("connect_timeout", u.connect_timeout.is_some())?;
                 Ok(Upstream::Demo)
             }
-            "proxmox" => Err(ConfigError::new(
-                key("kind"),
-                "kind \"proxmox\" is not available in this build yet",
-            )),
+            "proxmox" => {
+                not_for("url", u.url.is_some())?;
+                not_for("addr", u.addr.is_some())?;
+                let api_url = |k: String, v: &str| -> Result<WsUrl, ConfigError> {
+                    let rest = v
+                        .trim()
+                        .trim_end_matches('/')
+                        .strip_prefix("https://")
+                        .ok_or_else(|| {
+                            ConfigError::new(
+                                &k,
+                                "an https:// URL of a node, e.g. \"https://pve1.example:8006\"",
+                            )
+                        })?;
+                    if rest.contains('/') {
+                        return Err(ConfigError::new(&k, "scheme, host and port only (no path)"));
+                    }
+                    // Without a port, pveproxy's 8006 (not https' 443).
+                    let has_port = rest.rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.ends_with('[') && p.parse::<u16>().is_ok() && !rest.ends_with(']')
+                    });
+                    let with_port = if has_port {
+                        rest.to_string()
+                    } else {
+                        format!("{rest}:8006")
+                    };
+                    parse_ws_url(&format!("wss://{with_port}/"))
+                        .map_err(|m| ConfigError::new(&k, m))
+                };
+                let api = api_url(
+                    key("api"),
+                    u.api.as_deref().ok_or_else(|| {
+                        ConfigError::new(key("api"), "required for kind \"proxmox\"")
+                    })?,
+                )?;
+                let mut nodes = BTreeMap::new();
+                for (node, url) in u.nodes.unwrap_or_default() {
+                    nodes.insert(node.clone(), api_url(key(&format!("nodes.{node}")), &url)?);
+                }
+                let token_id = u.token_id.ok_or_else(|| {
+                    ConfigError::new(key("token_id"), "required for kind \"proxmox\"")
+                })?;
+                let valid_id = token_id
+                    .split_once('@')
+                    .and_then(|(user, rest)| {
+                        rest.split_once('!').map(|(realm, tok)| (user, realm, tok))
+                    })
+                    .is_some_and(|(user, realm, tok)| {
+                        !user.is_empty()
+                            && !realm.is_empty()
+                            && !tok.is_empty()
+                            && !token_id.contains(['=', ' ', '\n', ':'])
+                    });
+                if !valid_id {
+                    return Err(ConfigError::new(
+                        key("token_id"),
+                        "expected user@realm!tokenid",
+                    ));
+                }
+                let secret = match (u.token_secret, u.token_secret_file) {
+                    (Some(s), None) => s,
+                    (None, Some(f)) => {
+                        let p = rel(base, &f);
+                        std::fs::read_to_string(&p)
+                            .map_err(|e| {
+                                ConfigError::new(
+                                    key("token_secret_file"),
+                                    format!("cannot read {}: {e}", p.display()),
+                                )
+                            })?
+                            .trim()
+                            .to_string()
+                    }
+                    _ => {
+                        return Err(ConfigError::new(
+                            key("token_secret"),
+                            "exactly one of token_secret or token_secret_file",
+                        ))
+                    }
+                };
+                if secret.is_empty() || secret.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(ConfigError::new(
+                        key("token_secret"),
+                        "must be non-empty, without spaces",
+                    ));
+                }
+                let trust = match (u.ca_file, u.fingerprint) {
+                    (Some(_), Some(_)) => {
+                        return Err(ConfigError::new(
+                            key("fingerprint"),
+                            "use either ca_file or fingerprint",
+                        ))
+                    }
+                    (Some(f), None) => Trust::CaFile(rel(base, &f)),
+                    (None, Some(fp)) => Trust::Fingerprint(
+                        parse_fingerprint(&fp)
+                            .map_err(|m| ConfigError::new(key("fingerprint"), m))?,
+                    ),
+                    (None, None) => Trust::SystemRoots,
+                };
+                Ok(Upstream::Proxmox(Box::new(Proxmox {
+                    api,
+                    nodes,
+                    token_id,
+                    token_secret: Secret(secret),
+                    trust,
+                    connect_timeout,
+                    force_shared: u.force_shared.unwrap_or(true),
+                })))
+            }
             other => Err(ConfigError::new(
                 key("kind"),
-                format!("unknown kind \"{other}\" (ws, tcp, demo)"),
+                format!("unknown kind \"{other}\" (ws, tcp, demo, proxmox)"),
             )),
         }
     }

@@ -23,6 +23,8 @@ pub enum UpstreamError {
     Handshake(&'static str),
     /// The upstream closed before its handshake finished.
     Closed,
+    /// Proxmox refused (API status, ticket, login): the label says which.
+    Api(&'static str),
 }
 
 impl UpstreamError {
@@ -33,6 +35,7 @@ impl UpstreamError {
             UpstreamError::Tls => "upstream_tls",
             UpstreamError::Handshake(l) => l,
             UpstreamError::Closed => "upstream_closed_early",
+            UpstreamError::Api(l) => l,
         }
     }
 }

@@ -210,6 +210,8 @@ struct Inner {
 pub struct Registry {
     inner: Mutex<Inner>,
     handshakes: AtomicUsize,
+    /// Proxmox VNC logins, one at a time per VM.
+    pub gates: Arc<VmGates>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -603,5 +605,62 @@ mod tests {
         assert!(reg.begin_handshake(2).is_none());
         drop(a);
         assert!(reg.begin_handshake(2).is_some());
+    }
+}
+
+/// Per-VM serialisation across all cores: each `vncproxy` call resets the
+/// VM's one VNC password, so "vncproxy → websocket → RFB login" of two
+/// consoles of one VM must not interleave (PROXMOX.md §10, §12).
+#[derive(Default)]
+pub struct VmGates {
+    inner: Mutex<HashMap<String, Gate>>,
+}
+
+#[derive(Default)]
+struct Gate {
+    held: bool,
+    waiters: Vec<Waker>,
+}
+
+impl VmGates {
+    /// Waits until no other console of `vm` is logging in, then holds the
+    /// gate until the returned guard drops.
+    pub fn acquire(self: &Arc<Self>, vm: String) -> impl Future<Output = VmGuard> + '_ {
+        let mut vm = Some(vm);
+        poll_fn(move |cx| {
+            let mut map = lock(&self.inner);
+            let key = vm.as_deref().unwrap_or_default();
+            let gate = map.entry(key.to_string()).or_default();
+            if !gate.held {
+                gate.held = true;
+                return Poll::Ready(VmGuard {
+                    gates: self.clone(),
+                    vm: vm.take().unwrap_or_default(),
+                });
+            }
+            if !gate.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                gate.waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+    }
+}
+
+/// The held gate of one VM.
+pub struct VmGuard {
+    gates: Arc<VmGates>,
+    vm: String,
+}
+
+impl Drop for VmGuard {
+    fn drop(&mut self) {
+        let mut map = lock(&self.gates.inner);
+        if let Some(gate) = map.remove(&self.vm) {
+            // Wake every waiter (any thread): one wins, the rest wait again;
+            // a waiter that gave up (timeout) cannot strand the others.
+            for w in gate.waiters {
+                w.wake();
+            }
+        }
     }
 }

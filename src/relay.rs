@@ -58,6 +58,11 @@ pub enum Mode {
     Frames,
     /// Raw byte stream upstream (TCP console, in-process demo).
     Bytes,
+    /// pveproxy's websocket (PROXMOX.md §2.2): as Frames, except that
+    /// browser frames it would die on (fragments, payloads over 128 KiB)
+    /// are re-cut into complete binary frames, and it never sends or
+    /// answers close frames.
+    Proxmox,
 }
 
 /// Per-session settings.
@@ -221,7 +226,7 @@ async fn close_upstream(s: &Shared, code: u16) {
         return;
     }
     match s.mode {
-        Mode::Frames => {
+        Mode::Frames | Mode::Proxmox => {
             send_close(&s.upstream, code, "", true).await;
         }
         Mode::Bytes => {
@@ -296,7 +301,7 @@ pub async fn run(
         settings,
     ));
     let down = match mode {
-        Mode::Frames => monoio::spawn(pump(
+        Mode::Frames | Mode::Proxmox => monoio::spawn(pump(
             s.clone(),
             Dir::Down,
             upstream.reader,
@@ -394,7 +399,7 @@ async fn keepalive(s: Rc<Shared>, every: Duration) {
         if !send_control(&s.browser, OpCode::Ping, b"nexor", false).await {
             continue;
         }
-        if s.mode == Mode::Frames {
+        if s.mode != Mode::Bytes {
             send_control(&s.upstream, OpCode::Ping, b"nexor", true).await;
         }
     }
@@ -427,6 +432,9 @@ async fn pump(s: Rc<Shared>, dir: Dir, mut reader: Reader, early: Vec<u8>, setti
     );
     let target = s.lock_of(!from_browser).clone();
     let unmask = from_browser && s.mode == Mode::Bytes;
+    let recut_mode = from_browser && s.mode == Mode::Proxmox;
+    // A browser frame being re-cut for pveproxy: (payload length, mask key).
+    let mut recut: Option<(u64, [u8; 4])> = None;
     let mut buf = early;
     buf.reserve(SMALL_BUF.saturating_sub(buf.len()));
     let mut guard: Option<WriterGuard> = None;
@@ -467,8 +475,19 @@ async fn pump(s: Rc<Shared>, dir: Dir, mut reader: Reader, early: Vec<u8>, setti
                     error = Some(e);
                     break;
                 }
-                Ok(Some(Step::DataHeader { len, .. })) => {
-                    if !unmask {
+                Ok(Some(Step::DataHeader { len, header })) => {
+                    if recut_mode && needs_recut(&header) {
+                        // Our own headers replace this one; its payload
+                        // passes unchanged, still masked with its key.
+                        if let Some(r) = run.take() {
+                            buf = match flush(&s, dir, &target, &mut guard, buf, r).await {
+                                Some(b) => b,
+                                None => return,
+                            };
+                        }
+                        recut =
+                            (header.len > 0).then(|| (header.len, header.mask.unwrap_or_default()));
+                    } else if !unmask {
                         extend(&mut run, pos, pos + len);
                     } else if let Some(r) = run.take() {
                         // Headers are dropped: write the payload stretch so far.
@@ -490,7 +509,41 @@ async fn pump(s: Rc<Shared>, dir: Dir, mut reader: Reader, early: Vec<u8>, setti
                             mask::apply(&mut buf[pos..pos + len], k, offset);
                         }
                     }
-                    extend(&mut run, pos, pos + len);
+                    if let Some((total, k)) = recut {
+                        // Cut at multiples of 128 KiB (of 4): each piece
+                        // starts at mask phase 0, so the key stays valid.
+                        let (mut at, mut off) = (pos, offset);
+                        while at < pos + len {
+                            if off % PVE_MAX_PAYLOAD == 0 {
+                                if let Some(r) = run.take() {
+                                    buf = match flush(&s, dir, &target, &mut guard, buf, r).await {
+                                        Some(b) => b,
+                                        None => return,
+                                    };
+                                }
+                                let h = FrameHeader {
+                                    fin: true,
+                                    rsv: 0,
+                                    opcode: OpCode::Binary,
+                                    mask: Some(k),
+                                    len: (total - off).min(PVE_MAX_PAYLOAD),
+                                };
+                                if !write_header(&s, &target, &mut guard, &h).await {
+                                    return;
+                                }
+                            }
+                            let end = (pos + len)
+                                .min(at + (PVE_MAX_PAYLOAD - off % PVE_MAX_PAYLOAD) as usize);
+                            extend(&mut run, at, end);
+                            off += (end - at) as u64;
+                            at = end;
+                        }
+                        if off == total {
+                            recut = None;
+                        }
+                    } else {
+                        extend(&mut run, pos, pos + len);
+                    }
                     pos += len;
                 }
                 Ok(Some(Step::Control {
@@ -542,6 +595,39 @@ async fn pump(s: Rc<Shared>, dir: Dir, mut reader: Reader, early: Vec<u8>, setti
         buf.drain(..pos);
         resize(&mut buf, last_read, room);
     }
+}
+
+/// pveproxy's payload cap (PROXMOX.md §2.2).
+const PVE_MAX_PAYLOAD: u64 = 128 * 1024;
+
+/// Browser frames pveproxy would die on: fragments and big payloads.
+fn needs_recut(h: &FrameHeader) -> bool {
+    !h.fin || h.opcode == OpCode::Continuation || h.len > PVE_MAX_PAYLOAD
+}
+
+/// Writes one relay-made header mid-stream (the guard is held: it is part
+/// of the frame being re-cut).
+async fn write_header(
+    s: &Rc<Shared>,
+    target: &WriterLock,
+    guard: &mut Option<WriterGuard>,
+    h: &FrameHeader,
+) -> bool {
+    if guard.is_none() {
+        match or_done(&s.done, target.lock()).await {
+            Some(g) => *guard = Some(g),
+            None => return false,
+        }
+    }
+    let mut b = [0u8; MAX_HEADER];
+    let n = h.encode(&mut b);
+    let Some(g) = guard.as_mut() else {
+        return false;
+    };
+    matches!(
+        or_done(&s.done, g.write_all(b[..n].to_vec())).await,
+        Some((Ok(_), _))
+    )
 }
 
 fn extend(run: &mut Option<(usize, usize)>, a: usize, b: usize) {
@@ -601,6 +687,20 @@ async fn on_close(s: &Rc<Shared>, dir: Dir, payload: &[u8], raw: Vec<u8>) {
         reason: "close",
         by,
     };
+    if s.mode == Mode::Proxmox && dir == Dir::Up {
+        // pveproxy half-closes on a close frame and never answers it
+        // (PROXMOX.md §2.2): pass it on, answer the browser ourselves.
+        if !sent_other.replace(true) {
+            if let Ok(mut g) = monoio::time::timeout(CLOSE_GRACE, s.upstream.lock()).await {
+                let _ = monoio::time::timeout(CLOSE_GRACE, g.write_all(raw)).await;
+            }
+        }
+        if !replied.replace(true) {
+            let p: Vec<u8> = payload.iter().take(2).copied().collect();
+            send_control(&s.browser, OpCode::Close, &p, false).await;
+        }
+        return s.finish(end);
+    }
     if s.mode == Mode::Bytes {
         // Only the browser sends frames here; answer it and FIN the upstream.
         if !replied.replace(true) {
@@ -644,7 +744,8 @@ async fn leg_gone(s: &Rc<Shared>, dir: Dir) {
         Dir::Down => {
             s.sent_close_upstream.set(true);
             let (code, reason) = match s.mode {
-                Mode::Bytes => (close::NORMAL, "upstream_closed"),
+                // pveproxy ends every console by closing TCP (no close frame).
+                Mode::Bytes | Mode::Proxmox => (close::NORMAL, "upstream_closed"),
                 Mode::Frames => (close::UPSTREAM_FAILED, "upstream_gone"),
             };
             s.record(End {

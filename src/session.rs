@@ -109,15 +109,13 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let ctl = admitted.ctl;
     let offered = upgrade.selected_protocol();
     let t_connect = Instant::now();
-    let opened = upstream::open(
-        &claims.upstream,
-        up,
-        &worker.connectors,
-        offered,
-        claims.console,
-        worker.head_limits(),
-    )
-    .await;
+    let dial = upstream::Dial {
+        connectors: &worker.connectors,
+        gates: &worker.registry.gates,
+        limits: worker.head_limits(),
+        max_frame: cfg.limits.max_frame,
+    };
+    let opened = upstream::open(&claims.upstream, up, &dial, offered, &claims).await;
     let opened = match opened {
         Ok(o) => o,
         Err(e) => {
@@ -128,7 +126,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     };
     let protocol = match opened.mode {
         relay::Mode::Frames => opened.protocol.as_deref(),
-        relay::Mode::Bytes => offered,
+        relay::Mode::Bytes | relay::Mode::Proxmox => offered,
     };
     let (res, _) = stream
         .write_all(handshake::response_101(&upgrade.key, protocol))
@@ -138,6 +136,38 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         return dropped(client, "browser_gone_before_101");
     }
     drop(slot);
+    let mut opened = opened;
+    let mut early = early;
+    if upstream::proxmox::write_frames(&mut stream, &opened.to_browser, false)
+        .await
+        .is_err()
+    {
+        worker.registry.release(&ctl, unix_now(), grace);
+        return dropped(client, "browser_gone_after_101");
+    }
+    if let Some(phase) = opened.pending.take() {
+        // Proxmox VNC: the relay is the browser's RFB server until ClientInit.
+        let done = upstream::proxmox::finish_browser(
+            phase,
+            &mut stream,
+            std::mem::take(&mut early),
+            &mut opened.stream,
+            cfg.limits.max_frame,
+            cfg.limits.handshake_timeout,
+        )
+        .await;
+        match done {
+            Ok((browser_left, upstream_left)) => {
+                early = browser_left;
+                opened.early = upstream_left;
+            }
+            Err(reason) => {
+                worker.registry.release(&ctl, unix_now(), grace);
+                let _ = stream.shutdown().await;
+                return dropped(client, reason);
+            }
+        }
+    }
 
     let n = worker.started.get() + 1;
     worker.started.set(n);

@@ -35,7 +35,9 @@ fn b64(b: &[u8]) -> String {
 }
 
 fn key_bytes() -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD.decode(KEY_B64).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(KEY_B64)
+        .unwrap()
 }
 
 /// A JWT from raw header and payload JSON text, signed HS256 with `key`.
@@ -93,119 +95,396 @@ fn http_cases() -> Vec<Case> {
     let t = good_ticket();
     let mut v = Vec::new();
     let mut add = |name: &str, req: Vec<u8>, status: u16| {
-        v.push(Case { name: name.into(), request: req, frames: vec![], want: Want::Status(status) })
+        v.push(Case {
+            name: name.into(),
+            request: req,
+            frames: vec![],
+            want: Want::Status(status),
+        })
     };
     let up = |extra: &str| upgrade(&format!("/console?ticket={}", good_ticket()), extra);
     add("te chunked", up("Transfer-Encoding: chunked\r\n"), 400);
     add("te identity", up("Transfer-Encoding: identity\r\n"), 400);
     add("content-length body", up("Content-Length: 5\r\n"), 400);
-    add("cl and te", up("Content-Length: 4\r\nTransfer-Encoding: chunked\r\n"), 400);
-    add("two content-lengths", up("Content-Length: 0\r\nContent-Length: 7\r\n"), 400);
-    add("te with space before colon", up("Transfer-Encoding : chunked\r\n"), 400);
+    add(
+        "cl and te",
+        up("Content-Length: 4\r\nTransfer-Encoding: chunked\r\n"),
+        400,
+    );
+    add(
+        "two content-lengths",
+        up("Content-Length: 0\r\nContent-Length: 7\r\n"),
+        400,
+    );
+    add(
+        "te with space before colon",
+        up("Transfer-Encoding : chunked\r\n"),
+        400,
+    );
     add("duplicate host", up("Host: other\r\n"), 400);
     add("missing host", format!("GET /console?ticket={t} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").into_bytes(), 400);
-    add("empty host", String::from_utf8(up("")).unwrap().replace("Host: localhost", "Host: ").into_bytes(), 400);
-    add("absolute-form target", upgrade(&format!("http://localhost/console?ticket={t}"), ""), 404);
+    add(
+        "empty host",
+        String::from_utf8(up(""))
+            .unwrap()
+            .replace("Host: localhost", "Host: ")
+            .into_bytes(),
+        400,
+    );
+    add(
+        "absolute-form target",
+        upgrade(&format!("http://localhost/console?ticket={t}"), ""),
+        404,
+    );
     add("asterisk target", upgrade("*", ""), 404);
-    add("over-long target", upgrade(&format!("/console?ticket={t}&pad={}", "a".repeat(9000)), ""), 400);
-    for (ver, status) in [("HTTP/1.0", 400), ("HTTP/2.0", 400), ("http/1.1", 400), ("HTTP/1.1x", 400), ("HTTP/0.9", 400)] {
-        add(&format!("version {ver}"), String::from_utf8(up("")).unwrap().replacen("HTTP/1.1", ver, 1).into_bytes(), status);
+    add(
+        "over-long target",
+        upgrade(&format!("/console?ticket={t}&pad={}", "a".repeat(9000)), ""),
+        400,
+    );
+    for (ver, status) in [
+        ("HTTP/1.0", 400),
+        ("HTTP/2.0", 400),
+        ("http/1.1", 400),
+        ("HTTP/1.1x", 400),
+        ("HTTP/0.9", 400),
+    ] {
+        add(
+            &format!("version {ver}"),
+            String::from_utf8(up(""))
+                .unwrap()
+                .replacen("HTTP/1.1", ver, 1)
+                .into_bytes(),
+            status,
+        );
     }
-    for m in ["POST", "PUT", "DELETE", "OPTIONS", "HEAD", "PATCH", "get", "TRACE"] {
-        add(&format!("method {m}"), String::from_utf8(up("")).unwrap().replacen("GET", m, 1).into_bytes(), 400);
+    for m in [
+        "POST", "PUT", "DELETE", "OPTIONS", "HEAD", "PATCH", "get", "TRACE",
+    ] {
+        add(
+            &format!("method {m}"),
+            String::from_utf8(up(""))
+                .unwrap()
+                .replacen("GET", m, 1)
+                .into_bytes(),
+            400,
+        );
     }
-    add("connect method", b"CONNECT localhost:443 HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(), 404);
-    add("method with NUL", String::from_utf8(up("")).unwrap().replacen("GET", "G\0T", 1).into_bytes(), 400);
+    add(
+        "connect method",
+        b"CONNECT localhost:443 HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+        404,
+    );
+    add(
+        "method with NUL",
+        String::from_utf8(up(""))
+            .unwrap()
+            .replacen("GET", "G\0T", 1)
+            .into_bytes(),
+        400,
+    );
     add("header without colon", up("NoColonHere\r\n"), 400);
     add("obs-fold", up("X-A: a\r\n folded\r\n"), 400);
     add("NUL in value", up("X-A: a\0b\r\n"), 400);
     add("non-UTF-8 value", up("X-A: \u{e9}\r\n"), 400);
     let mut raw = up("");
-    raw.splice(raw.len() - 2..raw.len() - 2, b"X-B: \xff\xfe\r\n".iter().copied());
+    raw.splice(
+        raw.len() - 2..raw.len() - 2,
+        b"X-B: \xff\xfe\r\n".iter().copied(),
+    );
     add("invalid UTF-8 value", raw, 400);
-    add("bare LF lines", String::from_utf8(up("")).unwrap().replace("\r\n", "\n").into_bytes(), 101);
-    add("CR without LF", String::from_utf8(up("")).unwrap().replacen("\r\nHost", "\rHost", 1).into_bytes(), 400);
-    add("head over the cap", up(&format!("X-Big: {}\r\n", "b".repeat(9000))), 400);
-    add("too many headers", up(&(0..40).map(|i| format!("X-{i}: v\r\n")).collect::<String>()), 400);
+    add(
+        "bare LF lines",
+        String::from_utf8(up(""))
+            .unwrap()
+            .replace("\r\n", "\n")
+            .into_bytes(),
+        101,
+    );
+    add(
+        "CR without LF",
+        String::from_utf8(up(""))
+            .unwrap()
+            .replacen("\r\nHost", "\rHost", 1)
+            .into_bytes(),
+        400,
+    );
+    add(
+        "head over the cap",
+        up(&format!("X-Big: {}\r\n", "b".repeat(9000))),
+        400,
+    );
+    add(
+        "too many headers",
+        up(&(0..40).map(|i| format!("X-{i}: v\r\n")).collect::<String>()),
+        400,
+    );
     add("space in header name", up("X A: v\r\n"), 400);
     add("empty header name", up(": v\r\n"), 400);
     add("binary junk", b"\x00\x01\x02\x03\r\n\r\n".to_vec(), 400);
-    add("TLS hello on plain port", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(), 400);
-    for p in ["/", "/console/", "/CONSOLE", "/console%20", "//console", "/console/../console", "/consolex"] {
-        add(&format!("path {p}"), upgrade(&format!("{p}?ticket={t}"), ""), 404);
+    add(
+        "TLS hello on plain port",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(),
+        400,
+    );
+    for p in [
+        "/",
+        "/console/",
+        "/CONSOLE",
+        "/console%20",
+        "//console",
+        "/console/../console",
+        "/consolex",
+    ] {
+        add(
+            &format!("path {p}"),
+            upgrade(&format!("{p}?ticket={t}"), ""),
+            404,
+        );
     }
-    add("plain GET", format!("GET /console?ticket={t} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes(), 426);
+    add(
+        "plain GET",
+        format!("GET /console?ticket={t} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes(),
+        426,
+    );
     v
 }
 
 fn handshake_cases() -> Vec<Case> {
     let mut v = Vec::new();
     let mut add = |name: &str, extra_or_replace: (&str, &str), status: u16| {
-        let base = String::from_utf8(upgrade(&format!("/console?ticket={}", good_ticket()), "")).unwrap();
+        let base =
+            String::from_utf8(upgrade(&format!("/console?ticket={}", good_ticket()), "")).unwrap();
         let (from, to) = extra_or_replace;
-        let text = if from.is_empty() { base.replacen("\r\n\r\n", &format!("\r\n{to}\r\n"), 1) } else { base.replacen(from, to, 1) };
-        v.push(Case { name: name.into(), request: text.into_bytes(), frames: vec![], want: Want::Status(status) })
+        let text = if from.is_empty() {
+            base.replacen("\r\n\r\n", &format!("\r\n{to}\r\n"), 1)
+        } else {
+            base.replacen(from, to, 1)
+        };
+        v.push(Case {
+            name: name.into(),
+            request: text.into_bytes(),
+            frames: vec![],
+            want: Want::Status(status),
+        })
     };
     let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
     add("missing key", (key, ""), 400);
-    add("short key", (key, "Sec-WebSocket-Key: dGhlIHNhbXBsZQ==\r\n"), 400);
-    add("long key", (key, "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZSBsb25nZXI=\r\n"), 400);
-    add("non-base64 key", (key, "Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!!!\r\n"), 400);
-    add("unpadded key", (key, "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ\r\n"), 400);
-    add("two keys", ("", "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"), 400);
+    add(
+        "short key",
+        (key, "Sec-WebSocket-Key: dGhlIHNhbXBsZQ==\r\n"),
+        400,
+    );
+    add(
+        "long key",
+        (
+            key,
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZSBsb25nZXI=\r\n",
+        ),
+        400,
+    );
+    add(
+        "non-base64 key",
+        (key, "Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!!!\r\n"),
+        400,
+    );
+    add(
+        "unpadded key",
+        (key, "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ\r\n"),
+        400,
+    );
+    add(
+        "two keys",
+        ("", "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"),
+        400,
+    );
     for ver in ["8", "12", "14", "13, 8", "abc", ""] {
-        add(&format!("version '{ver}'"), ("Sec-WebSocket-Version: 13", &format!("Sec-WebSocket-Version: {ver}")), 426);
+        add(
+            &format!("version '{ver}'"),
+            (
+                "Sec-WebSocket-Version: 13",
+                &format!("Sec-WebSocket-Version: {ver}"),
+            ),
+            426,
+        );
     }
-    add("missing version", ("Sec-WebSocket-Version: 13\r\n", ""), 426);
+    add(
+        "missing version",
+        ("Sec-WebSocket-Version: 13\r\n", ""),
+        426,
+    );
     add("two versions", ("", "Sec-WebSocket-Version: 13\r\n"), 426);
     add("missing upgrade", ("Upgrade: websocket\r\n", ""), 426);
     add("upgrade h2c", ("Upgrade: websocket", "Upgrade: h2c"), 426);
-    add("upgrade websocket2", ("Upgrade: websocket", "Upgrade: websocket2"), 426);
+    add(
+        "upgrade websocket2",
+        ("Upgrade: websocket", "Upgrade: websocket2"),
+        426,
+    );
     add("missing connection", ("Connection: Upgrade\r\n", ""), 400);
-    add("connection keep-alive", ("Connection: Upgrade", "Connection: keep-alive"), 400);
-    add("connection close", ("Connection: Upgrade", "Connection: close"), 400);
-    add("hundreds of subprotocols", ("", &format!("Sec-WebSocket-Protocol: {}\r\n", (0..300).map(|i| format!("p{i}")).collect::<Vec<_>>().join(", "))), 400);
-    add("nine subprotocols", ("", "Sec-WebSocket-Protocol: a,b,c,d,e,f,g,h,i\r\n"), 400);
-    add("bad subprotocol token", ("", "Sec-WebSocket-Protocol: bin ary\r\n"), 400);
-    add("subprotocol with slash", ("", "Sec-WebSocket-Protocol: a/b\r\n"), 400);
-    add("ticket in query and subprotocol", ("", "Sec-WebSocket-Protocol: nexor.ticket.x.y.z\r\n"), 400);
-    add("extensions offered", ("", "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"), 101);
-    add("base64 subprotocol only", ("", "Sec-WebSocket-Protocol: base64\r\n"), 101);
+    add(
+        "connection keep-alive",
+        ("Connection: Upgrade", "Connection: keep-alive"),
+        400,
+    );
+    add(
+        "connection close",
+        ("Connection: Upgrade", "Connection: close"),
+        400,
+    );
+    add(
+        "hundreds of subprotocols",
+        (
+            "",
+            &format!(
+                "Sec-WebSocket-Protocol: {}\r\n",
+                (0..300)
+                    .map(|i| format!("p{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        400,
+    );
+    add(
+        "nine subprotocols",
+        ("", "Sec-WebSocket-Protocol: a,b,c,d,e,f,g,h,i\r\n"),
+        400,
+    );
+    add(
+        "bad subprotocol token",
+        ("", "Sec-WebSocket-Protocol: bin ary\r\n"),
+        400,
+    );
+    add(
+        "subprotocol with slash",
+        ("", "Sec-WebSocket-Protocol: a/b\r\n"),
+        400,
+    );
+    add(
+        "ticket in query and subprotocol",
+        ("", "Sec-WebSocket-Protocol: nexor.ticket.x.y.z\r\n"),
+        400,
+    );
+    add(
+        "extensions offered",
+        (
+            "",
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+        ),
+        101,
+    );
+    add(
+        "base64 subprotocol only",
+        ("", "Sec-WebSocket-Protocol: base64\r\n"),
+        101,
+    );
     v
 }
 
 fn frame_cases() -> Vec<Case> {
     let mut v = Vec::new();
     let mut add = |name: &str, frames: Vec<u8>, code: u16| {
-        v.push(Case { name: name.into(), request: vec![], frames, want: Want::Close(code) })
+        v.push(Case {
+            name: name.into(),
+            request: vec![],
+            frames,
+            want: Want::Close(code),
+        })
     };
     add("unmasked binary", frame_bytes(true, 2, b"x", false), 1002);
     add("unmasked ping", frame_bytes(true, 9, b"", false), 1002);
-    for (bit, name) in [(0x40u8, "rsv1"), (0x20, "rsv2"), (0x10, "rsv3"), (0x70, "all rsv")] {
+    for (bit, name) in [
+        (0x40u8, "rsv1"),
+        (0x20, "rsv2"),
+        (0x10, "rsv3"),
+        (0x70, "all rsv"),
+    ] {
         let mut f = frame_bytes(true, 2, b"x", true);
         f[0] |= bit;
         add(name, f, 1002);
     }
     for op in [3u8, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF] {
-        add(&format!("reserved opcode {op:#x}"), frame_bytes(true, op, b"", true), 1002);
+        add(
+            &format!("reserved opcode {op:#x}"),
+            frame_bytes(true, op, b"", true),
+            1002,
+        );
     }
     for op in [8u8, 9, 10] {
-        add(&format!("control {op} over 125"), frame_bytes(true, op, &[0x03; 126], true), 1002);
-        add(&format!("fragmented control {op}"), frame_bytes(false, op, b"", true), 1002);
+        add(
+            &format!("control {op} over 125"),
+            frame_bytes(true, op, &[0x03; 126], true),
+            1002,
+        );
+        add(
+            &format!("fragmented control {op}"),
+            frame_bytes(false, op, b"", true),
+            1002,
+        );
     }
-    add("continuation without start", frame_bytes(true, 0, b"x", true), 1002);
+    add(
+        "continuation without start",
+        frame_bytes(true, 0, b"x", true),
+        1002,
+    );
     let mut f = frame_bytes(false, 1, b"a", true);
     f.extend(frame_bytes(true, 2, b"b", true));
     add("new message inside a fragmented one", f, 1002);
-    add("64-bit length top bit", vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4], 1002);
-    add("length one over the cap", { let mut h = vec![0x82, 0xFF]; h.extend_from_slice(&(65537u64).to_be_bytes()); h.extend_from_slice(&[1, 2, 3, 4]); h }, 1009);
-    add("length 2^40", { let mut h = vec![0x82, 0xFF]; h.extend_from_slice(&(1u64 << 40).to_be_bytes()); h.extend_from_slice(&[1, 2, 3, 4]); h }, 1009);
-    add("length 2^62", { let mut h = vec![0x82, 0xFF]; h.extend_from_slice(&(1u64 << 62).to_be_bytes()); h.extend_from_slice(&[1, 2, 3, 4]); h }, 1009);
-    add("close with 1-byte payload", frame_bytes(true, 8, &[0x03], true), 1002);
-    for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535] {
-        add(&format!("close code {code}"), frame_bytes(true, 8, &code.to_be_bytes(), true), 1002);
+    add(
+        "64-bit length top bit",
+        vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4],
+        1002,
+    );
+    add(
+        "length one over the cap",
+        {
+            let mut h = vec![0x82, 0xFF];
+            h.extend_from_slice(&(65537u64).to_be_bytes());
+            h.extend_from_slice(&[1, 2, 3, 4]);
+            h
+        },
+        1009,
+    );
+    add(
+        "length 2^40",
+        {
+            let mut h = vec![0x82, 0xFF];
+            h.extend_from_slice(&(1u64 << 40).to_be_bytes());
+            h.extend_from_slice(&[1, 2, 3, 4]);
+            h
+        },
+        1009,
+    );
+    add(
+        "length 2^62",
+        {
+            let mut h = vec![0x82, 0xFF];
+            h.extend_from_slice(&(1u64 << 62).to_be_bytes());
+            h.extend_from_slice(&[1, 2, 3, 4]);
+            h
+        },
+        1009,
+    );
+    add(
+        "close with 1-byte payload",
+        frame_bytes(true, 8, &[0x03], true),
+        1002,
+    );
+    for code in [
+        0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+    ] {
+        add(
+            &format!("close code {code}"),
+            frame_bytes(true, 8, &code.to_be_bytes(), true),
+            1002,
+        );
     }
-    add("close reason not UTF-8", frame_bytes(true, 8, &[0x03, 0xe8, 0xc3, 0x28], true), 1007);
+    add(
+        "close reason not UTF-8",
+        frame_bytes(true, 8, &[0x03, 0xe8, 0xc3, 0x28], true),
+        1007,
+    );
     v
 }
 
@@ -213,29 +492,93 @@ fn ticket_cases() -> Vec<Case> {
     let key = key_bytes();
     let mut v = Vec::new();
     let mut add = |name: &str, ticket: String, status: u16| {
-        v.push(Case { name: name.into(), request: with_ticket(&ticket), frames: vec![], want: Want::Status(status) })
+        v.push(Case {
+            name: name.into(),
+            request: with_ticket(&ticket),
+            frames: vec![],
+            want: Want::Status(status),
+        })
     };
     let c = good_claims();
-    for (alg, name) in [("none", "alg none"), ("HS512", "alg HS512"), ("RS256", "alg RS256"), ("ES256", "alg ES256"), ("hs256", "alg lowercase"), ("HS256 ", "alg trailing space")] {
-        add(name, jwt_raw(&format!(r#"{{"alg":"{alg}","kid":"k1"}}"#), &c, &key), 401);
+    for (alg, name) in [
+        ("none", "alg none"),
+        ("HS512", "alg HS512"),
+        ("RS256", "alg RS256"),
+        ("ES256", "alg ES256"),
+        ("hs256", "alg lowercase"),
+        ("HS256 ", "alg trailing space"),
+    ] {
+        add(
+            name,
+            jwt_raw(&format!(r#"{{"alg":"{alg}","kid":"k1"}}"#), &c, &key),
+            401,
+        );
     }
-    add("alg none unsigned", format!("{}.{}.", b64(br#"{"alg":"none","kid":"k1"}"#), b64(c.as_bytes())), 401);
+    add(
+        "alg none unsigned",
+        format!(
+            "{}.{}.",
+            b64(br#"{"alg":"none","kid":"k1"}"#),
+            b64(c.as_bytes())
+        ),
+        401,
+    );
     add("missing alg", jwt_raw(r#"{"kid":"k1"}"#, &c, &key), 401);
-    add("alg number", jwt_raw(r#"{"alg":256,"kid":"k1"}"#, &c, &key), 401);
-    add("unknown kid", jwt_raw(r#"{"alg":"HS256","kid":"k9"}"#, &c, &key), 401);
+    add(
+        "alg number",
+        jwt_raw(r#"{"alg":256,"kid":"k1"}"#, &c, &key),
+        401,
+    );
+    add(
+        "unknown kid",
+        jwt_raw(r#"{"alg":"HS256","kid":"k9"}"#, &c, &key),
+        401,
+    );
     add("missing kid", jwt_raw(r#"{"alg":"HS256"}"#, &c, &key), 401);
-    add("kid path traversal", jwt_raw(r#"{"alg":"HS256","kid":"../../etc/passwd"}"#, &c, &key), 401);
-    add("kid number", jwt_raw(r#"{"alg":"HS256","kid":1}"#, &c, &key), 401);
-    add("kid empty", jwt_raw(r#"{"alg":"HS256","kid":""}"#, &c, &key), 401);
-    add("kid with NUL", jwt_raw(r#"{"alg":"HS256","kid":"k1\u0000"}"#, &c, &key), 401);
-    add("crit header", jwt_raw(r#"{"alg":"HS256","kid":"k1","crit":["exp"]}"#, &c, &key), 401);
-    add("duplicate alg", jwt_raw(r#"{"alg":"none","alg":"HS256","kid":"k1"}"#, &c, &key), 401);
+    add(
+        "kid path traversal",
+        jwt_raw(r#"{"alg":"HS256","kid":"../../etc/passwd"}"#, &c, &key),
+        401,
+    );
+    add(
+        "kid number",
+        jwt_raw(r#"{"alg":"HS256","kid":1}"#, &c, &key),
+        401,
+    );
+    add(
+        "kid empty",
+        jwt_raw(r#"{"alg":"HS256","kid":""}"#, &c, &key),
+        401,
+    );
+    add(
+        "kid with NUL",
+        jwt_raw(r#"{"alg":"HS256","kid":"k1\u0000"}"#, &c, &key),
+        401,
+    );
+    add(
+        "crit header",
+        jwt_raw(r#"{"alg":"HS256","kid":"k1","crit":["exp"]}"#, &c, &key),
+        401,
+    );
+    add(
+        "duplicate alg",
+        jwt_raw(r#"{"alg":"none","alg":"HS256","kid":"k1"}"#, &c, &key),
+        401,
+    );
     add("header not JSON", jwt_raw("not json", &c, &key), 401);
     add("header array", jwt_raw("[1]", &c, &key), 401);
     add("wrong key", jwt_raw(HDR, &c, &[7u8; 32]), 401);
-    add("key confusion: signed with the base64 text", jwt_raw(HDR, &c, KEY_B64.as_bytes()), 401);
+    add(
+        "key confusion: signed with the base64 text",
+        jwt_raw(HDR, &c, KEY_B64.as_bytes()),
+        401,
+    );
     for claim in ["exp", "iat", "jti", "sub", "upstream", "console"] {
-        add(&format!("missing {claim}"), jwt_raw(HDR, &claims_json(&[], &[claim]), &key), 401);
+        add(
+            &format!("missing {claim}"),
+            jwt_raw(HDR, &claims_json(&[], &[claim]), &key),
+            401,
+        );
     }
     let n = now();
     let wrong: Vec<(&str, String)> = vec![
@@ -261,24 +604,92 @@ fn ticket_cases() -> Vec<Case> {
         ("node", "null".into()),
     ];
     for (k, val) in &wrong {
-        add(&format!("{k} = {val}"), jwt_raw(HDR, &claims_json(&[(k, val.as_str())], &[]), &key), 401);
+        add(
+            &format!("{k} = {val}"),
+            jwt_raw(HDR, &claims_json(&[(k, val.as_str())], &[]), &key),
+            401,
+        );
     }
-    add("duplicate exp", jwt_raw(HDR, &format!("{{\"exp\":1,{}", &good_claims()[1..]), &key), 401);
+    add(
+        "duplicate exp",
+        jwt_raw(HDR, &format!("{{\"exp\":1,{}", &good_claims()[1..]), &key),
+        401,
+    );
     add("payload array", jwt_raw(HDR, "[]", &key), 401);
     add("payload null", jwt_raw(HDR, "null", &key), 401);
-    add("expired", jwt_raw(HDR, &claims_json(&[("exp", &format!("{}", n - 10)), ("iat", &format!("{}", n - 30))], &[]), &key), 401);
-    add("future iat", jwt_raw(HDR, &claims_json(&[("iat", &format!("{}", n + 60)), ("exp", &format!("{}", n + 90))], &[]), &key), 401);
-    add("nbf in the future", jwt_raw(HDR, &claims_json(&[("nbf", &format!("{}", n + 60))], &[]), &key), 401);
-    add("ttl over max", jwt_raw(HDR, &claims_json(&[("exp", &format!("{}", n + 500))], &[]), &key), 401);
-    add("unknown upstream", jwt_raw(HDR, &claims_json(&[("upstream", "\"elsewhere\"")], &[]), &key), 403);
+    add(
+        "expired",
+        jwt_raw(
+            HDR,
+            &claims_json(
+                &[
+                    ("exp", &format!("{}", n - 10)),
+                    ("iat", &format!("{}", n - 30)),
+                ],
+                &[],
+            ),
+            &key,
+        ),
+        401,
+    );
+    add(
+        "future iat",
+        jwt_raw(
+            HDR,
+            &claims_json(
+                &[
+                    ("iat", &format!("{}", n + 60)),
+                    ("exp", &format!("{}", n + 90)),
+                ],
+                &[],
+            ),
+            &key,
+        ),
+        401,
+    );
+    add(
+        "nbf in the future",
+        jwt_raw(
+            HDR,
+            &claims_json(&[("nbf", &format!("{}", n + 60))], &[]),
+            &key,
+        ),
+        401,
+    );
+    add(
+        "ttl over max",
+        jwt_raw(
+            HDR,
+            &claims_json(&[("exp", &format!("{}", n + 500))], &[]),
+            &key,
+        ),
+        401,
+    );
+    add(
+        "unknown upstream",
+        jwt_raw(
+            HDR,
+            &claims_json(&[("upstream", "\"elsewhere\"")], &[]),
+            &key,
+        ),
+        403,
+    );
     let good = good_ticket();
     add("huge ticket", format!("{good}{}", "A".repeat(5000)), 401);
     add("padded base64", format!("{}=", good), 401);
-    add("two segments", good.rsplitn(2, '.').nth(1).unwrap().to_string(), 401);
+    add(
+        "two segments",
+        good.rsplit_once('.').unwrap().0.to_string(),
+        401,
+    );
     add("four segments", format!("{good}.abc"), 401);
     add("empty ticket", String::new(), 401);
     add("percent-encoded ticket", good.replacen('.', "%2E", 1), 401);
-    add("standard base64 alphabet", good.replace('-', "+").replace('_', "/") + "+/", 401);
+    add(
+        "standard base64 alphabet",
+        good.replace('-', "+").replace('_', "/") + "+/",
+        401,
+    );
     let mut flipped = good.clone().into_bytes();
     let mid = flipped.len() / 2;
     flipped[mid] = if flipped[mid] == b'A' { b'B' } else { b'A' };
@@ -289,23 +700,66 @@ fn ticket_cases() -> Vec<Case> {
 fn proxy_cases() -> Vec<Case> {
     let mut v = Vec::new();
     let mut add = |name: &str, bytes: Vec<u8>| {
-        v.push(Case { name: name.into(), request: bytes, frames: vec![], want: Want::Dropped })
+        v.push(Case {
+            name: name.into(),
+            request: bytes,
+            frames: vec![],
+            want: Want::Dropped,
+        })
     };
-    let sig = vec![0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A];
+    let sig = vec![
+        0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+    ];
     add("no header", upgrade("/console", ""));
-    add("v1 no CRLF", format!("PROXY TCP4 1.2.3.4 5.6.7.8 1 2{}", " ".repeat(120)).into_bytes());
+    add(
+        "v1 no CRLF",
+        format!("PROXY TCP4 1.2.3.4 5.6.7.8 1 2{}", " ".repeat(120)).into_bytes(),
+    );
     add("v1 TCP5", b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n".to_vec());
-    add("v1 bad ip", b"PROXY TCP4 1.2.3.400 5.6.7.8 1 2\r\n".to_vec());
-    add("v1 port 99999", b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 2\r\n".to_vec());
-    add("v1 leading zero port", b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n".to_vec());
-    add("v1 extra field", b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n".to_vec());
-    add("v1 v6 addr for TCP4", b"PROXY TCP4 ::1 ::1 1 2\r\n".to_vec());
-    add("v2 version 1", [sig.clone(), vec![0x11, 0x11, 0, 12], vec![0; 12]].concat());
-    add("v2 command 2", [sig.clone(), vec![0x22, 0x11, 0, 12], vec![0; 12]].concat());
-    add("v2 bad family", [sig.clone(), vec![0x21, 0x99, 0, 12], vec![0; 12]].concat());
-    add("v2 length too big", [sig.clone(), vec![0x21, 0x11, 0xff, 0xff]].concat());
-    add("v2 truncated addresses", [sig.clone(), vec![0x21, 0x11, 0, 4], vec![1, 2, 3, 4]].concat());
-    add("half a signature then junk", [sig[..6].to_vec(), b"junk!!!!!!".to_vec()].concat());
+    add(
+        "v1 bad ip",
+        b"PROXY TCP4 1.2.3.400 5.6.7.8 1 2\r\n".to_vec(),
+    );
+    add(
+        "v1 port 99999",
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 2\r\n".to_vec(),
+    );
+    add(
+        "v1 leading zero port",
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n".to_vec(),
+    );
+    add(
+        "v1 extra field",
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n".to_vec(),
+    );
+    add(
+        "v1 v6 addr for TCP4",
+        b"PROXY TCP4 ::1 ::1 1 2\r\n".to_vec(),
+    );
+    add(
+        "v2 version 1",
+        [sig.clone(), vec![0x11, 0x11, 0, 12], vec![0; 12]].concat(),
+    );
+    add(
+        "v2 command 2",
+        [sig.clone(), vec![0x22, 0x11, 0, 12], vec![0; 12]].concat(),
+    );
+    add(
+        "v2 bad family",
+        [sig.clone(), vec![0x21, 0x99, 0, 12], vec![0; 12]].concat(),
+    );
+    add(
+        "v2 length too big",
+        [sig.clone(), vec![0x21, 0x11, 0xff, 0xff]].concat(),
+    );
+    add(
+        "v2 truncated addresses",
+        [sig.clone(), vec![0x21, 0x11, 0, 4], vec![1, 2, 3, 4]].concat(),
+    );
+    add(
+        "half a signature then junk",
+        [sig[..6].to_vec(), b"junk!!!!!!".to_vec()].concat(),
+    );
     v
 }
 
@@ -318,13 +772,23 @@ fn run_case(relay: &Relay, case: &Case) {
         Want::Dropped => {
             let mut b = [0u8; 256];
             let r = c.read(&mut b);
-            assert!(matches!(r, Ok(0) | Err(_)), "{}: expected a silent drop, got {r:?}", case.name);
+            assert!(
+                matches!(r, Ok(0) | Err(_)),
+                "{}: expected a silent drop, got {r:?}",
+                case.name
+            );
         }
         Want::Status(want) => {
             let (status, head, _) = read_response_head(&mut c);
             assert_eq!(status, want, "{}: {head}", case.name);
             if want == 101 {
-                assert!(!head.to_ascii_lowercase().contains("sec-websocket-extensions"), "{}", case.name);
+                assert!(
+                    !head
+                        .to_ascii_lowercase()
+                        .contains("sec-websocket-extensions"),
+                    "{}",
+                    case.name
+                );
             } else {
                 assert!(head.contains("Connection: close"), "{}", case.name);
             }
@@ -345,7 +809,8 @@ fn good_session_works(relay: &Relay, proxy: bool) {
     let mut c = if proxy {
         let mut tcp = std::net::TcpStream::connect(relay.addr).unwrap();
         tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        tcp.write_all(b"PROXY TCP4 198.51.100.1 127.0.0.1 1000 443\r\n").unwrap();
+        tcp.write_all(b"PROXY TCP4 198.51.100.1 127.0.0.1 1000 443\r\n")
+            .unwrap();
         Conn::Plain(tcp)
     } else {
         relay.conn()
@@ -372,9 +837,19 @@ fn hostile_relay(echo: &Server, proxy: bool) -> Relay {
 fn over_150_hostile_inputs_each_get_their_exact_answer() {
     let echo = Server::tcp_echo();
     let mut relay = hostile_relay(&echo, false);
-    let cases: Vec<Case> = [http_cases(), handshake_cases(), frame_cases(), ticket_cases()].concat();
+    let cases: Vec<Case> = [
+        http_cases(),
+        handshake_cases(),
+        frame_cases(),
+        ticket_cases(),
+    ]
+    .concat();
     let proxy = proxy_cases();
-    assert!(cases.len() + proxy.len() >= 150, "{} cases", cases.len() + proxy.len());
+    assert!(
+        cases.len() + proxy.len() >= 150,
+        "{} cases",
+        cases.len() + proxy.len()
+    );
     // Warm up, then measure memory across all cases.
     for _ in 0..20 {
         good_session_works(&relay, false);
@@ -390,7 +865,11 @@ fn over_150_hostile_inputs_each_get_their_exact_answer() {
     }
     good_session_works(&relay, false);
     let grown = relay.rss_kib().saturating_sub(rss_before);
-    assert!(grown < 8 * 1024, "relay RSS grew {grown} KiB over {} hostile cases", 2 * cases.len());
+    assert!(
+        grown < 8 * 1024,
+        "relay RSS grew {grown} KiB over {} hostile cases",
+        2 * cases.len()
+    );
     assert!(relay.alive());
     assert!(!relay.logs().contains("panicked"));
 

@@ -13,7 +13,8 @@ use common::*;
 use nexor_relay::ticket::{Claims, Console};
 
 fn echo_relay(b: RelayBuilder, echo: &Server) -> Relay {
-    b.upstream("t", &format!("kind = \"tcp\"\naddr = \"{}\"", echo.addr)).start()
+    b.upstream("t", &format!("kind = \"tcp\"\naddr = \"{}\"", echo.addr))
+        .start()
 }
 
 fn claims() -> Claims {
@@ -22,7 +23,8 @@ fn claims() -> Claims {
 
 /// Upgrades with `ticket` and returns the status (and the open stream).
 fn try_open(relay: &Relay, ticket: &str, extra: &str) -> (u16, Conn, Vec<u8>) {
-    let (status, _, c, rest) = relay.raw(&relay.upgrade_request(&format!("/console?ticket={ticket}"), extra));
+    let (status, _, c, rest) =
+        relay.raw(&relay.upgrade_request(&format!("/console?ticket={ticket}"), extra));
     (status, c, rest)
 }
 
@@ -38,7 +40,10 @@ fn expect_close(c: &mut Conn, pending: &mut Vec<u8>) -> u16 {
 #[test]
 fn a_ticket_opens_one_session_and_reconnects_from_the_same_ip_within_grace() {
     let echo = Server::tcp_echo();
-    let relay = echo_relay(RelayBuilder::new(false).tickets("reconnect_grace = \"2s\""), &echo);
+    let relay = echo_relay(
+        RelayBuilder::new(false).tickets("reconnect_grace = \"2s\""),
+        &echo,
+    );
     let mut c = claims();
     c.exp = now() + 2; // expires while the session runs
     let t = relay.sign(&c);
@@ -74,8 +79,14 @@ fn reconnect_from_another_ip_is_refused() {
     assert_eq!(s, 101);
     drop(conn);
     assert!(relay.wait_log("\"msg\":\"session end\""));
-    assert_eq!(try_open(&relay, &t, "X-Forwarded-For: 198.51.100.2\r\n").0, 403);
-    assert_eq!(try_open(&relay, &t, "X-Forwarded-For: 198.51.100.1\r\n").0, 101);
+    assert_eq!(
+        try_open(&relay, &t, "X-Forwarded-For: 198.51.100.2\r\n").0,
+        403
+    );
+    assert_eq!(
+        try_open(&relay, &t, "X-Forwarded-For: 198.51.100.1\r\n").0,
+        101
+    );
 }
 
 fn vm_claims(vmid: u64, sub: &str) -> Claims {
@@ -89,14 +100,23 @@ fn vm_claims(vmid: u64, sub: &str) -> Claims {
 #[test]
 fn vm_limit_reject_answers_429() {
     let echo = Server::tcp_echo();
-    let relay = echo_relay(RelayBuilder::new(false).limits("max_sessions_per_vm = 1"), &echo);
+    let relay = echo_relay(
+        RelayBuilder::new(false).limits("max_sessions_per_vm = 1"),
+        &echo,
+    );
     let (s, _keep, _) = try_open(&relay, &relay.sign(&vm_claims(100, "a")), "");
     assert_eq!(s, 101);
-    let (s, head, mut c, rest) = relay.raw(&relay.upgrade_request(&format!("/console?ticket={}", relay.sign(&vm_claims(100, "b"))), ""));
+    let (s, head, mut c, rest) = relay.raw(&relay.upgrade_request(
+        &format!("/console?ticket={}", relay.sign(&vm_claims(100, "b"))),
+        "",
+    ));
     assert_eq!(s, 429);
     assert!(read_body(&mut c, &head, rest).contains("too many"));
     // Another VM is not affected.
-    assert_eq!(try_open(&relay, &relay.sign(&vm_claims(101, "b")), "").0, 101);
+    assert_eq!(
+        try_open(&relay, &relay.sign(&vm_claims(101, "b")), "").0,
+        101
+    );
 }
 
 #[test]
@@ -121,13 +141,22 @@ fn vm_limit_replace_closes_the_oldest_with_4001() {
 #[test]
 fn user_and_global_limits_answer_429() {
     let echo = Server::tcp_echo();
-    let relay = echo_relay(RelayBuilder::new(false).limits("max_sessions_per_user = 1\nmax_sessions = 2"), &echo);
+    let relay = echo_relay(
+        RelayBuilder::new(false).limits("max_sessions_per_user = 1\nmax_sessions = 2"),
+        &echo,
+    );
     let (s, _a, _) = try_open(&relay, &relay.sign(&vm_claims(1, "alice")), "");
     assert_eq!(s, 101);
-    assert_eq!(try_open(&relay, &relay.sign(&vm_claims(2, "alice")), "").0, 429);
+    assert_eq!(
+        try_open(&relay, &relay.sign(&vm_claims(2, "alice")), "").0,
+        429
+    );
     let (s, _b, _) = try_open(&relay, &relay.sign(&vm_claims(3, "bob")), "");
     assert_eq!(s, 101);
-    assert_eq!(try_open(&relay, &relay.sign(&vm_claims(4, "carol")), "").0, 429);
+    assert_eq!(
+        try_open(&relay, &relay.sign(&vm_claims(4, "carol")), "").0,
+        429
+    );
     assert!(relay.wait_log("global_session_limit") && relay.wait_log("user_session_limit"));
 }
 
@@ -148,7 +177,9 @@ fn session_lifetime_closes_with_4002() {
 fn idle_sessions_close_with_4003_and_pings_do_not_count() {
     let echo = Server::tcp_echo();
     let relay = echo_relay(
-        RelayBuilder::new(false).server("ping_interval = \"1s\"").limits("idle_timeout = \"2s\""),
+        RelayBuilder::new(false)
+            .server("ping_interval = \"1s\"")
+            .limits("idle_timeout = \"2s\""),
         &echo,
     );
     let (s, mut conn, mut p) = try_open(&relay, &relay.ticket("t"), "");
@@ -187,10 +218,15 @@ fn origin_policy() {
         (String::new(), 101),
     ];
     for (h, want) in &cases {
-        assert_eq!(try_open(&same_host, &same_host.ticket("t"), h).0, *want, "{h}");
+        assert_eq!(
+            try_open(&same_host, &same_host.ticket("t"), h).0,
+            *want,
+            "{h}"
+        );
     }
     let listed = echo_relay(
-        RelayBuilder::new(false).server("allowed_origins = [\"https://portal.example\"]\nrequire_origin = true"),
+        RelayBuilder::new(false)
+            .server("allowed_origins = [\"https://portal.example\"]\nrequire_origin = true"),
         &echo,
     );
     let cases = [
@@ -207,15 +243,26 @@ fn origin_policy() {
 #[test]
 fn audience_and_ip_binding() {
     let echo = Server::tcp_echo();
-    let relay = echo_relay(RelayBuilder::new(false).tickets("audience = \"relay-1\""), &echo);
+    let relay = echo_relay(
+        RelayBuilder::new(false).tickets("audience = \"relay-1\""),
+        &echo,
+    );
     let mut c = claims();
     assert_eq!(try_open(&relay, &relay.sign(&c), "").0, 401, "aud required");
     c.aud = Some("relay-2".into());
-    assert_eq!(try_open(&relay, &relay.sign(&c), "").0, 403, "another relay's ticket");
+    assert_eq!(
+        try_open(&relay, &relay.sign(&c), "").0,
+        403,
+        "another relay's ticket"
+    );
     let mut c = claims();
     c.aud = Some("relay-1".into());
     c.ip = Some("10.9.9.9".into());
-    assert_eq!(try_open(&relay, &relay.sign(&c), "").0, 403, "bound to another IP");
+    assert_eq!(
+        try_open(&relay, &relay.sign(&c), "").0,
+        403,
+        "bound to another IP"
+    );
     let mut c = claims();
     c.aud = Some("relay-1".into());
     c.ip = Some("127.0.0.1".into());
@@ -225,22 +272,59 @@ fn audience_and_ip_binding() {
 #[test]
 fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     let echo = Server::tcp_echo();
-    let trusting = echo_relay(RelayBuilder::new(false).server("trusted_proxies = [\"127.0.0.0/8\"]"), &echo);
+    let trusting = echo_relay(
+        RelayBuilder::new(false).server("trusted_proxies = [\"127.0.0.0/8\"]"),
+        &echo,
+    );
     let mut c = claims();
     c.ip = Some("203.0.113.9".into());
-    assert_eq!(try_open(&trusting, &trusting.sign(&c), "CF-Connecting-IP: 203.0.113.9\r\n").0, 101);
+    assert_eq!(
+        try_open(
+            &trusting,
+            &trusting.sign(&c),
+            "CF-Connecting-IP: 203.0.113.9\r\n"
+        )
+        .0,
+        101
+    );
     c.jti = format!("test-{:016x}", rand_u64());
-    assert_eq!(try_open(&trusting, &trusting.sign(&c), "Forwarded: for=203.0.113.9;proto=https\r\n").0, 101);
+    assert_eq!(
+        try_open(
+            &trusting,
+            &trusting.sign(&c),
+            "Forwarded: for=203.0.113.9;proto=https\r\n"
+        )
+        .0,
+        101
+    );
     c.jti = format!("test-{:016x}", rand_u64());
-    assert_eq!(try_open(&trusting, &trusting.sign(&c), "X-Forwarded-For: 203.0.113.9, 127.0.0.5\r\n").0, 101);
+    assert_eq!(
+        try_open(
+            &trusting,
+            &trusting.sign(&c),
+            "X-Forwarded-For: 203.0.113.9, 127.0.0.5\r\n"
+        )
+        .0,
+        101
+    );
     assert!(trusting.wait_log("\"client\":\"203.0.113.9\""));
     let untrusting = echo_relay(RelayBuilder::new(false), &echo);
     c.jti = format!("test-{:016x}", rand_u64());
-    assert_eq!(try_open(&untrusting, &untrusting.sign(&c), "X-Forwarded-For: 203.0.113.9\r\n").0, 403);
+    assert_eq!(
+        try_open(
+            &untrusting,
+            &untrusting.sign(&c),
+            "X-Forwarded-For: 203.0.113.9\r\n"
+        )
+        .0,
+        403
+    );
 }
 
 fn proxy_v2(src: [u8; 4], sport: u16) -> Vec<u8> {
-    let mut v = vec![0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x11, 0, 12];
+    let mut v = vec![
+        0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x11, 0, 12,
+    ];
     v.extend_from_slice(&src);
     v.extend_from_slice(&[127, 0, 0, 1]);
     v.extend_from_slice(&sport.to_be_bytes());
@@ -251,10 +335,16 @@ fn proxy_v2(src: [u8; 4], sport: u16) -> Vec<u8> {
 #[test]
 fn proxy_protocol_v1_and_v2_give_the_client_ip_before_tls() {
     let echo = Server::tcp_echo();
-    let relay = echo_relay(RelayBuilder::new(true).server("proxy_protocol = true"), &echo);
+    let relay = echo_relay(
+        RelayBuilder::new(true).server("proxy_protocol = true"),
+        &echo,
+    );
     for (header, ip) in [
         (proxy_v2([198, 51, 100, 7], 50000), "198.51.100.7"),
-        (b"PROXY TCP4 198.51.100.8 127.0.0.1 50001 443\r\n".to_vec(), "198.51.100.8"),
+        (
+            b"PROXY TCP4 198.51.100.8 127.0.0.1 50001 443\r\n".to_vec(),
+            "198.51.100.8",
+        ),
     ] {
         let mut c = claims();
         c.ip = Some(ip.into());
@@ -265,18 +355,25 @@ fn proxy_protocol_v1_and_v2_give_the_client_ip_before_tls() {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let tls = rustls::ClientConnection::new(client_tls(), name).unwrap();
         let mut conn = Conn::Tls(Box::new(rustls::StreamOwned::new(tls, tcp)));
-        conn.write_all(&relay.upgrade_request(&format!("/console?ticket={t}"), "")).unwrap();
+        conn.write_all(&relay.upgrade_request(&format!("/console?ticket={t}"), ""))
+            .unwrap();
         let (status, _, _) = read_response_head(&mut conn);
         assert_eq!(status, 101, "{ip}");
         assert!(relay.wait_log(&format!("\"client\":\"{ip}\"")));
     }
     // No header, or garbage: dropped without an answer.
-    for junk in [&b"GET /console HTTP/1.1\r\n\r\n"[..], b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 1\r\n"] {
+    for junk in [
+        &b"GET /console HTTP/1.1\r\n\r\n"[..],
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 1\r\n",
+    ] {
         let mut tcp = std::net::TcpStream::connect(relay.addr).unwrap();
         tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         tcp.write_all(junk).unwrap();
         let mut b = [0u8; 64];
-        assert!(matches!(std::io::Read::read(&mut tcp, &mut b), Ok(0) | Err(_)));
+        assert!(matches!(
+            std::io::Read::read(&mut tcp, &mut b),
+            Ok(0) | Err(_)
+        ));
     }
     assert!(relay.wait_log("proxy_header_missing") && relay.wait_log("proxy_v1_malformed"));
 }
@@ -284,11 +381,19 @@ fn proxy_protocol_v1_and_v2_give_the_client_ip_before_tls() {
 #[test]
 fn handshakes_per_ip_are_rate_limited() {
     let echo = Server::tcp_echo();
-    let relay = echo_relay(RelayBuilder::new(false).limits("handshakes_per_ip = 3"), &echo);
-    let statuses: Vec<u16> = (0..10).map(|_| try_open(&relay, &relay.ticket("t"), "").0).collect();
+    let relay = echo_relay(
+        RelayBuilder::new(false).limits("handshakes_per_ip = 3"),
+        &echo,
+    );
+    let statuses: Vec<u16> = (0..10)
+        .map(|_| try_open(&relay, &relay.ticket("t"), "").0)
+        .collect();
     let limited = statuses.iter().filter(|&&s| s == 429).count();
     assert!(limited >= 4, "{statuses:?}");
-    assert!(statuses.iter().all(|&s| s == 101 || s == 429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|&s| s == 101 || s == 429),
+        "{statuses:?}"
+    );
 }
 
 #[test]
@@ -304,9 +409,13 @@ fn concurrent_handshakes_are_capped() {
     sleep(Duration::from_millis(200));
     // ...so the next connection is dropped without an answer.
     let mut c = relay.conn();
-    let _ = c.write_all(&relay.upgrade_request(&format!("/console?ticket={}", relay.ticket("t")), ""));
+    let _ =
+        c.write_all(&relay.upgrade_request(&format!("/console?ticket={}", relay.ticket("t")), ""));
     let mut b = [0u8; 16];
-    assert!(matches!(std::io::Read::read(&mut c, &mut b), Ok(0) | Err(_)));
+    assert!(matches!(
+        std::io::Read::read(&mut c, &mut b),
+        Ok(0) | Err(_)
+    ));
     assert!(relay.wait_log("handshake_capacity"));
     // After the slow one times out, handshakes work again.
     sleep(Duration::from_millis(2200));

@@ -28,6 +28,8 @@ pub fn open(console: Console) -> Result<Opened, UpstreamError> {
         early: Vec::new(),
         protocol: None,
         mode: Mode::Bytes,
+        pending: None,
+        to_browser: Vec::new(),
     })
 }
 

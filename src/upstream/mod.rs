@@ -9,6 +9,7 @@
 //! when a console host is down.
 
 pub mod demo;
+pub mod proxmox;
 pub mod tcp;
 pub mod ws;
 
@@ -20,8 +21,9 @@ use monoio_rustls::TlsConnector;
 use crate::config::{Config, Upstream};
 use crate::error::UpstreamError;
 use crate::http::HeadLimits;
+use crate::registry::VmGates;
 use crate::relay::Mode;
-use crate::ticket::Console;
+use crate::ticket::Claims;
 use crate::transport::Stream;
 
 /// An opened upstream leg.
@@ -32,6 +34,10 @@ pub struct Opened {
     /// The subprotocol the upstream selected (Frames mode only).
     pub protocol: Option<String>,
     pub mode: Mode,
+    /// A login step that needs the browser, after its 101 (Proxmox VNC).
+    pub pending: Option<proxmox::BrowserPhase>,
+    /// Bytes for the browser right after the 101 (termproxy's first output).
+    pub to_browser: Vec<u8>,
 }
 
 /// TLS client configs for the `wss://` upstreams, built once at start
@@ -59,17 +65,37 @@ impl Connectors {
     }
 }
 
+/// What every upstream dial needs from its worker.
+pub struct Dial<'a> {
+    pub connectors: &'a Connectors,
+    pub gates: &'a Arc<VmGates>,
+    pub limits: HeadLimits,
+    pub max_frame: u64,
+}
+
 /// Opens upstream `name` for a session. `protocol` is the real subprotocol
 /// the browser offered and the relay selected (`binary` or none).
 pub async fn open(
     name: &str,
     up: &Upstream,
-    connectors: &Connectors,
+    dial: &Dial<'_>,
     protocol: Option<&str>,
-    console: Console,
-    limits: HeadLimits,
+    claims: &Claims,
 ) -> Result<Opened, UpstreamError> {
+    let (connectors, limits) = (dial.connectors, dial.limits);
     match up {
+        Upstream::Proxmox(px) => {
+            let connector = connectors.get(name).ok_or(UpstreamError::Tls)?;
+            match monoio::time::timeout(
+                px.connect_timeout,
+                proxmox::open(px, connector, claims, dial.max_frame, dial.gates),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(UpstreamError::Timeout),
+            }
+        }
         Upstream::Ws {
             url,
             connect_timeout,
@@ -93,6 +119,6 @@ pub async fn open(
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout),
         },
-        Upstream::Demo => demo::open(console),
+        Upstream::Demo => demo::open(claims.console),
     }
 }

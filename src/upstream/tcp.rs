@@ -20,5 +20,7 @@ pub async fn open(addr: SocketAddr) -> Result<Opened, UpstreamError> {
         early: Vec::new(),
         protocol: None,
         mode: Mode::Bytes,
+        pending: None,
+        to_browser: Vec::new(),
     })
 }

@@ -35,7 +35,7 @@ pub async fn open(
         (true, None) => return Err(UpstreamError::Tls),
     };
     let key = client_key();
-    let req = client_request(&url.host_header(), &url.path, &key, protocol);
+    let req = client_request(&url.host_header(), &url.path, &key, protocol, &[]);
     let (res, _) = stream.write_all(req).await;
     res.map_err(|_| UpstreamError::Closed)?;
 
@@ -69,6 +69,8 @@ pub async fn open(
                     early: buf.split_off(n),
                     protocol: selected,
                     mode: Mode::Frames,
+                    pending: None,
+                    to_browser: Vec::new(),
                 });
             }
         }

@@ -209,6 +209,7 @@ pub fn client_request(
     path_and_query: &str,
     key: &str,
     protocol: Option<&str>,
+    extra: &[(&str, &str)],
 ) -> Vec<u8> {
     let mut out = format!(
         "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -217,6 +218,12 @@ Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"
     if let Some(p) = protocol {
         out.push_str("Sec-WebSocket-Protocol: ");
         out.push_str(p);
+        out.push_str("\r\n");
+    }
+    for (k, v) in extra {
+        out.push_str(k);
+        out.push_str(": ");
+        out.push_str(v);
         out.push_str("\r\n");
     }
     out.push_str("\r\n");
@@ -451,7 +458,13 @@ Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: bi
     #[test]
     fn client_request_round_trips_through_the_server_check() {
         let key = client_key();
-        let r = client_request("up:9001", "/ws?x=1", &key, Some("binary"));
+        let r = client_request(
+            "up:9001",
+            "/ws?x=1",
+            &key,
+            Some("binary"),
+            &[("Authorization", "x")],
+        );
         let head = parse_request(&r, HeadLimits::default()).unwrap().unwrap().0;
         let u = check_upgrade(&head).unwrap();
         assert_eq!(u.key, key);
