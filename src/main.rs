@@ -24,6 +24,8 @@ USAGE:
                                        print a signed ticket (JWT HS256)
   nexor-relay ticket inspect [-c FILE] TOKEN
                                        decode a ticket; with -c also verify it
+  nexor-relay fingerprint https://host:8006
+                                       print the SHA-256 of a server's certificate, to pin
   nexor-relay --version
 ";
 
@@ -123,6 +125,14 @@ fn run(args: &[String]) -> Result<ExitCode> {
             _ => bail!("`ticket mint` or `ticket inspect`"),
         },
         "demo" => demo(rest),
+        "fingerprint" => match rest {
+            [url] => {
+                let fp = tls::fetch_fingerprint(url).map_err(|e| anyhow!("{url}: {e}"))?;
+                println!("{}", tls::fingerprint_hex(&fp));
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => bail!("fingerprint https://host:8006"),
+        },
         "--version" | "-V" | "version" => {
             println!("nexor-relay {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

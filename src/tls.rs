@@ -184,3 +184,84 @@ impl ServerCertVerifier for PinnedLeaf {
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string()).map_err(|e| format!("`{host}`: {e}"))
 }
+
+/// Reads a server's leaf certificate fingerprint (for `nexor-relay
+/// fingerprint https://host:8006`): what to pin in `fingerprint`. Trusts
+/// nothing: it only reports what the server presents, for a person to
+/// compare with the server's own `pvenode cert info`.
+pub fn fetch_fingerprint(url: &str) -> Result<[u8; 32], String> {
+    use std::io::Write;
+    let rest = url.trim().trim_end_matches('/').strip_prefix("https://").ok_or("expected https://host[:port]")?;
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !rest.ends_with(']') => (h, p.parse::<u16>().map_err(|_| format!("bad port `{p}`"))?),
+        _ => (rest, 8006),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let verifier = Arc::new(Recorder {
+        seen: seen.clone(),
+        algs: provider().signature_verification_algorithms,
+    });
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let name = server_name(host)?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
+    let mut tcp = std::net::TcpStream::connect((host, port)).map_err(|e| format!("{host}:{port}: {e}"))?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).map_err(|e| format!("TLS: {e}"))?;
+    }
+    conn.send_close_notify();
+    let _ = conn.complete_io(&mut tcp);
+    let _ = tcp.flush();
+    let fp = *seen.lock().map_err(|_| "lock")?;
+    fp.ok_or_else(|| "the server sent no certificate".to_string())
+}
+
+#[derive(Debug)]
+struct Recorder {
+    seen: Arc<std::sync::Mutex<Option<[u8; 32]>>>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Recorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Ok(mut s) = self.seen.lock() {
+            *s = Some(Sha256::digest(end_entity.as_ref()).into());
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}

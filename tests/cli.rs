@@ -215,3 +215,15 @@ fn demo_prints_working_console_urls() {
     let _ = child.wait();
     assert!(Path::new(env!("CARGO_BIN_EXE_nexor-relay")).exists());
 }
+
+#[test]
+fn fingerprint_prints_the_leaf_sha256_to_pin() {
+    let tls_server = Server::ws_echo(true);
+    let url = format!("https://127.0.0.1:{}", tls_server.addr.port());
+    let (code, out, err) = run(&["fingerprint", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), leaf_fingerprint());
+    let (code, _, err) = run(&["fingerprint", &format!("https://127.0.0.1:{}", refused_addr().port())]);
+    assert_eq!(code, 2);
+    assert!(err.contains("127.0.0.1"), "{err}");
+}
