@@ -53,6 +53,10 @@ impl std::error::Error for ConfigError {}
 struct RawConfig {
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    audit: RawAudit,
     tickets: Option<RawTickets>,
     #[serde(default)]
     limits: RawLimits,
@@ -73,6 +77,22 @@ struct RawServer {
     require_origin: Option<bool>,
     proxy_protocol: Option<bool>,
     trusted_proxies: Option<Vec<String>>,
+    drain_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    output: Option<String>,
+    refused_per_second: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +160,8 @@ struct RawUpstream {
 #[derive(Debug)]
 pub struct Config {
     pub server: Server,
+    pub admin: Admin,
+    pub audit: AuditConfig,
     pub tickets: Tickets,
     pub limits: Limits,
     pub upstreams: BTreeMap<String, Upstream>,
@@ -161,6 +183,25 @@ pub struct Server {
     pub proxy_protocol: bool,
     /// Peers whose X-Forwarded-For / Forwarded / CF-Connecting-IP are believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// On SIGTERM, how long live sessions may continue before 1001.
+    pub drain_timeout: Duration,
+}
+
+/// `[admin]`: the loopback listener for metrics, health and revoke.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// `None` when `listen = "off"`.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token required on every admin request, if set.
+    pub token: Option<Secret>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub output: crate::audit::Output,
+    /// Refusal lines per second at most (0 = no limit).
+    pub refused_per_second: u32,
 }
 
 /// Which `Origin`s may open a console.
@@ -403,6 +444,9 @@ pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(8 * 3600);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_MAX_HANDSHAKES: usize = 4096;
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9477";
+pub const DEFAULT_REFUSED_PER_SECOND: u32 = 50;
 
 // ---- parsing helpers --------------------------------------------------------
 
@@ -570,6 +614,17 @@ impl Config {
             ConfigError::new("", e.to_string().replace('\n', " ").trim().to_string())
         })?;
         let server = Self::server(raw.server, base)?;
+        let admin = Self::admin(raw.admin, base)?;
+        let audit = AuditConfig {
+            output: crate::audit::Output::parse(
+                raw.audit.output.as_deref().unwrap_or("stdout"),
+                base,
+            ),
+            refused_per_second: raw
+                .audit
+                .refused_per_second
+                .unwrap_or(DEFAULT_REFUSED_PER_SECOND),
+        };
         let tickets = Self::tickets(raw.tickets, base)?;
         let limits = Self::limits(raw.limits)?;
         let mut upstreams = BTreeMap::new();
@@ -585,6 +640,8 @@ impl Config {
         }
         Ok(Config {
             server,
+            admin,
+            audit,
             tickets,
             limits,
             upstreams,
@@ -681,6 +738,60 @@ impl Config {
             },
             proxy_protocol: raw.proxy_protocol.unwrap_or(false),
             trusted_proxies,
+            drain_timeout: duration_or(
+                "server.drain_timeout",
+                &raw.drain_timeout,
+                DEFAULT_DRAIN_TIMEOUT,
+            )?,
+        })
+    }
+
+    fn admin(raw: RawAdmin, base: &Path) -> Result<Admin, ConfigError> {
+        let listen = match raw.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN) {
+            "off" => None,
+            l => Some(l.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(
+                    "admin.listen",
+                    format!("`{l}` is not an ip:port (or \"off\")"),
+                )
+            })?),
+        };
+        let token = match (raw.token, raw.token_file) {
+            (Some(t), None) => Some(t),
+            (None, Some(f)) => {
+                let p = rel(base, &f);
+                Some(
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| {
+                            ConfigError::new(
+                                "admin.token_file",
+                                format!("cannot read {}: {e}", p.display()),
+                            )
+                        })?
+                        .trim()
+                        .to_string(),
+                )
+            }
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "admin.token",
+                    "use either token or token_file",
+                ))
+            }
+        };
+        if token
+            .as_ref()
+            .is_some_and(|t| t.len() < 16 || t.chars().any(|c| c.is_whitespace()))
+        {
+            return Err(ConfigError::new(
+                "admin.token",
+                "at least 16 characters, no spaces",
+            ));
+        }
+        Ok(Admin {
+            listen,
+            token: token.map(Secret),
         })
     }
 

@@ -60,6 +60,8 @@ pub enum Refusal {
     RateLimited,
     /// Single use, reconnect grant, session limits.
     Policy(Denial),
+    /// The relay is shutting down.
+    Draining,
     Upstream(UpstreamError),
 }
 
@@ -73,6 +75,7 @@ impl Refusal {
             Refusal::Ticket(t) => t.status(),
             Refusal::UnknownUpstream | Refusal::Origin | Refusal::WrongIp => 403,
             Refusal::RateLimited => 429,
+            Refusal::Draining => 503,
             Refusal::Policy(d) => d.status(),
             Refusal::Upstream(UpstreamError::Timeout) => 504,
             Refusal::Upstream(_) => 502,
@@ -90,6 +93,7 @@ impl Refusal {
             Refusal::Origin => "origin_not_allowed",
             Refusal::WrongIp => "ticket_ip_mismatch",
             Refusal::RateLimited => "handshake_rate",
+            Refusal::Draining => "draining",
             Refusal::Policy(d) => d.label(),
             Refusal::Upstream(u) => u.label(),
         }
@@ -112,6 +116,7 @@ impl Refusal {
             Refusal::Origin => "origin not allowed".into(),
             Refusal::WrongIp => "ticket refused: bound to another client".into(),
             Refusal::RateLimited => "too many connection attempts, retry shortly".into(),
+            Refusal::Draining => "relay shutting down, reconnect".into(),
             Refusal::Policy(Denial::Replay) => "ticket refused: already used".into(),
             Refusal::Policy(Denial::Time(t)) => format!("ticket refused: {t}"),
             Refusal::Policy(Denial::CacheFull) => "relay busy, retry shortly".into(),

@@ -11,11 +11,14 @@
 //! are thin glue (`server`, `session`, `upstream`, `relay`).
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod preamble;
 pub mod proxy;
 pub mod registry;

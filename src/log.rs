@@ -15,14 +15,17 @@ pub enum V<'a> {
 
 /// Writes `{"ts":..,"level":..,"msg":..,k:v,..}` to stderr in one write.
 pub fn line(level: &str, msg: &str, fields: &[(&str, V<'_>)]) {
-    let mut out = String::with_capacity(160);
+    let out = json_line(&[("level", V::S(level)), ("msg", V::S(msg))], fields);
+    let _ = std::io::stderr().lock().write_all(out.as_bytes());
+}
+
+/// `{"ts":"…",<head>,<fields>}\n` as one string.
+pub fn json_line(head: &[(&str, V<'_>)], fields: &[(&str, V<'_>)]) -> String {
+    let mut out = String::with_capacity(256);
     out.push_str("{\"ts\":\"");
     out.push_str(&timestamp());
-    out.push_str("\",\"level\":\"");
-    out.push_str(level);
-    out.push_str("\",\"msg\":");
-    quote(&mut out, msg);
-    for (k, v) in fields {
+    out.push('"');
+    for (k, v) in head.iter().chain(fields) {
         out.push(',');
         quote(&mut out, k);
         out.push(':');
@@ -35,7 +38,7 @@ pub fn line(level: &str, msg: &str, fields: &[(&str, V<'_>)]) {
         }
     }
     out.push_str("}\n");
-    let _ = std::io::stderr().lock().write_all(out.as_bytes());
+    out
 }
 
 pub fn info(msg: &str, fields: &[(&str, V<'_>)]) {
@@ -44,6 +47,10 @@ pub fn info(msg: &str, fields: &[(&str, V<'_>)]) {
 
 pub fn warn(msg: &str, fields: &[(&str, V<'_>)]) {
     line("warn", msg, fields);
+}
+
+pub fn error(msg: &str, fields: &[(&str, V<'_>)]) {
+    line("error", msg, fields);
 }
 
 fn quote(out: &mut String, s: &str) {

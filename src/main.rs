@@ -95,7 +95,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
         "serve" => {
             let a = Args::parse(rest, &["config"])?;
             let cfg = a.config()?;
-            serve(cfg, None)
+            serve(a.get("config").map(PathBuf::from), cfg, None)
         }
         "check-config" => {
             let a = Args::parse(rest, &["config"])?;
@@ -145,23 +145,23 @@ fn run(args: &[String]) -> Result<ExitCode> {
     }
 }
 
-fn serve(
-    cfg: Config,
-    demo_banner: Option<Box<dyn FnOnce(std::net::SocketAddr)>>,
-) -> Result<ExitCode> {
+type Banner = Box<dyn FnOnce(std::net::SocketAddr)>;
+
+fn serve(path: Option<PathBuf>, cfg: Config, banner: Option<Banner>) -> Result<ExitCode> {
     let tls = match &cfg.server.tls {
         Some(t) => Some(tls::server_config(&t.cert, &t.key).map_err(|e| anyhow!(e))?),
         None => None,
     };
-    serve_with(Arc::new(cfg), tls, demo_banner)
+    serve_with(path, cfg, tls, banner)
 }
 
 fn serve_with(
-    cfg: Arc<Config>,
+    path: Option<PathBuf>,
+    cfg: Config,
     tls: Option<Arc<rustls::ServerConfig>>,
-    banner: Option<Box<dyn FnOnce(std::net::SocketAddr)>>,
+    banner: Option<Banner>,
 ) -> Result<ExitCode> {
-    server::serve(cfg, tls, |addr| {
+    server::serve(path, cfg, tls, |addr| {
         if let Some(b) = banner {
             b(addr)
         }
@@ -339,7 +339,7 @@ fn demo(rest: &[String]) -> Result<ExitCode> {
     };
     let toml = format!(
         "[server]\nlisten = \"{listen}\"\nworkers = {workers}\n[tickets]\nkeys = [{{ id = \"demo\", secret = \"{secret}\" }}]\n\
-max_ttl = \"{}s\"\n[upstreams.demo]\nkind = \"demo\"\n",
+max_ttl = \"{}s\"\n[admin]\nlisten = \"off\"\n[audit]\noutput = \"stderr\"\n[upstreams.demo]\nkind = \"demo\"\n",
         DEMO_TICKET_TTL.as_secs()
     );
     let cfg =
@@ -384,5 +384,5 @@ max_ttl = \"{}s\"\n[upstreams.demo]\nkind = \"demo\"\n",
         println!("  try: websocat -k --binary 'wss://{addr}{path}?ticket=<terminal ticket>'");
         println!("  stop with Ctrl-C");
     });
-    serve_with(Arc::new(cfg), Some(cert.config), Some(banner))
+    serve_with(None, cfg, Some(cert.config), Some(banner))
 }

@@ -76,6 +76,12 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
 }
 
+/// Where a session counts its bytes: its worker's metrics block.
+pub struct Meter {
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub core: usize,
+}
+
 /// One leg after its handshake: halves plus bytes read past the handshake.
 pub struct Leg {
     pub reader: Reader,
@@ -149,6 +155,7 @@ struct Shared {
     bytes_down: Cell<u64>,
     /// When a data frame (or raw bytes) last went either way.
     last_data: Cell<Instant>,
+    meter: Option<Meter>,
 }
 
 impl Shared {
@@ -277,6 +284,7 @@ pub async fn run(
     mode: Mode,
     settings: Settings,
     ctl: Option<Arc<SessionCtl>>,
+    meter: Option<Meter>,
 ) -> Outcome {
     let s = Rc::new(Shared {
         mode,
@@ -292,6 +300,7 @@ pub async fn run(
         bytes_up: Cell::new(0),
         bytes_down: Cell::new(0),
         last_data: Cell::new(Instant::now()),
+        meter,
     });
     let up = monoio::spawn(pump(
         s.clone(),
@@ -666,6 +675,10 @@ async fn flush(
     };
     counter.set(counter.get() + n);
     s.last_data.set(Instant::now());
+    if let Some(m) = &s.meter {
+        let (up, down) = if dir == Dir::Up { (n, 0) } else { (0, n) };
+        m.metrics.core(m.core).add_bytes(up, down);
+    }
     Some(slice.into_inner())
 }
 
@@ -833,6 +846,9 @@ async fn pump_raw_down(s: Rc<Shared>, mut reader: Reader, early: Vec<u8>) {
         }
         s.bytes_down.set(s.bytes_down.get() + n as u64);
         s.last_data.set(Instant::now());
+        if let Some(m) = &s.meter {
+            m.metrics.core(m.core).add_bytes(0, n as u64);
+        }
         buf.truncate(HEADROOM);
         if room > 0 {
             resize_raw(&mut buf, n, room);

@@ -2,13 +2,22 @@
 //! io_uring, or epoll where io_uring is unavailable or
 //! `MONOIO_FORCE_LEGACY_DRIVER=1`), each with its own `SO_REUSEPORT`
 //! listener, so the kernel spreads connections and no lock is shared on
-//! the data path.
+//! the data path. The main thread handles signals:
+//!
+//! * SIGHUP: reload the config (keys, certificates, upstreams, limits) for
+//!   new sessions; live sessions keep the config they started with; an
+//!   invalid file is refused, logged, and the old config kept.
+//! * SIGTERM / SIGINT: drain — new upgrades get 503, `/readyz` 503, live
+//!   sessions continue until `drain_timeout`, then close with 1001; exit 0.
+//!   A second signal exits at once with status 1.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpListener;
 use monoio::{FusionDriver, FusionRuntime, RuntimeBuilder};
@@ -16,9 +25,11 @@ use monoio_rustls::TlsAcceptor;
 use rustls::ServerConfig;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::log::{self, V};
-use crate::registry::Registry;
+use crate::metrics::Metrics;
+use crate::registry::{CloseRequest, Registry};
 use crate::session::{self, Worker};
 use crate::upstream::Connectors;
 
@@ -26,6 +37,44 @@ use crate::upstream::Connectors;
 const BACKLOG: i32 = 4096;
 /// io_uring submission queue entries per worker.
 const URING_ENTRIES: u32 = 1024;
+
+/// What new connections are served with; swapped whole on SIGHUP.
+pub struct Live {
+    pub cfg: Arc<Config>,
+    pub tls: Option<TlsAcceptor>,
+    pub connectors: Connectors,
+}
+
+impl Live {
+    fn build(cfg: Config, tls: Option<Arc<ServerConfig>>) -> Result<Live, String> {
+        let connectors = Connectors::build(&cfg)?;
+        Ok(Live {
+            cfg: Arc::new(cfg),
+            tls: tls.map(TlsAcceptor::from),
+            connectors,
+        })
+    }
+}
+
+/// Process-wide state shared by the workers, the admin listener and the
+/// signal handler.
+pub struct State {
+    live: RwLock<Arc<Live>>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub audit: Arc<Audit>,
+}
+
+impl State {
+    /// The current config, certificates and connectors.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn draining(&self) -> bool {
+        self.metrics.draining.load(Ordering::Relaxed)
+    }
+}
 
 /// Raises `RLIMIT_NOFILE` to its hard limit (each console is two sockets)
 /// and returns the new soft limit.
@@ -61,30 +110,48 @@ pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::T
     Ok(all)
 }
 
-/// Serves until the process is stopped. Logs `listening` with the bound
-/// address once every worker is running.
+/// Serves until a signal ends the process. `path` is re-read on SIGHUP
+/// (`None`: the demo, nothing to reload). `on_ready` runs once every
+/// worker listens.
 pub fn serve(
-    cfg: Arc<Config>,
+    path: Option<PathBuf>,
+    cfg: Config,
     tls: Option<Arc<ServerConfig>>,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
     let nofile = raise_nofile();
-    let connectors = Connectors::build(&cfg)?;
-    let registry = Arc::new(Registry::new());
-    let listeners = bind(cfg.server.listen, cfg.server.workers)
-        .map_err(|e| format!("server.listen {}: {e}", cfg.server.listen))?;
+    let audit = Audit::new(&cfg.audit.output, cfg.audit.refused_per_second)
+        .map_err(|e| format!("audit.output: {e}"))?;
+    let (listen, workers, admin) = (cfg.server.listen, cfg.server.workers, cfg.admin.listen);
+    let state = Arc::new(State {
+        live: RwLock::new(Arc::new(Live::build(cfg, tls)?)),
+        registry: Arc::new(Registry::new()),
+        metrics: Arc::new(Metrics::new(workers)),
+        audit: Arc::new(audit),
+    });
+    let listeners = bind(listen, workers).map_err(|e| format!("server.listen {listen}: {e}"))?;
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = match admin {
+        Some(a) => Some(
+            crate::admin::spawn(a, state.clone()).map_err(|e| format!("admin.listen {a}: {e}"))?,
+        ),
+        None => None,
+    };
+    // Block the signals before any thread starts, so only the handler sees them.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("signals: {e}"))?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut threads = Vec::new();
     for (id, l) in listeners.into_iter().enumerate() {
-        let cfg = cfg.clone();
-        let tls = tls.clone();
-        let connectors = connectors.clone();
-        let registry = registry.clone();
+        let state = state.clone();
         let ready = ready_tx.clone();
         let t = std::thread::Builder::new()
             .name(format!("nexor-w{id}"))
-            .spawn(move || worker_main(id, l, cfg, tls, connectors, registry, ready))
+            .spawn(move || worker_main(id, l, state, ready))
             .map_err(|e| e.to_string())?;
         threads.push(t);
     }
@@ -96,30 +163,142 @@ pub fn serve(
             Err(_) => return Err("a worker died at start".into()),
         }
     }
+    let live = state.live();
+    let admin_s = admin_addr
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "off".into());
     log::info(
         "listening",
         &[
             ("addr", V::S(&local.to_string())),
-            ("tls", V::B(tls.is_some())),
+            ("tls", V::B(live.tls.is_some())),
             ("workers", V::N(threads.len() as u64)),
-            ("path", V::S(&cfg.server.path)),
+            ("path", V::S(&live.cfg.server.path)),
+            ("admin", V::S(&admin_s)),
             ("nofile", V::N(nofile.unwrap_or(0))),
         ],
     );
+    drop(live);
     on_ready(local);
-    for t in threads {
-        let _ = t.join();
+    let mut draining = false;
+    for sig in signals.forever() {
+        match sig {
+            signal_hook::consts::SIGHUP => reload(&state, path.as_ref()),
+            _ if draining => {
+                log::warn(
+                    "second stop signal: exiting now",
+                    &[("sessions", V::N(state.registry.live().len() as u64))],
+                );
+                std::process::exit(1);
+            }
+            _ => {
+                draining = true;
+                let state = state.clone();
+                let _ = std::thread::Builder::new()
+                    .name("nexor-drain".into())
+                    .spawn(move || drain(&state));
+            }
+        }
     }
     Ok(())
+}
+
+/// SIGHUP: read and validate the file, build certificates and upstream
+/// TLS, and only then swap; any error keeps the old config.
+fn reload(state: &State, path: Option<&PathBuf>) {
+    let Some(path) = path else {
+        return log::warn("SIGHUP ignored: no config file (demo)", &[]);
+    };
+    let result = (|| -> Result<Live, String> {
+        let cfg = Config::load(path).map_err(|e| e.to_string())?;
+        let tls = match &cfg.server.tls {
+            Some(t) => Some(crate::tls::server_config(&t.cert, &t.key)?),
+            None => None,
+        };
+        Live::build(cfg, tls)
+    })();
+    match result {
+        Ok(new) => {
+            let old = state.live();
+            for (what, changed) in [
+                (
+                    "server.listen",
+                    old.cfg.server.listen != new.cfg.server.listen,
+                ),
+                (
+                    "server.workers",
+                    old.cfg.server.workers != new.cfg.server.workers,
+                ),
+                ("admin.listen", old.cfg.admin.listen != new.cfg.admin.listen),
+            ] {
+                if changed {
+                    log::warn(
+                        "reload: this key needs a restart; keeping the running value",
+                        &[("key", V::S(what))],
+                    );
+                }
+            }
+            if let Err(e) = state
+                .audit
+                .reopen(&new.cfg.audit.output, new.cfg.audit.refused_per_second)
+            {
+                log::warn(
+                    "reload: audit output not reopened",
+                    &[("error", V::S(&e.to_string()))],
+                );
+            }
+            let upstreams = new.cfg.upstreams.len() as u64;
+            *state.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+            state.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            log::info("config reloaded", &[("upstreams", V::N(upstreams))]);
+        }
+        Err(e) => {
+            state.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            log::error(
+                "config reload failed; keeping the running config",
+                &[("error", V::S(&e))],
+            );
+        }
+    }
+}
+
+/// SIGTERM: 503 for new upgrades; live sessions until `drain_timeout`,
+/// then 1001; exit 0 when none is left.
+fn drain(state: &State) {
+    state.metrics.draining.store(true, Ordering::Relaxed);
+    let timeout = state.live().cfg.server.drain_timeout;
+    log::info(
+        "draining",
+        &[
+            ("sessions", V::N(state.registry.live().len() as u64)),
+            ("timeout_ms", V::N(timeout.as_millis() as u64)),
+        ],
+    );
+    let start = Instant::now();
+    while start.elapsed() < timeout && !state.registry.live().is_empty() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = state.registry.live();
+    for c in &left {
+        c.request_close(CloseRequest::Shutdown);
+    }
+    let closing = Instant::now();
+    while closing.elapsed() < crate::relay::CLOSE_GRACE + Duration::from_secs(2)
+        && !state.registry.live().is_empty()
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log::info(
+        "drained",
+        &[("closed_at_deadline", V::N(left.len() as u64))],
+    );
+    std::process::exit(0);
 }
 
 fn worker_main(
     id: usize,
     listener: std::net::TcpListener,
-    cfg: Arc<Config>,
-    tls: Option<Arc<ServerConfig>>,
-    connectors: Connectors,
-    registry: Arc<Registry>,
+    state: Arc<State>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let rt = RuntimeBuilder::<FusionDriver>::new()
@@ -137,6 +316,7 @@ fn worker_main(
         FusionRuntime::Uring(_) => "io_uring",
         FusionRuntime::Legacy(_) => "epoll",
     };
+    state.metrics.core(id).set_driver(driver);
     log::info(
         "worker started",
         &[("worker", V::N(id as u64)), ("driver", V::S(driver))],
@@ -152,10 +332,7 @@ fn worker_main(
         let _ = ready.send(Ok(()));
         let worker = Rc::new(Worker {
             id,
-            cfg,
-            tls: tls.map(TlsAcceptor::from),
-            connectors,
-            registry,
+            state,
             started: Cell::new(0),
         });
         accept_loop(worker, listener).await;

@@ -19,37 +19,68 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRentExt;
 use monoio::net::TcpStream;
-use monoio_rustls::TlsAcceptor;
 
 use crate::config::{Config, OriginPolicy};
 use crate::error::Refusal;
 use crate::http::{self, HeadLimits, RequestHead};
-use crate::log::{self, V};
+use crate::log::V;
 use crate::proxy::{self, ProxyHeader};
-use crate::registry::{Registry, Request};
-use crate::relay::{self, Leg, Settings};
+use crate::registry::Request;
+use crate::relay::{self, Leg, Meter, Settings};
+use crate::server::{Live, State};
 use crate::ticket::{self, Claims, Console};
 use crate::transport::Stream;
-use crate::upstream::{self, Connectors};
+use crate::upstream;
 use crate::ws::handshake::{self, HandshakeError, Upgrade};
 
 /// What every session on one worker thread shares.
 pub struct Worker {
     pub id: usize,
-    pub cfg: Arc<Config>,
-    pub tls: Option<TlsAcceptor>,
-    pub connectors: Connectors,
-    pub registry: Arc<Registry>,
+    pub state: Arc<State>,
     /// Sessions started on this worker, for session ids.
     pub started: Cell<u64>,
 }
 
+fn head_limits(cfg: &Config) -> HeadLimits {
+    HeadLimits {
+        max_head: cfg.limits.max_head,
+        max_headers: cfg.limits.max_headers,
+    }
+}
+
 impl Worker {
-    fn head_limits(&self) -> HeadLimits {
-        HeadLimits {
-            max_head: self.cfg.limits.max_head,
-            max_headers: self.cfg.limits.max_headers,
-        }
+    async fn refuse(&self, stream: &mut Stream, client: IpAddr, r: Refusal) {
+        self.state
+            .metrics
+            .core(self.id)
+            .refused(r.label(), r.status());
+        self.state.audit.refused(
+            unix_now(),
+            &[
+                ("status", V::N(r.status() as u64)),
+                ("reason", V::S(r.label())),
+                ("client", V::S(&client.to_string())),
+            ],
+        );
+        let body = http::refusal(r.status(), r.headers(), &r.body());
+        let _ = monoio::time::timeout(relay::CLOSE_GRACE, async {
+            let _ = stream.write_all(body).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    }
+
+    /// A connection dropped without an HTTP answer.
+    fn dropped(&self, client: IpAddr, reason: &'static str) {
+        self.state.metrics.core(self.id).refused(reason, 0);
+        self.state.audit.refused(
+            unix_now(),
+            &[
+                ("status", V::N(0)),
+                ("reason", V::S(reason)),
+                ("client", V::S(&client.to_string())),
+            ],
+        );
     }
 }
 
@@ -67,31 +98,37 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Serves one accepted TCP connection to its end.
 pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let cfg = worker.cfg.clone();
-    let Some(slot) = worker.registry.begin_handshake(cfg.limits.max_handshakes) else {
-        return dropped(peer.ip(), "handshake_capacity");
+    let live = worker.state.live();
+    let cfg = live.cfg.clone();
+    let registry = &worker.state.registry;
+    let Some(slot) = registry.begin_handshake(cfg.limits.max_handshakes) else {
+        return worker.dropped(peer.ip(), "handshake_capacity");
     };
     // Slowloris guard: PROXY header, TLS and the request head within the deadline.
     let head =
-        monoio::time::timeout(cfg.limits.handshake_timeout, read_head(&worker, tcp, peer)).await;
+        monoio::time::timeout(cfg.limits.handshake_timeout, read_head(&live, tcp, peer)).await;
     let (mut stream, head, early, peer_ip) = match head {
-        Err(_) => return dropped(peer.ip(), "handshake_timeout"),
-        Ok(Err((ip, reason))) => return dropped(ip, reason),
-        Ok(Ok(Err((mut stream, ip, e)))) => return refuse(&mut stream, ip, Refusal::Head(e)).await,
+        Err(_) => return worker.dropped(peer.ip(), "handshake_timeout"),
+        Ok(Err((ip, reason))) => return worker.dropped(ip, reason),
+        Ok(Ok(Err((mut stream, ip, e)))) => {
+            return worker.refuse(&mut stream, ip, Refusal::Head(e)).await
+        }
         Ok(Ok(Ok(parts))) => parts,
     };
     let client = proxy::client_ip(peer_ip, &head, &cfg.server.trusted_proxies);
-    let (upgrade, claims) = match admit(&worker, &head, client) {
+    let (upgrade, claims) = match admit(worker.state.as_ref(), &cfg, &head, client) {
         Ok(v) => v,
-        Err(r) => return refuse(&mut stream, client, r).await,
+        Err(r) => return worker.refuse(&mut stream, client, r).await,
     };
     let Some(up) = cfg.upstreams.get(&claims.upstream) else {
-        return refuse(&mut stream, client, Refusal::UnknownUpstream).await;
+        return worker
+            .refuse(&mut stream, client, Refusal::UnknownUpstream)
+            .await;
     };
     let now = unix_now();
     let policy = &cfg.tickets.policy;
     let grace = cfg.tickets.reconnect_grace.as_secs();
-    let admitted = worker.registry.admit(
+    let admitted = registry.admit(
         Request {
             claims: &claims,
             time: claims.check_time(policy, now),
@@ -104,15 +141,15 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     );
     let admitted = match admitted {
         Ok(a) => a,
-        Err(d) => return refuse(&mut stream, client, Refusal::Policy(d)).await,
+        Err(d) => return worker.refuse(&mut stream, client, Refusal::Policy(d)).await,
     };
     let ctl = admitted.ctl;
     let offered = upgrade.selected_protocol();
     let t_connect = Instant::now();
     let dial = upstream::Dial {
-        connectors: &worker.connectors,
-        gates: &worker.registry.gates,
-        limits: worker.head_limits(),
+        connectors: &live.connectors,
+        gates: &registry.gates,
+        limits: head_limits(&cfg),
         max_frame: cfg.limits.max_frame,
     };
     let opened = upstream::open(&claims.upstream, up, &dial, offered, &claims).await;
@@ -120,8 +157,10 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         Ok(o) => o,
         Err(e) => {
             // The console never opened: the client may retry with the same ticket.
-            worker.registry.release(&ctl, unix_now(), grace);
-            return refuse(&mut stream, client, Refusal::Upstream(e)).await;
+            registry.release(&ctl, unix_now(), grace);
+            return worker
+                .refuse(&mut stream, client, Refusal::Upstream(e))
+                .await;
         }
     };
     let protocol = match opened.mode {
@@ -132,8 +171,8 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         .write_all(handshake::response_101(&upgrade.key, protocol))
         .await;
     if res.is_err() {
-        worker.registry.release(&ctl, unix_now(), grace);
-        return dropped(client, "browser_gone_before_101");
+        registry.release(&ctl, unix_now(), grace);
+        return worker.dropped(client, "browser_gone_before_101");
     }
     drop(slot);
     let mut opened = opened;
@@ -142,8 +181,8 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         .await
         .is_err()
     {
-        worker.registry.release(&ctl, unix_now(), grace);
-        return dropped(client, "browser_gone_after_101");
+        registry.release(&ctl, unix_now(), grace);
+        return worker.dropped(client, "browser_gone_after_101");
     }
     if let Some(phase) = opened.pending.take() {
         // Proxmox VNC: the relay is the browser's RFB server until ClientInit.
@@ -162,9 +201,9 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
                 opened.early = upstream_left;
             }
             Err(reason) => {
-                worker.registry.release(&ctl, unix_now(), grace);
+                registry.release(&ctl, unix_now(), grace);
                 let _ = stream.shutdown().await;
-                return dropped(client, reason);
+                return worker.dropped(client, reason);
             }
         }
     }
@@ -172,14 +211,17 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let n = worker.started.get() + 1;
     worker.started.set(n);
     let sid = format!("{}-{n}", worker.id);
-    let jti_hash = hex(&ctl.jti_hash[..16]);
+    let jti_hash = hex(&ctl.jti_hash);
     let client_s = client.to_string();
     let console = match claims.console {
         Console::Vnc => "vnc",
         Console::Term => "term",
     };
-    log::info(
-        "session start",
+    let connect_time = t_connect.elapsed();
+    let core = worker.state.metrics.core(worker.id);
+    core.opened(&claims.upstream, console, connect_time);
+    worker.state.audit.event(
+        "session_start",
         &[
             ("sid", V::S(&sid)),
             ("jti_sha256", V::S(&jti_hash)),
@@ -189,7 +231,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             ("console", V::S(console)),
             ("client", V::S(&client_s)),
             ("reconnect", V::B(ctl.reconnect)),
-            ("connect_ms", V::N(t_connect.elapsed().as_millis() as u64)),
+            ("connect_ms", V::N(connect_time.as_millis() as u64)),
         ],
     );
     let started = Instant::now();
@@ -215,11 +257,17 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         opened.mode,
         settings,
         Some(ctl.clone()),
+        Some(Meter {
+            metrics: worker.state.metrics.clone(),
+            core: worker.id,
+        }),
     )
     .await;
-    worker.registry.release(&ctl, unix_now(), grace);
-    log::info(
-        "session end",
+    registry.release(&ctl, unix_now(), grace);
+    let duration = started.elapsed();
+    core.ended(&claims.upstream, console, out.code, duration);
+    worker.state.audit.event(
+        "session_end",
         &[
             ("sid", V::S(&sid)),
             ("jti_sha256", V::S(&jti_hash)),
@@ -232,7 +280,8 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             ("by", V::S(out.by.as_str())),
             ("bytes_up", V::N(out.bytes_up)),
             ("bytes_down", V::N(out.bytes_down)),
-            ("duration_ms", V::N(started.elapsed().as_millis() as u64)),
+            ("console", V::S(console)),
+            ("duration_ms", V::N(duration.as_millis() as u64)),
         ],
     );
 }
@@ -280,19 +329,19 @@ async fn read_proxy_header(tcp: &mut TcpStream, peer: IpAddr) -> Result<IpAddr, 
 /// PROXY header (if configured), TLS (if configured), then the request
 /// head. Bytes after the head (a client may send its first frames at once)
 /// are returned, not lost.
-async fn read_head(worker: &Worker, mut tcp: TcpStream, peer: SocketAddr) -> HeadResult {
+async fn read_head(live: &Live, mut tcp: TcpStream, peer: SocketAddr) -> HeadResult {
     let mut ip = proxy::canonical(peer.ip());
-    if worker.cfg.server.proxy_protocol {
+    if live.cfg.server.proxy_protocol {
         ip = read_proxy_header(&mut tcp, ip).await.map_err(|r| (ip, r))?;
     }
-    let mut stream = match &worker.tls {
+    let mut stream = match &live.tls {
         Some(acceptor) => match acceptor.accept(tcp).await {
             Ok(s) => Stream::ServerTls(Box::new(s)),
             Err(_) => return Err((ip, "tls_handshake_failed")),
         },
         None => Stream::Tcp(tcp),
     };
-    let limits = worker.head_limits();
+    let limits = head_limits(&live.cfg);
     let mut buf: Vec<u8> = Vec::with_capacity(2048);
     loop {
         if buf.len() == buf.capacity() {
@@ -342,17 +391,21 @@ pub fn origin_allowed(policy: &OriginPolicy, origin: Option<&str>, host: &str) -
 
 /// Everything decided on the head: route, rate, upgrade, origin, ticket.
 fn admit(
-    worker: &Worker,
+    state: &State,
+    cfg: &Config,
     head: &RequestHead,
     client: IpAddr,
 ) -> Result<(Upgrade, Claims), Refusal> {
-    let cfg = &worker.cfg;
     let (path, query) = http::split_target(&head.target);
     if path != cfg.server.path {
         return Err(Refusal::NotFound);
     }
+    if state.draining() {
+        return Err(Refusal::Draining);
+    }
+    let registry = &state.registry;
     if let Some(per_sec) = cfg.limits.handshakes_per_ip {
-        if !worker.registry.allow_handshake(client, unix_now(), per_sec) {
+        if !registry.allow_handshake(client, unix_now(), per_sec) {
             return Err(Refusal::RateLimited);
         }
     }
@@ -390,33 +443,6 @@ fn admit(
         }
     }
     Ok((upgrade, claims))
-}
-
-async fn refuse(stream: &mut Stream, client: IpAddr, r: Refusal) {
-    log::info(
-        "refused",
-        &[
-            ("status", V::N(r.status() as u64)),
-            ("reason", V::S(r.label())),
-            ("client", V::S(&client.to_string())),
-        ],
-    );
-    let body = http::refusal(r.status(), r.headers(), &r.body());
-    let _ = monoio::time::timeout(relay::CLOSE_GRACE, async {
-        let _ = stream.write_all(body).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
-}
-
-fn dropped(client: IpAddr, reason: &'static str) {
-    log::info(
-        "dropped",
-        &[
-            ("reason", V::S(reason)),
-            ("client", V::S(&client.to_string())),
-        ],
-    );
 }
 
 #[cfg(test)]

@@ -191,9 +191,15 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
 /// compare with the server's own `pvenode cert info`.
 pub fn fetch_fingerprint(url: &str) -> Result<[u8; 32], String> {
     use std::io::Write;
-    let rest = url.trim().trim_end_matches('/').strip_prefix("https://").ok_or("expected https://host[:port]")?;
+    let rest = url
+        .trim()
+        .trim_end_matches('/')
+        .strip_prefix("https://")
+        .ok_or("expected https://host[:port]")?;
     let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && !rest.ends_with(']') => (h, p.parse::<u16>().map_err(|_| format!("bad port `{p}`"))?),
+        Some((h, p)) if !h.is_empty() && !rest.ends_with(']') => {
+            (h, p.parse::<u16>().map_err(|_| format!("bad port `{p}`"))?)
+        }
         _ => (rest, 8006),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -210,10 +216,13 @@ pub fn fetch_fingerprint(url: &str) -> Result<[u8; 32], String> {
         .with_no_client_auth();
     let name = server_name(host)?;
     let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
-    let mut tcp = std::net::TcpStream::connect((host, port)).map_err(|e| format!("{host}:{port}: {e}"))?;
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let mut tcp =
+        std::net::TcpStream::connect((host, port)).map_err(|e| format!("{host}:{port}: {e}"))?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
     while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).map_err(|e| format!("TLS: {e}"))?;
+        conn.complete_io(&mut tcp)
+            .map_err(|e| format!("TLS: {e}"))?;
     }
     conn.send_close_notify();
     let _ = conn.complete_io(&mut tcp);

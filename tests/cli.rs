@@ -223,7 +223,10 @@ fn fingerprint_prints_the_leaf_sha256_to_pin() {
     let (code, out, err) = run(&["fingerprint", &url]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), leaf_fingerprint());
-    let (code, _, err) = run(&["fingerprint", &format!("https://127.0.0.1:{}", refused_addr().port())]);
+    let (code, _, err) = run(&[
+        "fingerprint",
+        &format!("https://127.0.0.1:{}", refused_addr().port()),
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("127.0.0.1"), "{err}");
 }

@@ -55,7 +55,7 @@ fn a_ticket_opens_one_session_and_reconnects_from_the_same_ip_within_grace() {
     write_frame(&mut conn, true, 8, &[0x03, 0xe8], true);
     assert_eq!(expect_close(&mut conn, &mut p), 1000);
     drop(conn);
-    assert!(relay.wait_log("\"msg\":\"session end\""));
+    assert!(relay.wait_log("\"event\":\"session_end\""));
     // Reconnect after the drop, past exp, same IP: admitted as a reconnect.
     let (s2, conn2, _) = try_open(&relay, &t, "");
     assert_eq!(s2, 101);
@@ -78,7 +78,7 @@ fn reconnect_from_another_ip_is_refused() {
     let (s, conn, _) = try_open(&relay, &t, "X-Forwarded-For: 198.51.100.1\r\n");
     assert_eq!(s, 101);
     drop(conn);
-    assert!(relay.wait_log("\"msg\":\"session end\""));
+    assert!(relay.wait_log("\"event\":\"session_end\""));
     assert_eq!(
         try_open(&relay, &t, "X-Forwarded-For: 198.51.100.2\r\n").0,
         403

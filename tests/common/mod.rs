@@ -169,6 +169,7 @@ pub struct RelayBuilder {
     pub server: String,
     pub tickets: String,
     pub limits: String,
+    pub admin: String,
     pub upstreams: String,
 }
 
@@ -179,6 +180,7 @@ impl RelayBuilder {
             server: String::new(),
             tickets: String::new(),
             limits: String::new(),
+            admin: String::new(),
             upstreams: String::new(),
         }
     }
@@ -192,6 +194,12 @@ impl RelayBuilder {
     pub fn tickets(mut self, s: &str) -> Self {
         self.tickets.push_str(s);
         self.tickets.push('\n');
+        self
+    }
+
+    pub fn admin(mut self, s: &str) -> Self {
+        self.admin.push_str(s);
+        self.admin.push('\n');
         self
     }
 
@@ -223,6 +231,14 @@ impl RelayBuilder {
             self.tickets
         ));
         cfg.push_str(&format!("[limits]\n{}", self.limits));
+        if self.admin.contains("listen") {
+            cfg.push_str(&format!("[admin]\n{}", self.admin));
+        } else {
+            cfg.push_str(&format!(
+                "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+                self.admin
+            ));
+        }
         cfg.push_str(&self.upstreams);
         let path = dir.path().join("relay.toml");
         std::fs::write(&path, &cfg).unwrap();
@@ -232,6 +248,10 @@ impl RelayBuilder {
 
 pub struct Relay {
     pub addr: SocketAddr,
+    /// The admin listener, if on.
+    pub admin: Option<SocketAddr>,
+    /// The config file (rewrite it, then `signal("HUP")` to reload).
+    pub config: std::path::PathBuf,
     pub tls: bool,
     child: Child,
     logs: Arc<Mutex<String>>,
@@ -247,13 +267,24 @@ impl Relay {
             .arg("-c")
             .arg(config)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn nexor-relay");
         let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
         let logs = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
+        // Audit lines (stdout) go to the same buffer as the logs (stderr).
+        let audit_sink = logs.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut l = audit_sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
         let sink = logs.clone();
         thread::spawn(move || {
             let mut tx = Some(tx);
@@ -276,23 +307,65 @@ impl Relay {
                 panic!("relay did not start: {}", logs.lock().unwrap());
             }
         };
-        let addr = line
-            .split("\"addr\":\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let field = |name: &str| {
+            line.split(&format!("\"{name}\":\""))
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let addr = field("addr").parse().unwrap();
+        let admin = field("admin").parse().ok();
         Relay {
             addr,
+            admin,
+            config: config.to_path_buf(),
             tls,
             child,
             logs,
             _dir: dir,
             secrets: Mutex::new(vec![KEY_B64.to_string(), KEY_B64[..20].to_string()]),
         }
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`) to the relay.
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Waits for the relay to exit; its status code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// An admin request; returns status and body.
+    pub fn admin_request(&self, method: &str, target: &str, token: Option<&str>) -> (u16, String) {
+        let mut c = TcpStream::connect(self.admin.expect("admin listener")).unwrap();
+        c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            c,
+            "{method} {target} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let (status, head, rest) = read_response_head(&mut c);
+        (status, read_body(&mut c, &head, rest))
     }
 
     pub fn pid(&self) -> u32 {
