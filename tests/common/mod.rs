@@ -416,6 +416,13 @@ impl Relay {
         self.sign(&Self::claims(upstream, Console::Vnc))
     }
 
+    /// Signs with another key (rotation tests); the ticket is scanned for in the logs too.
+    pub fn sign_with(&self, claims: &Claims, key: &Key) -> String {
+        let t = ticket::mint(claims, key);
+        self.secrets.lock().unwrap().push(t.clone());
+        t
+    }
+
     pub fn sign(&self, claims: &Claims) -> String {
         let t = ticket::mint(claims, &Self::key());
         self.secrets.lock().unwrap().push(t.clone());

@@ -1,0 +1,418 @@
+//! Operations through the real binary: metrics after known traffic, the
+//! audit trail field by field, revoke by each selector, SIGHUP with 1,000
+//! live sessions, a bad config on SIGHUP, and drain on SIGTERM.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nexor_relay::ticket::{Console, Key};
+use sha2::Digest;
+
+fn echo_relay(b: RelayBuilder, echo: &Server) -> Relay {
+    b.upstream("t", &format!("kind = \"tcp\"\naddr = \"{}\"", echo.addr))
+        .start()
+}
+
+fn open(relay: &Relay, ticket: &str) -> (Conn, Vec<u8>) {
+    let (status, head, c, rest) =
+        relay.raw(&relay.upgrade_request(&format!("/console?ticket={ticket}"), ""));
+    assert_eq!(status, 101, "{head}");
+    (c, rest)
+}
+
+/// Sends `data` and reads the same bytes back (a TCP echo may re-frame them).
+fn echo(c: &mut Conn, pending: &mut Vec<u8>, data: &[u8]) {
+    write_frame(c, true, 2, data, true);
+    let mut got = Vec::new();
+    while got.len() < data.len() {
+        let f = read_frame(c, pending).unwrap();
+        assert_eq!(f.opcode, 2, "unexpected frame {:?}", f.opcode);
+        got.extend_from_slice(&f.payload);
+    }
+    assert!(got == data, "echo differs");
+}
+
+fn close_normally(c: &mut Conn, pending: &mut Vec<u8>) {
+    write_frame(c, true, 8, &[0x03, 0xe8], true);
+    loop {
+        let f = read_frame(c, pending).unwrap();
+        if f.opcode == 8 {
+            break;
+        }
+    }
+}
+
+fn metric(text: &str, line_prefix: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(line_prefix)
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+fn audit_lines(relay: &Relay, event: &str) -> Vec<serde_json::Value> {
+    relay
+        .logs()
+        .lines()
+        .filter(|l| l.contains(&format!("\"event\":\"{event}\"")))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn wait_events(relay: &Relay, event: &str, n: usize) {
+    let t = std::time::Instant::now();
+    while audit_lines(relay, event).len() < n {
+        assert!(
+            t.elapsed() < IO_TIMEOUT,
+            "waiting for {n} {event}: {}",
+            relay.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn metrics_count_known_traffic() {
+    let e = Server::tcp_echo();
+    let relay = echo_relay(RelayBuilder::new(false), &e);
+    for i in 0..3 {
+        let (mut c, mut p) = open(&relay, &relay.ticket("t"));
+        echo(&mut c, &mut p, &pattern(1000, i));
+        close_normally(&mut c, &mut p);
+    }
+    let mut expired = Relay::claims("t", Console::Vnc);
+    expired.iat = now() - 100;
+    expired.exp = now() - 50;
+    assert_eq!(
+        relay
+            .raw(&relay.upgrade_request(&format!("/console?ticket={}", relay.sign(&expired)), ""))
+            .0,
+        401
+    );
+    assert_eq!(relay.raw(&relay.upgrade_request("/nope", "")).0, 404);
+    wait_events(&relay, "session_end", 3);
+    let (status, m) = relay.admin_request("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let checks: &[(&str, f64)] = &[
+        (
+            "nexor_sessions_opened_total{upstream=\"t\",console=\"vnc\"}",
+            3.0,
+        ),
+        ("nexor_sessions_live{upstream=\"t\",console=\"vnc\"}", 0.0),
+        ("nexor_sessions_closed_total{code=\"1000\"}", 3.0),
+        (
+            "nexor_sessions_refused_total{reason=\"expired\",status=\"401\"}",
+            1.0,
+        ),
+        (
+            "nexor_sessions_refused_total{reason=\"not_found\",status=\"404\"}",
+            1.0,
+        ),
+        ("nexor_bytes_total{direction=\"up\"}", 3000.0),
+        ("nexor_bytes_total{direction=\"down\"}", 3000.0),
+        ("nexor_session_duration_seconds_count", 3.0),
+        ("nexor_upstream_connect_seconds_count", 3.0),
+        ("nexor_draining", 0.0),
+    ];
+    for (name, want) in checks {
+        assert_eq!(metric(&m, name), Some(*want), "{name}\n{m}");
+    }
+    assert_eq!(
+        m.lines()
+            .filter(|l| l.starts_with("nexor_worker_info{"))
+            .count(),
+        2
+    );
+    let driver = if std::env::var("MONOIO_FORCE_LEGACY_DRIVER").is_ok_and(|v| v == "1") {
+        "epoll"
+    } else {
+        "io_uring"
+    };
+    assert!(m.contains(&format!("driver=\"{driver}\"")), "{m}");
+    // Every metric name is declared with HELP and TYPE.
+    for l in m.lines().filter(|l| !l.starts_with('#')) {
+        let name = l.split(['{', ' ']).next().unwrap();
+        let base = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        assert!(
+            m.contains(&format!("# TYPE {base} ")) || m.contains(&format!("# TYPE {name} ")),
+            "{name} undeclared"
+        );
+    }
+    assert_eq!(relay.admin_request("GET", "/healthz", None).0, 200);
+    assert_eq!(relay.admin_request("GET", "/readyz", None).0, 200);
+    assert_eq!(relay.admin_request("GET", "/other", None).0, 404);
+    assert_eq!(relay.admin_request("DELETE", "/metrics", None).0, 405);
+}
+
+#[test]
+fn audit_lines_carry_every_field_and_no_secret() {
+    let e = Server::tcp_echo();
+    let relay = echo_relay(RelayBuilder::new(false), &e);
+    let mut claims = Relay::claims("t", Console::Term);
+    claims.node = Some("pve-a".into());
+    claims.vmid = Some(101);
+    claims.sub = "customer-7".into();
+    let ticket = relay.sign(&claims);
+    let (mut c, mut p) = open(&relay, &ticket);
+    echo(&mut c, &mut p, &pattern(700, 1));
+    close_normally(&mut c, &mut p);
+    relay.raw(&relay.upgrade_request("/console?ticket=x.y.z", ""));
+    wait_events(&relay, "session_end", 1);
+    wait_events(&relay, "refused", 1);
+    let jti_hash: String = sha2::Sha256::digest(claims.jti.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let start = &audit_lines(&relay, "session_start")[0];
+    let end = &audit_lines(&relay, "session_end")[0];
+    for (v, k, want) in [
+        (start, "jti_sha256", serde_json::json!(jti_hash)),
+        (start, "sub", serde_json::json!("customer-7")),
+        (start, "upstream", serde_json::json!("t")),
+        (start, "vm", serde_json::json!("t/pve-a/101")),
+        (start, "console", serde_json::json!("term")),
+        (start, "client", serde_json::json!("127.0.0.1")),
+        (start, "reconnect", serde_json::json!(false)),
+        (end, "jti_sha256", serde_json::json!(jti_hash)),
+        (end, "code", serde_json::json!(1000)),
+        (end, "reason", serde_json::json!("close")),
+        (end, "by", serde_json::json!("browser")),
+        (end, "bytes_up", serde_json::json!(700)),
+        (end, "bytes_down", serde_json::json!(700)),
+        (end, "vm", serde_json::json!("t/pve-a/101")),
+    ] {
+        assert_eq!(v[k], want, "{k} in {v}");
+    }
+    assert_eq!(start["sid"], end["sid"]);
+    assert!(start["ts"].as_str().unwrap().ends_with('Z'));
+    assert!(end["duration_ms"].as_u64().is_some() && start["connect_ms"].as_u64().is_some());
+    let refused = &audit_lines(&relay, "refused")[0];
+    assert_eq!(
+        (refused["status"].as_u64(), refused["client"].as_str()),
+        (Some(401), Some("127.0.0.1"))
+    );
+    assert!(refused["reason"].as_str().is_some());
+    // The raw jti is not logged either (the audit key is its hash).
+    assert!(!relay.logs().contains(&claims.jti));
+}
+
+#[test]
+fn revoke_by_jti_sub_and_vm_closes_with_1008() {
+    let e = Server::tcp_echo();
+    let token = "admin-token-0123456789";
+    let relay = echo_relay(
+        RelayBuilder::new(true).admin(&format!("token = \"{token}\"")),
+        &e,
+    );
+    assert_eq!(relay.admin_request("GET", "/sessions", None).0, 401);
+    assert_eq!(
+        relay
+            .admin_request("GET", "/metrics", Some("wrong-token-000000000"))
+            .0,
+        401
+    );
+    let mk = |sub: &str, vmid: u64| {
+        let mut c = Relay::claims("t", Console::Vnc);
+        c.sub = sub.into();
+        c.node = Some("n1".into());
+        c.vmid = Some(vmid);
+        c
+    };
+    let a = mk("alice", 1);
+    let b = mk("bob", 2);
+    let d = mk("dave", 3);
+    let mut conns: Vec<(Conn, Vec<u8>)> = [&a, &b, &d]
+        .iter()
+        .map(|c| open(&relay, &relay.sign(c)))
+        .collect();
+    let (status, list) = relay.admin_request("GET", "/sessions", Some(token));
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert!(
+        !list.to_string().contains(&a.jti),
+        "sessions list shows hashes, not jti"
+    );
+    for (i, q) in [
+        format!("jti={}", a.jti),
+        "sub=bob".to_string(),
+        "vm=t%2Fn1%2F3".to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (status, body) =
+            relay.admin_request("POST", &format!("/sessions/revoke?{q}"), Some(token));
+        assert_eq!((status, body.as_str()), (200, "{\"revoked\":1}"), "{q}");
+        let (c, p) = &mut conns[i];
+        c.tcp()
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let f = read_frame(c, p).unwrap();
+        assert_eq!(close_code(&f), Some(1008), "{q}");
+    }
+    assert_eq!(
+        relay
+            .admin_request("POST", "/sessions/revoke", Some(token))
+            .0,
+        400
+    );
+    assert_eq!(
+        relay
+            .admin_request("POST", "/sessions/revoke?sub=a&vm=b", Some(token))
+            .0,
+        400
+    );
+    // A revoked ticket gets no reconnect grant.
+    assert_eq!(
+        relay
+            .raw(&relay.upgrade_request(&format!("/console?ticket={}", relay.sign(&a)), ""))
+            .0,
+        403
+    );
+}
+
+const K2: &str = "ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoOEhYaHiImKi4yNjo+QkZKT";
+
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+}
+
+#[test]
+fn sighup_with_1000_live_sessions_drops_nothing_and_rotates_keys() {
+    raise_nofile();
+    const N: usize = 1000;
+    const ROUNDS: usize = 6;
+    let e = Server::tcp_echo();
+    let relay = echo_relay(RelayBuilder::new(false).limits("max_handshakes = 4096"), &e);
+    let mut sessions: Vec<(Conn, Vec<u8>)> =
+        (0..N).map(|_| open(&relay, &relay.ticket("t"))).collect();
+    let mut total = 0usize;
+    for round in 0..ROUNDS {
+        if round == ROUNDS / 2 {
+            // Rotate: the new file has only k2. Live sessions keep running.
+            let text = std::fs::read_to_string(&relay.config).unwrap();
+            let rotated = text.replace(
+                &format!("{{ id = \"{KEY_ID}\", secret = \"{KEY_B64}\" }}"),
+                &format!("{{ id = \"k2\", secret = \"{K2}\" }}"),
+            );
+            assert_ne!(text, rotated);
+            std::fs::write(&relay.config, rotated).unwrap();
+            relay.signal("HUP");
+            assert!(relay.wait_log("config reloaded"));
+        }
+        for (i, (c, _)) in sessions.iter_mut().enumerate() {
+            write_frame(c, true, 2, &pattern(512, (i + round) as u8), true);
+        }
+        for (i, (c, p)) in sessions.iter_mut().enumerate() {
+            let want = pattern(512, (i + round) as u8);
+            let mut got = Vec::new();
+            while got.len() < want.len() {
+                let f =
+                    read_frame(c, p).unwrap_or_else(|e| panic!("session {i} round {round}: {e}"));
+                assert_eq!(
+                    f.opcode, 2,
+                    "session {i} got opcode {} in round {round}",
+                    f.opcode
+                );
+                got.extend_from_slice(&f.payload);
+            }
+            assert!(got == want, "session {i} round {round}: bytes differ");
+            total += got.len();
+        }
+    }
+    assert_eq!(total, N * ROUNDS * 512);
+    assert_eq!(
+        audit_lines(&relay, "session_end").len(),
+        0,
+        "no live session ended"
+    );
+    // New sessions use the new key; the removed key is refused.
+    let k2 = Key::from_secret_b64("k2", K2).unwrap();
+    let (mut c, mut p) = open(
+        &relay,
+        &relay.sign_with(&Relay::claims("t", Console::Vnc), &k2),
+    );
+    echo(&mut c, &mut p, b"new key");
+    assert_eq!(
+        relay
+            .raw(&relay.upgrade_request(&format!("/console?ticket={}", relay.ticket("t")), ""))
+            .0,
+        401
+    );
+}
+
+#[test]
+fn a_bad_config_on_sighup_keeps_the_old_one() {
+    let e = Server::tcp_echo();
+    let relay = echo_relay(RelayBuilder::new(false), &e);
+    let (mut live, mut p) = open(&relay, &relay.ticket("t"));
+    let good = std::fs::read_to_string(&relay.config).unwrap();
+    std::fs::write(
+        &relay.config,
+        good.replace("max_ttl = \"120s\"", "max_ttl = \"forever\""),
+    )
+    .unwrap();
+    relay.signal("HUP");
+    assert!(relay.wait_log("config reload failed"));
+    assert!(
+        relay.logs().contains("tickets.max_ttl"),
+        "the error names the key"
+    );
+    echo(&mut live, &mut p, b"still relaying");
+    let (mut c, mut p2) = open(&relay, &relay.ticket("t"));
+    echo(&mut c, &mut p2, b"old config serves new sessions");
+    let (_, m) = relay.admin_request("GET", "/metrics", None);
+    assert_eq!(
+        metric(&m, "nexor_config_reloads_total{result=\"failed\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn sigterm_drains_503_then_1001_then_exit_0() {
+    let e = Server::tcp_echo();
+    let mut relay = echo_relay(
+        RelayBuilder::new(false).server("drain_timeout = \"1s\""),
+        &e,
+    );
+    let (mut live, mut p) = open(&relay, &relay.ticket("t"));
+    relay.signal("TERM");
+    assert!(relay.wait_log("\"msg\":\"draining\""));
+    let (status, head, mut c, rest) =
+        relay.raw(&relay.upgrade_request(&format!("/console?ticket={}", relay.ticket("t")), ""));
+    assert_eq!(status, 503);
+    assert!(read_body(&mut c, &head, rest).contains("shutting down"));
+    assert_eq!(relay.admin_request("GET", "/readyz", None).0, 503);
+    // The live session still relays until the deadline...
+    echo(&mut live, &mut p, b"during drain");
+    // ...then gets 1001.
+    let f = loop {
+        let f = read_frame(&mut live, &mut p).unwrap();
+        if f.opcode == 8 {
+            break f;
+        }
+    };
+    assert_eq!(close_code(&f), Some(1001));
+    assert_eq!(relay.wait_exit(IO_TIMEOUT), Some(0));
+}
+
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    let e = Server::tcp_echo();
+    let mut relay = echo_relay(
+        RelayBuilder::new(false).server("drain_timeout = \"60s\""),
+        &e,
+    );
+    let (_live, _) = open(&relay, &relay.ticket("t"));
+    relay.signal("TERM");
+    assert!(relay.wait_log("\"msg\":\"draining\""));
+    relay.signal("TERM");
+    assert_eq!(relay.wait_exit(Duration::from_secs(5)), Some(1));
+}
