@@ -78,6 +78,8 @@ struct RawServer {
     proxy_protocol: Option<bool>,
     trusted_proxies: Option<Vec<String>>,
     drain_timeout: Option<String>,
+    console_page: Option<bool>,
+    console_assets: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -185,6 +187,10 @@ pub struct Server {
     pub trusted_proxies: Vec<Cidr>,
     /// On SIGTERM, how long live sessions may continue before 1001.
     pub drain_timeout: Duration,
+    /// Serve the console page at `/` (demo and first tries).
+    pub console_page: bool,
+    /// Local copies of noVNC and xterm.js for the page (`novnc/`, `xterm/`).
+    pub console_assets: Option<PathBuf>,
 }
 
 /// `[admin]`: the loopback listener for metrics, health and revoke.
@@ -743,6 +749,8 @@ impl Config {
                 &raw.drain_timeout,
                 DEFAULT_DRAIN_TIMEOUT,
             )?,
+            console_page: raw.console_page.unwrap_or(false),
+            console_assets: raw.console_assets.map(|p| rel(base, &p)),
         })
     }
 

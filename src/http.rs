@@ -285,6 +285,23 @@ pub fn refusal(status: u16, extra: &[(&str, &str)], body: &str) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// A 200 for the console page or one of its assets (`Connection: close`).
+pub fn page_response(r: &crate::page::Response, csp: &str) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: {}\r\n\
+X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nContent-Security-Policy: {csp}\r\n\
+Connection: close\r\n\r\n",
+        r.status,
+        reason(r.status),
+        r.content_type,
+        r.body.len(),
+        r.cache
+    )
+    .into_bytes();
+    out.extend_from_slice(&r.body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

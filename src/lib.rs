@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod page;
 pub mod preamble;
 pub mod proxy;
 pub mod registry;

@@ -16,7 +16,8 @@ nexor-relay — console relay for VMNexor (noVNC / xterm.js ⇄ VM consoles)
 
 USAGE:
   nexor-relay serve -c FILE            run the relay with a config file
-  nexor-relay demo [--listen ADDR]     relay + built-in demo console, self-signed TLS
+  nexor-relay demo [--listen ADDR] [--assets DIR]
+                                       relay + built-in demo console + console page, self-signed TLS
   nexor-relay check-config -c FILE     validate a config; errors name the key
   nexor-relay ticket mint -c FILE --upstream NAME [--console vnc|term] [--sub ID]
         [--ttl 60s] [--kid ID] [--jti ID] [--node N --vmid N --guest qemu|lxc]
@@ -329,7 +330,7 @@ fn inspect(rest: &[String]) -> Result<ExitCode> {
 const DEMO_TICKET_TTL: Duration = Duration::from_secs(3600);
 
 fn demo(rest: &[String]) -> Result<ExitCode> {
-    let a = Args::parse(rest, &["listen", "workers"])?;
+    let a = Args::parse(rest, &["listen", "workers", "assets"])?;
     let listen = a.get("listen").unwrap_or("127.0.0.1:8443");
     let workers = a.get("workers").unwrap_or("0");
     let secret = {
@@ -337,8 +338,15 @@ fn demo(rest: &[String]) -> Result<ExitCode> {
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k);
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, k)
     };
+    // A local copy of noVNC and xterm.js for the console page, else CDN.
+    let assets = a
+        .get("assets")
+        .map(str::to_string)
+        .or_else(|| std::env::var("NEXOR_CONSOLE_ASSETS").ok())
+        .map(|p| format!("console_assets = {p:?}\n"))
+        .unwrap_or_default();
     let toml = format!(
-        "[server]\nlisten = \"{listen}\"\nworkers = {workers}\n[tickets]\nkeys = [{{ id = \"demo\", secret = \"{secret}\" }}]\n\
+        "[server]\nlisten = \"{listen}\"\nworkers = {workers}\nconsole_page = true\n{assets}[tickets]\nkeys = [{{ id = \"demo\", secret = \"{secret}\" }}]\n\
 max_ttl = \"{}s\"\n[admin]\nlisten = \"off\"\n[audit]\noutput = \"stderr\"\n[upstreams.demo]\nkind = \"demo\"\n",
         DEMO_TICKET_TTL.as_secs()
     );
@@ -375,12 +383,17 @@ max_ttl = \"{}s\"\n[admin]\nlisten = \"off\"\n[audit]\noutput = \"stderr\"\n[ups
                 &key,
             )
         };
+        let (vnc, term) = (t(Console::Vnc), t(Console::Term));
         println!("nexor-relay demo is running on wss://{addr}{path} (self-signed certificate)");
         println!("  certificate SHA-256: {fingerprint}");
+        println!("  open in a browser (accept the certificate warning), valid 1 h:");
+        println!("    screen:   https://{addr}/#console=vnc&ticket={vnc}");
+        println!("    terminal: https://{addr}/#console=term&ticket={term}");
+        println!("  or with any WebSocket client:");
         println!("  VNC console (test pattern), valid 1 h:");
-        println!("    wss://{addr}{path}?ticket={}", t(Console::Vnc));
+        println!("    wss://{addr}{path}?ticket={vnc}");
         println!("  terminal (line echo), valid 1 h:");
-        println!("    wss://{addr}{path}?ticket={}", t(Console::Term));
+        println!("    wss://{addr}{path}?ticket={term}");
         println!("  try: websocat -k --binary 'wss://{addr}{path}?ticket=<terminal ticket>'");
         println!("  stop with Ctrl-C");
     });

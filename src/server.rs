@@ -43,15 +43,25 @@ pub struct Live {
     pub cfg: Arc<Config>,
     pub tls: Option<TlsAcceptor>,
     pub connectors: Connectors,
+    /// The console page, when `console_page` is on.
+    pub page: Option<Arc<crate::page::Page>>,
 }
 
 impl Live {
     fn build(cfg: Config, tls: Option<Arc<ServerConfig>>) -> Result<Live, String> {
         let connectors = Connectors::build(&cfg)?;
+        let page = match cfg.server.console_page {
+            true => Some(Arc::new(crate::page::Page::new(
+                &cfg.server.path,
+                cfg.server.console_assets.as_deref(),
+            )?)),
+            false => None,
+        };
         Ok(Live {
             cfg: Arc::new(cfg),
             tls: tls.map(TlsAcceptor::from),
             connectors,
+            page,
         })
     }
 }

@@ -116,6 +116,20 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         Ok(Ok(Ok(parts))) => parts,
     };
     let client = proxy::client_ip(peer_ip, &head, &cfg.server.trusted_proxies);
+    if let Some(page) = &live.page {
+        let (path, _) = http::split_target(&head.target);
+        if path != cfg.server.path && head.method == "GET" {
+            if let Some(r) = page.get(path) {
+                let resp = http::page_response(&r, &page.csp());
+                let _ = monoio::time::timeout(relay::CLOSE_GRACE, async {
+                    let _ = stream.write_all(resp).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+                return;
+            }
+        }
+    }
     let (upgrade, claims) = match admit(worker.state.as_ref(), &cfg, &head, client) {
         Ok(v) => v,
         Err(r) => return worker.refuse(&mut stream, client, r).await,
