@@ -616,8 +616,18 @@ impl Config {
     /// Validates TOML text; relative paths are taken from `base`.
     pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            // toml's message names the key and line; keep it on one line.
-            ConfigError::new("", e.to_string().replace('\n', " ").trim().to_string())
+            // Not toml's Display: it quotes the source line, which may hold
+            // a secret. The message names the key; the span gives the line.
+            let at = match e.span() {
+                Some(span) => {
+                    let before = &text.as_bytes()[..span.start.min(text.len())];
+                    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+                    let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+                    format!("line {line}, column {col}: ")
+                }
+                None => String::new(),
+            };
+            ConfigError::new("", format!("{at}{}", e.message().replace('\n', " ").trim()))
         })?;
         let server = Self::server(raw.server, base)?;
         let admin = Self::admin(raw.admin, base)?;

@@ -422,7 +422,8 @@ fn the_grafana_dashboard_uses_only_real_metric_names() {
     let e = Server::tcp_echo();
     let relay = echo_relay(RelayBuilder::new(false), &e);
     let (_, m) = relay.admin_request("GET", "/metrics", None);
-    let dash: serde_json::Value = serde_json::from_str(include_str!("../config/grafana-dashboard.json")).unwrap();
+    let dash: serde_json::Value =
+        serde_json::from_str(include_str!("../config/grafana-dashboard.json")).unwrap();
     let mut names = 0;
     for p in dash["panels"].as_array().unwrap() {
         for t in p["targets"].as_array().unwrap() {
@@ -431,7 +432,10 @@ fn the_grafana_dashboard_uses_only_real_metric_names() {
                 if let Some(name) = word.strip_prefix("nexor_") {
                     let base = format!("nexor_{name}");
                     let base = base.trim_end_matches("_bucket");
-                    assert!(m.contains(&format!("# TYPE {base} ")), "{base} is not exported");
+                    assert!(
+                        m.contains(&format!("# TYPE {base} ")),
+                        "{base} is not exported"
+                    );
                     names += 1;
                 }
             }

@@ -49,13 +49,14 @@ impl Connectors {
     pub fn build(cfg: &Config) -> Result<Connectors, String> {
         let mut map = HashMap::new();
         for (name, up) in &cfg.upstreams {
-            if let Upstream::Ws { url, trust, .. } = up {
-                if url.tls {
-                    let c = crate::tls::client_config(trust)
-                        .map_err(|e| format!("upstreams.{name}: {e}"))?;
-                    map.insert(name.clone(), TlsConnector::from(c));
-                }
-            }
+            let trust = match up {
+                Upstream::Ws { url, trust, .. } if url.tls => trust,
+                Upstream::Proxmox(px) => &px.trust,
+                _ => continue,
+            };
+            let c =
+                crate::tls::client_config(trust).map_err(|e| format!("upstreams.{name}: {e}"))?;
+            map.insert(name.clone(), TlsConnector::from(c));
         }
         Ok(Connectors(Arc::new(map)))
     }

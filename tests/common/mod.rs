@@ -3,6 +3,8 @@
 //! Every child process and server thread ends when its owner drops.
 #![allow(dead_code)]
 
+pub mod pve;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -414,6 +416,11 @@ impl Relay {
     /// A fresh valid ticket for `upstream`.
     pub fn ticket(&self, upstream: &str) -> String {
         self.sign(&Self::claims(upstream, Console::Vnc))
+    }
+
+    /// Registers a secret the relay's output must never contain.
+    pub fn add_secret(&self, s: &str) {
+        self.secrets.lock().unwrap().push(s.to_string());
     }
 
     /// Signs with another key (rotation tests); the ticket is scanned for in the logs too.
