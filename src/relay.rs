@@ -41,8 +41,9 @@ use crate::ws::frame::{
 };
 use crate::ws::mask;
 
-/// Read buffer of a quiet direction. Small, so idle consoles stay cheap.
-pub const SMALL_BUF: usize = 4 * 1024;
+/// Read buffer of a quiet direction. Small, so idle consoles stay cheap:
+/// on io_uring a pending read pins its buffer for as long as it waits.
+pub const SMALL_BUF: usize = 1024;
 /// Read buffer of a busy direction (a read filled the small one).
 pub const LARGE_BUF: usize = 64 * 1024;
 /// Room in front of a raw upstream read for the frame header (2 + 8 bytes).

@@ -16,7 +16,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRentExt;
 use monoio::net::TcpStream;
 
@@ -358,12 +357,8 @@ async fn read_head(live: &Live, mut tcp: TcpStream, peer: SocketAddr) -> HeadRes
     let limits = head_limits(&live.cfg);
     let mut buf: Vec<u8> = Vec::with_capacity(2048);
     loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve(2048.min(limits.max_head));
-        }
-        let (filled, cap) = (buf.len(), buf.capacity());
-        let (res, slice) = stream.read(buf.slice_mut(filled..cap)).await;
-        buf = slice.into_inner();
+        let (res, b) = stream.read_more(buf).await;
+        buf = b;
         match res {
             Ok(0) => return Err((ip, "closed_before_head")),
             Err(_) => return Err((ip, "read_error_before_head")),

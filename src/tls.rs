@@ -117,8 +117,8 @@ pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, String> {
         }
         Trust::Fingerprint(fp) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedLeaf {
-                sha256: *fp,
+            .with_custom_certificate_verifier(Arc::new(LeafCheck {
+                mode: LeafMode::Pin(*fp),
                 algs: provider().signature_verification_algorithms,
             }))
             .with_no_client_auth(),
@@ -128,16 +128,23 @@ pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, String> {
     Ok(Arc::new(cfg))
 }
 
-/// Accepts exactly one leaf certificate, by SHA-256 of its DER, as Proxmox
-/// pins node certificates (PROXMOX.md §8); the handshake signature is still
-/// verified, so only the holder of that certificate's key passes.
+/// Checks only the leaf certificate, by SHA-256 of its DER, as Proxmox
+/// pins node certificates (PROXMOX.md §8) — or, for `nexor-relay
+/// fingerprint`, records it. The handshake signature is verified either
+/// way, so only the holder of that certificate's key passes.
 #[derive(Debug)]
-struct PinnedLeaf {
-    sha256: [u8; 32],
+struct LeafCheck {
+    mode: LeafMode,
     algs: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for PinnedLeaf {
+#[derive(Debug)]
+enum LeafMode {
+    Pin([u8; 32]),
+    Record(Arc<std::sync::Mutex<Option<[u8; 32]>>>),
+}
+
+impl ServerCertVerifier for LeafCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -147,13 +154,18 @@ impl ServerCertVerifier for PinnedLeaf {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        // A certificate is public: a plain comparison leaks nothing.
-        if got == self.sha256 {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
+        match &self.mode {
+            // A certificate is public: a plain comparison leaks nothing.
+            LeafMode::Pin(want) if got == *want => Ok(ServerCertVerified::assertion()),
+            LeafMode::Pin(_) => Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
-            ))
+            )),
+            LeafMode::Record(seen) => {
+                if let Ok(mut s) = seen.lock() {
+                    *s = Some(got);
+                }
+                Ok(ServerCertVerified::assertion())
+            }
         }
     }
 
@@ -204,8 +216,8 @@ pub fn fetch_fingerprint(url: &str) -> Result<[u8; 32], String> {
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let seen = Arc::new(std::sync::Mutex::new(None));
-    let verifier = Arc::new(Recorder {
-        seen: seen.clone(),
+    let verifier = Arc::new(LeafCheck {
+        mode: LeafMode::Record(seen.clone()),
         algs: provider().signature_verification_algorithms,
     });
     let cfg = ClientConfig::builder_with_provider(provider())
@@ -229,48 +241,4 @@ pub fn fetch_fingerprint(url: &str) -> Result<[u8; 32], String> {
     let _ = tcp.flush();
     let fp = *seen.lock().map_err(|_| "lock")?;
     fp.ok_or_else(|| "the server sent no certificate".to_string())
-}
-
-#[derive(Debug)]
-struct Recorder {
-    seen: Arc<std::sync::Mutex<Option<[u8; 32]>>>,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut s) = self.seen.lock() {
-            *s = Some(Sha256::digest(end_entity.as_ref()).into());
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
 }

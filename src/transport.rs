@@ -63,6 +63,19 @@ impl Stream {
         each!(self, s => s.write_all(buf).await)
     }
 
+    /// Reads more bytes onto the end of `buf` (growing it when full).
+    /// `Ok(0)` is EOF.
+    pub async fn read_more(&mut self, mut buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.capacity().clamp(1024, 8192));
+        }
+        let (filled, cap) = (buf.len(), buf.capacity());
+        let (res, slice) = self
+            .read(monoio::buf::IoBufMut::slice_mut(buf, filled..cap))
+            .await;
+        (res, slice.into_inner())
+    }
+
     pub async fn shutdown(&mut self) -> io::Result<()> {
         each!(self, s => s.shutdown().await)
     }
@@ -173,19 +186,30 @@ impl Drop for WriterGuard {
 }
 
 /// A one-shot, many-listener flag for one thread: the session's end.
+///
+/// Each waiting [`Fired`] future owns one slot, overwritten when it is
+/// polled again and freed when it is dropped, so a session that waits on
+/// the signal around every read keeps a list as short as its live waiters.
 #[derive(Clone, Default)]
 pub struct Signal(Rc<SignalInner>);
 
 #[derive(Default)]
 struct SignalInner {
     fired: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    waiters: RefCell<Vec<Option<Waker>>>,
 }
 
 impl Signal {
     pub fn fire(&self) {
         if !self.0.fired.replace(true) {
-            for w in self.0.waiters.borrow_mut().drain(..) {
+            let wakers: Vec<Waker> = self
+                .0
+                .waiters
+                .borrow_mut()
+                .iter_mut()
+                .filter_map(Option::take)
+                .collect();
+            for w in wakers {
                 w.wake();
             }
         }
@@ -196,19 +220,96 @@ impl Signal {
     }
 
     /// Resolves once [`Signal::fire`] was called.
-    pub fn fired(&self) -> impl Future<Output = ()> + '_ {
-        poll_fn(move |cx| {
-            if self.0.fired.get() {
-                Poll::Ready(())
-            } else {
-                // Each task registers once, however often it polls: a
-                // session's reads poll this on every iteration.
-                let mut ws = self.0.waiters.borrow_mut();
-                if !ws.iter().any(|w| w.will_wake(cx.waker())) {
-                    ws.push(cx.waker().clone());
-                }
-                Poll::Pending
+    pub fn fired(&self) -> Fired<'_> {
+        Fired {
+            signal: self,
+            slot: None,
+        }
+    }
+
+    #[cfg(test)]
+    fn waiter_slots(&self) -> usize {
+        self.0.waiters.borrow().len()
+    }
+}
+
+/// The future of [`Signal::fired`].
+pub struct Fired<'a> {
+    signal: &'a Signal,
+    slot: Option<usize>,
+}
+
+impl Future for Fired<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.signal.0.fired.get() {
+            return Poll::Ready(());
+        }
+        let inner = self.signal.0.clone();
+        let mut ws = inner.waiters.borrow_mut();
+        match self.slot {
+            Some(i) => match &mut ws[i] {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            },
+            None => {
+                let i = match ws.iter().position(Option::is_none) {
+                    Some(i) => i,
+                    None => {
+                        ws.push(None);
+                        ws.len() - 1
+                    }
+                };
+                ws[i] = Some(cx.waker().clone());
+                self.slot = Some(i);
             }
-        })
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Fired<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            if let Ok(mut ws) = self.signal.0.waiters.try_borrow_mut() {
+                if let Some(s) = ws.get_mut(i) {
+                    *s = None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Wake};
+
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn waiting_around_every_read_keeps_one_slot() {
+        let sig = Signal::default();
+        let count = std::sync::Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        // A million waits, each polled twice and dropped, as the pump does.
+        for _ in 0..1_000_000 {
+            let mut f = std::pin::pin!(sig.fired());
+            assert!(f.as_mut().poll(&mut cx).is_pending());
+            assert!(f.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(sig.waiter_slots(), 1);
+        let mut f = std::pin::pin!(sig.fired());
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+        sig.fire();
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(f.as_mut().poll(&mut cx).is_ready());
     }
 }

@@ -19,7 +19,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use monoio::buf::IoBufMut;
 use monoio::net::TcpStream;
 use monoio_rustls::TlsConnector;
 
@@ -131,12 +130,8 @@ async fn read_response(stream: &mut Stream) -> Result<(u16, Vec<u8>), UpstreamEr
         if buf.len() >= MAX_API_RESPONSE {
             return Err(UpstreamError::Api("proxmox_response_too_large"));
         }
-        if buf.len() == buf.capacity() {
-            buf.reserve(8192);
-        }
-        let (filled, cap) = (buf.len(), buf.capacity());
-        let (res, slice) = stream.read(buf.slice_mut(filled..cap)).await;
-        buf = slice.into_inner();
+        let (res, b) = stream.read_more(buf).await;
+        buf = b;
         let eof = !matches!(res, Ok(n) if n > 0);
         if head.is_none() {
             match parse_response(&buf, HeadLimits::default()) {
@@ -235,30 +230,18 @@ async fn websocket(
     let mut stream = dial(ep, connector).await?;
     let (res, _) = stream.write_all(req).await;
     res.map_err(|_| UpstreamError::Closed)?;
-    let mut buf: Vec<u8> = Vec::with_capacity(2048);
-    loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve(2048);
-        }
-        let (filled, cap) = (buf.len(), buf.capacity());
-        let (res, slice) = stream.read(buf.slice_mut(filled..cap)).await;
-        buf = slice.into_inner();
-        if !matches!(res, Ok(n) if n > 0) {
-            return Err(UpstreamError::Api("proxmox_websocket_closed"));
-        }
-        match parse_response(&buf, HeadLimits::default()) {
-            Ok(None) => continue,
-            Err(_) => return Err(UpstreamError::Api("proxmox_bad_response")),
-            Ok(Some((head, n))) => {
-                return match check_response(&head, &key, Some("binary")) {
-                    Ok(_) => Ok((stream, buf.split_off(n))),
-                    Err(_) if head.status == 401 => {
-                        Err(UpstreamError::Api("proxmox_websocket_401"))
-                    }
-                    Err(_) => Err(UpstreamError::Api("proxmox_websocket_refused")),
-                };
-            }
-        }
+    let (head, early) = match super::ws::read_upgrade_answer(&mut stream, HeadLimits::default())
+        .await
+    {
+        Ok(v) => v,
+        // pveproxy closes without an answer when nothing listens on the port.
+        Err(UpstreamError::Closed) => return Err(UpstreamError::Api("proxmox_websocket_closed")),
+        Err(_) => return Err(UpstreamError::Api("proxmox_bad_response")),
+    };
+    match check_response(&head, &key, Some("binary")) {
+        Ok(_) => Ok((stream, early)),
+        Err(_) if head.status == 401 => Err(UpstreamError::Api("proxmox_websocket_401")),
+        Err(_) => Err(UpstreamError::Api("proxmox_websocket_refused")),
     }
 }
 
@@ -370,14 +353,8 @@ impl FrameReader {
             if !inc.data.is_empty() || inc.ping.is_some() || inc.close {
                 return Ok(inc);
             }
-            if self.buf.len() == self.buf.capacity() {
-                self.buf.reserve(4096);
-            }
-            let (filled, cap) = (self.buf.len(), self.buf.capacity());
-            let (res, slice) = stream
-                .read(std::mem::take(&mut self.buf).slice_mut(filled..cap))
-                .await;
-            self.buf = slice.into_inner();
+            let (res, b) = stream.read_more(std::mem::take(&mut self.buf)).await;
+            self.buf = b;
             if !matches!(res, Ok(n) if n > 0) {
                 return Err("closed");
             }

@@ -3,14 +3,13 @@
 //! exactly the subprotocol it selected for the browser and no extension,
 //! and checks the 101 (accept key, protocol echo, no extension).
 
-use monoio::buf::IoBufMut;
 use monoio::net::TcpStream;
 use monoio_rustls::TlsConnector;
 
 use super::Opened;
 use crate::config::WsUrl;
 use crate::error::UpstreamError;
-use crate::http::{parse_response, HeadLimits};
+use crate::http::{parse_response, HeadLimits, ResponseHead};
 use crate::relay::Mode;
 use crate::transport::Stream;
 use crate::ws::handshake::{check_response, client_key, client_request, ResponseError};
@@ -39,40 +38,43 @@ pub async fn open(
     let (res, _) = stream.write_all(req).await;
     res.map_err(|_| UpstreamError::Closed)?;
 
+    let (head, early) = read_upgrade_answer(&mut stream, limits).await?;
+    let selected = check_response(&head, &key, protocol).map_err(|e| {
+        UpstreamError::Handshake(match e {
+            ResponseError::Status(_) => "upstream_refused_upgrade",
+            ResponseError::NotWebSocket => "upstream_not_websocket",
+            ResponseError::BadAccept => "upstream_bad_accept",
+            ResponseError::BadProtocol => "upstream_bad_protocol",
+            ResponseError::Extension => "upstream_extension",
+        })
+    })?;
+    Ok(Opened {
+        stream,
+        early,
+        protocol: selected,
+        mode: Mode::Frames,
+        pending: None,
+        to_browser: Vec::new(),
+    })
+}
+
+/// Reads the answer to an upgrade request: its head, and the bytes after
+/// it (the upstream's first frames, kept for the pump).
+pub async fn read_upgrade_answer(
+    stream: &mut Stream,
+    limits: HeadLimits,
+) -> Result<(ResponseHead, Vec<u8>), UpstreamError> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve(1024);
-        }
-        let (filled, cap) = (buf.len(), buf.capacity());
-        let (res, slice) = stream.read(buf.slice_mut(filled..cap)).await;
-        buf = slice.into_inner();
-        match res {
-            Ok(0) | Err(_) => return Err(UpstreamError::Closed),
-            Ok(_) => {}
+        let (res, b) = stream.read_more(buf).await;
+        buf = b;
+        if !matches!(res, Ok(n) if n > 0) {
+            return Err(UpstreamError::Closed);
         }
         match parse_response(&buf, limits) {
             Ok(None) => continue,
             Err(_) => return Err(UpstreamError::Handshake("upstream_bad_response")),
-            Ok(Some((head, n))) => {
-                let selected = check_response(&head, &key, protocol).map_err(|e| {
-                    UpstreamError::Handshake(match e {
-                        ResponseError::Status(_) => "upstream_refused_upgrade",
-                        ResponseError::NotWebSocket => "upstream_not_websocket",
-                        ResponseError::BadAccept => "upstream_bad_accept",
-                        ResponseError::BadProtocol => "upstream_bad_protocol",
-                        ResponseError::Extension => "upstream_extension",
-                    })
-                })?;
-                return Ok(Opened {
-                    stream,
-                    early: buf.split_off(n),
-                    protocol: selected,
-                    mode: Mode::Frames,
-                    pending: None,
-                    to_browser: Vec::new(),
-                });
-            }
+            Ok(Some((head, n))) => return Ok((head, buf.split_off(n))),
         }
     }
 }
