@@ -1,0 +1,633 @@
+//! Results: rows, derived ratios, the targets, the printed table, JSON and
+//! a hand-written SVG chart.
+
+use crate::load::{Metrics, PCTS};
+use crate::peers::{PeerKind, Placement};
+use crate::{Opts, Plan};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+
+/// One peer measured on one scenario variant.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub scenario: String,
+    pub variant: String,
+    pub tls: bool,
+    pub peer: String,
+    pub driver: Option<String>,
+    pub m: Metrics,
+    pub error: Option<String>,
+}
+
+impl Row {
+    pub fn new(
+        p: &Plan,
+        k: PeerKind,
+        driver: Option<String>,
+        m: Metrics,
+        error: Option<String>,
+    ) -> Self {
+        Row {
+            scenario: p.scenario.into(),
+            variant: p.variant.into(),
+            tls: p.tls,
+            peer: k.name().into(),
+            driver,
+            m,
+            error,
+        }
+    }
+
+    fn get(&self, k: &str) -> Option<f64> {
+        self.m.get(k).copied().filter(|v| v.is_finite())
+    }
+
+    /// The headline figure of the row, as text.
+    pub fn brief(&self) -> String {
+        if let Some(e) = &self.error {
+            return format!("FAILED: {e}");
+        }
+        let g = |k: &str| self.get(k).unwrap_or(f64::NAN);
+        let errs = match self.get("errors") {
+            Some(e) if e > 0.0 => format!(", {e:.0} errors"),
+            _ => String::new(),
+        };
+        let s = match self.scenario.as_str() {
+            "bulk" => format!(
+                "{:.2} GiB in {:.1} s ({:.2} GiB/s), {:.2} CPU-s, {:.3} CPU-s/GiB",
+                g("gib"),
+                g("seconds"),
+                g("gib_per_s"),
+                g("cpu_s"),
+                g("cpu_s_per_gib")
+            ),
+            "echo" => format!(
+                "{:.0} msgs/s, p50 {:.0} p99 {:.0} p99.9 {:.0} us{}, {:.0} msgs/CPU-s",
+                g("msgs_per_s"),
+                g("p50_us"),
+                g("p99_us"),
+                g("p99.9_us"),
+                self.get("added_p99_us").map(|a| format!(" (added p99 {a:.0})")).unwrap_or_default(),
+                g("msgs_per_cpu_s")
+            )
+            .replace(", NaN msgs/CPU-s", ""),
+            "idle" => format!(
+                "{:.0} sessions in {:.1} s, {:.1} KiB/session ({:.0} -> {:.0} MiB, {:.0} processes)",
+                g("sessions"),
+                g("open_s"),
+                g("kib_per_session"),
+                g("mem_before_mib"),
+                g("mem_after_mib"),
+                g("processes")
+            ),
+            _ => format!(
+                "{:.0} sessions/s, {:.2} CPU-s, {:.0} sessions/CPU-s",
+                g("sessions_per_s"),
+                g("cpu_s"),
+                g("sessions_per_cpu_s")
+            ),
+        };
+        s + &errs
+    }
+}
+
+/// The figure compared with nginx (`true`: lower is better).
+fn headline(scenario: &str) -> (&'static str, bool) {
+    match scenario {
+        "bulk" => ("cpu_s_per_gib", true),
+        "echo" => ("added_p99_us", true),
+        "idle" => ("kib_per_session", true),
+        _ => ("sessions_per_s", false),
+    }
+}
+
+/// Work per CPU-second compared with websockify (idle: memory, inverted).
+fn work(scenario: &str) -> (&'static str, bool) {
+    match scenario {
+        "bulk" => ("gib_per_cpu_s", false),
+        "echo" => ("msgs_per_cpu_s", false),
+        "idle" => ("kib_per_session", true),
+        _ => ("sessions_per_cpu_s", false),
+    }
+}
+
+fn find<'a>(rows: &'a [Row], s: &str, v: &str, peer: &str) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.scenario == s && r.variant == v && r.peer == peer && r.error.is_none())
+}
+
+/// Adds derived figures: added latency over `direct`, ratios vs nginx and
+/// work ratios vs websockify.
+pub fn derive(rows: &mut [Row]) {
+    let snapshot = rows.to_vec();
+    for r in rows.iter_mut() {
+        if r.scenario == "echo" {
+            if let Some(d) = find(&snapshot, "echo", &r.variant, "direct") {
+                for p in PCTS {
+                    let k = format!("p{p}_us");
+                    if let (Some(a), Some(b)) = (r.get(&k), d.get(&k)) {
+                        r.m.insert(format!("added_{k}"), a - b);
+                    }
+                }
+            }
+        }
+    }
+    let snapshot = rows.to_vec();
+    for r in rows.iter_mut().filter(|r| r.peer != "direct") {
+        let (k, _) = headline(&r.scenario);
+        if let (Some(a), Some(n)) = (
+            r.get(k),
+            find(&snapshot, &r.scenario, &r.variant, "nginx").and_then(|n| n.get(k)),
+        ) {
+            if n != 0.0 {
+                r.m.insert("vs_nginx".into(), a / n);
+            }
+        }
+        let (k, inv) = work(&r.scenario);
+        if let (Some(a), Some(w)) = (
+            r.get(k),
+            find(&snapshot, &r.scenario, &r.variant, "websockify").and_then(|n| n.get(k)),
+        ) {
+            if a != 0.0 && w != 0.0 {
+                r.m.insert("x_websockify".into(), if inv { w / a } else { a / w });
+            }
+        }
+    }
+}
+
+/// One target: what, measured value, goal, met.
+pub struct Target {
+    pub what: String,
+    pub ratio: Option<f64>,
+    pub goal: String,
+    pub met: bool,
+}
+
+/// Evaluates the issue's targets on the io_uring relay (epoll shown too).
+pub fn targets(rows: &[Row]) -> Vec<Target> {
+    let mut t = Vec::new();
+    let mut cmp = |what: &str, s: &str, v: &str, key: &str, le: Option<f64>, ge: Option<f64>| {
+        for peer in ["relay-uring", "relay-epoll"] {
+            let ratio = find(rows, s, v, peer).and_then(|r| r.get(key));
+            if ratio.is_none() {
+                continue; // not run (peer left out or failed: see the rows)
+            }
+            let (goal, met) = match (le, ge) {
+                (Some(x), _) => (format!("<= {x}"), ratio.is_some_and(|r| r <= x)),
+                (_, Some(x)) => (format!(">= {x}"), ratio.is_some_and(|r| r >= x)),
+                _ => unreachable!(),
+            };
+            t.push(Target {
+                what: format!("{what} ({peer})"),
+                ratio,
+                goal,
+                met,
+            });
+        }
+    };
+    cmp(
+        "bulk ws->ws plain, down: CPU/GiB vs nginx",
+        "bulk",
+        "ws-down",
+        "vs_nginx",
+        Some(0.7),
+        None,
+    );
+    cmp(
+        "bulk ws->ws plain, up: CPU/GiB vs nginx",
+        "bulk",
+        "ws-up",
+        "vs_nginx",
+        Some(0.7),
+        None,
+    );
+    cmp(
+        "bulk TLS browser leg: CPU/GiB vs nginx",
+        "bulk",
+        "wss-down",
+        "vs_nginx",
+        Some(0.9),
+        None,
+    );
+    cmp(
+        "echo: added p99 vs nginx",
+        "echo",
+        "ws",
+        "vs_nginx",
+        Some(0.8),
+        None,
+    );
+    cmp(
+        "idle TLS: memory/session vs nginx",
+        "idle",
+        "wss",
+        "vs_nginx",
+        Some(0.5),
+        None,
+    );
+    cmp(
+        "churn TLS: sessions/s vs nginx",
+        "churn",
+        "wss",
+        "vs_nginx",
+        None,
+        Some(1.2),
+    );
+    cmp(
+        "bulk tcp: GiB per CPU-s x websockify",
+        "bulk",
+        "tcp-down",
+        "x_websockify",
+        None,
+        Some(20.0),
+    );
+    cmp(
+        "echo tcp: msgs per CPU-s x websockify",
+        "echo",
+        "tcp",
+        "x_websockify",
+        None,
+        Some(20.0),
+    );
+    cmp(
+        "idle tcp: memory/session, websockify / relay",
+        "idle",
+        "tcp",
+        "x_websockify",
+        None,
+        Some(20.0),
+    );
+    cmp(
+        "churn tcp: sessions per CPU-s x websockify",
+        "churn",
+        "tcp",
+        "x_websockify",
+        None,
+        Some(20.0),
+    );
+    for peer in ["relay-uring", "relay-epoll"] {
+        if let Some(r) = find(rows, "idle", "ws-max", peer) {
+            let n = r.get("sessions").unwrap_or(0.0);
+            let e = r.get("errors").unwrap_or(f64::NAN);
+            t.push(Target {
+                what: format!("idle plaintext: {n:.0} sessions held, {e:.0} errors ({peer})"),
+                ratio: None,
+                goal: "100000, 0 errors".into(),
+                met: n >= 100_000.0 && e == 0.0,
+            });
+        }
+    }
+    t
+}
+
+/// Date and machine of the run.
+pub struct Meta {
+    pub date: String,
+    pub cpu: String,
+    pub cores: usize,
+    pub kernel: String,
+    pub mem_gib: f64,
+    pub pinned: bool,
+    pub opts: String,
+}
+
+impl Meta {
+    pub fn collect(o: &Opts, place: Placement) -> Self {
+        let sh = |c: &str| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(c)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default()
+        };
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
+        let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kib: f64 = mem
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0.0);
+        Meta {
+            date: sh("date -u +%Y-%m-%dT%H:%M:%SZ"),
+            cpu,
+            cores: unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .into(),
+            mem_gib: kib / 1048576.0,
+            pinned: place.peer_cpu.is_some(),
+            opts: format!(
+                "{:?} (hold {} s, echo {} msg/s x {} B)",
+                std::env::args().skip(1).collect::<Vec<_>>(),
+                o.hold,
+                o.rate,
+                o.size
+            ),
+        }
+    }
+}
+
+fn fmt_ratio(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.2}x")).unwrap_or_else(|| "-".into())
+}
+
+/// The Markdown table printed at the end (and kept in BENCHMARKING.md).
+pub fn table(rows: &[Row], meta: &Meta) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Run {} on {} ({} cores, {:.0} GiB, Linux {}), {}; args {}\n",
+        meta.date,
+        meta.cpu,
+        meta.cores,
+        meta.mem_gib,
+        meta.kernel,
+        if meta.pinned {
+            "peers pinned to CPU 0, generator to CPU 1"
+        } else {
+            "unpinned"
+        },
+        meta.opts
+    );
+    let _ = writeln!(
+        s,
+        "| scenario | variant | peer | result | vs nginx | x websockify |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for r in rows {
+        let peer = match &r.driver {
+            Some(d) => format!("{} ({d})", r.peer),
+            None => r.peer.clone(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.variant,
+            peer,
+            r.brief(),
+            fmt_ratio(r.get("vs_nginx")),
+            fmt_ratio(r.get("x_websockify"))
+        );
+    }
+    let _ = writeln!(s, "\n| target | measured | goal | |");
+    let _ = writeln!(s, "|---|---|---|---|");
+    for t in targets(rows) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            t.what,
+            t.ratio
+                .map(|r| format!("{r:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            t.goal,
+            if t.met { "met" } else { "MISSED" }
+        );
+    }
+    s
+}
+
+/// Everything as JSON.
+pub fn json(rows: &[Row], meta: &Meta) -> Value {
+    json!({
+        "date": meta.date,
+        "machine": { "cpu": meta.cpu, "cores": meta.cores, "kernel": meta.kernel, "mem_gib": meta.mem_gib },
+        "pinned": meta.pinned,
+        "args": meta.opts,
+        "rows": rows.iter().map(|r| json!({
+            "scenario": r.scenario, "variant": r.variant, "tls": r.tls, "peer": r.peer,
+            "driver": r.driver, "metrics": r.m, "error": r.error,
+        })).collect::<Vec<_>>(),
+        "targets": targets(rows).iter().map(|t| json!({
+            "what": t.what, "ratio": t.ratio, "goal": t.goal, "met": t.met,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+const COLORS: [(&str, &str); 5] = [
+    ("direct", "#888888"),
+    ("relay-uring", "#1f77b4"),
+    ("relay-epoll", "#7fb3e0"),
+    ("nginx", "#2ca02c"),
+    ("websockify", "#d62728"),
+];
+
+fn color(peer: &str) -> &'static str {
+    COLORS
+        .iter()
+        .find(|c| c.0 == peer)
+        .map(|c| c.1)
+        .unwrap_or("#000")
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A log-scale axis from the data's range, as (lo, hi) decades.
+fn decades(vals: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::MAX, f64::MIN);
+    for v in vals.filter(|v| *v > 0.0) {
+        lo = lo.min(v.log10().floor());
+        hi = hi.max(v.log10().ceil());
+    }
+    if lo > hi {
+        (0.0, 1.0)
+    } else if lo == hi {
+        (lo, hi + 1.0)
+    } else {
+        (lo, hi)
+    }
+}
+
+fn y_axis(s: &mut String, x: f64, y: f64, h: f64, lo: f64, hi: f64) {
+    let mut d = lo;
+    while d <= hi + 1e-9 {
+        let yy = y + h - (d - lo) / (hi - lo) * h;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" font-size="10" text-anchor="end">{}</text>"##,
+            x + 10000.0_f64.min(400.0),
+            x - 4.0,
+            yy + 3.0,
+            fmt_num(10f64.powf(d))
+        );
+        d += 1.0;
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 10.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// A grouped bar panel at (x, y), log scale.
+fn bars(s: &mut String, x: f64, y: f64, title: &str, groups: &[(String, Vec<(String, f64)>)]) {
+    let (w, h) = (400.0, 200.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{x}" y="{}" font-size="13" font-weight="bold">{}</text>"#,
+        y - 8.0,
+        esc(title)
+    );
+    let (lo, hi) = decades(groups.iter().flat_map(|g| g.1.iter().map(|b| b.1)));
+    y_axis(s, x, y, h, lo, hi);
+    let gw = w / groups.len().max(1) as f64;
+    for (gi, (label, bs)) in groups.iter().enumerate() {
+        let gx = x + gi as f64 * gw;
+        let bw = (gw - 10.0) / bs.len().max(1) as f64;
+        for (bi, (peer, v)) in bs.iter().enumerate() {
+            if *v <= 0.0 {
+                continue;
+            }
+            let frac = ((v.log10() - lo) / (hi - lo)).clamp(0.0, 1.0);
+            let bh = frac * h;
+            let bx = gx + 5.0 + bi as f64 * bw;
+            let _ = writeln!(
+                s,
+                r#"<rect x="{bx:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{}"><title>{} {}: {}</title></rect><text x="{:.1}" y="{:.1}" font-size="8" text-anchor="middle">{}</text>"#,
+                y + h - bh,
+                bw - 2.0,
+                color(peer),
+                esc(label),
+                peer,
+                fmt_num(*v),
+                bx + bw / 2.0 - 1.0,
+                y + h - bh - 2.0,
+                fmt_num(*v)
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" font-size="10" text-anchor="middle">{}</text>"#,
+            gx + gw / 2.0,
+            y + h + 14.0,
+            esc(label)
+        );
+    }
+}
+
+fn group_bars(rows: &[Row], scenario: &str, key: &str) -> Vec<(String, Vec<(String, f64)>)> {
+    let mut out: Vec<(String, Vec<(String, f64)>)> = Vec::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.scenario == scenario && r.error.is_none())
+    {
+        let Some(v) = r.get(key) else { continue };
+        match out.iter_mut().find(|g| g.0 == r.variant) {
+            Some(g) => g.1.push((r.peer.clone(), v)),
+            None => out.push((r.variant.clone(), vec![(r.peer.clone(), v)])),
+        }
+    }
+    out
+}
+
+/// The chart: echo latency percentiles per peer, and bars for bulk CPU/GiB,
+/// idle memory/session and churn sessions/s (log scales).
+pub fn svg(rows: &[Row], meta: &Meta) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="1000" height="700" font-family="sans-serif">
+<rect width="1000" height="700" fill="white"/>
+<text x="20" y="24" font-size="15" font-weight="bold">nexor-relay benchmark, {} ({}, {} cores)</text>"#,
+        esc(&meta.date),
+        esc(&meta.cpu),
+        meta.cores
+    );
+    // Legend.
+    for (i, (p, c)) in COLORS.iter().enumerate() {
+        let x = 20.0 + i as f64 * 130.0;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x}" y="36" width="12" height="12" fill="{c}"/><text x="{}" y="46" font-size="11">{p}</text>"#,
+            x + 16.0
+        );
+    }
+    // Echo latency percentiles (ws variant).
+    let (x, y, w, h) = (70.0, 90.0, 400.0, 200.0);
+    let lat: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.scenario == "echo" && r.variant == "ws" && r.error.is_none())
+        .collect();
+    let _ = writeln!(
+        s,
+        r#"<text x="{x}" y="{}" font-size="13" font-weight="bold">echo round trip (us) by percentile, ws</text>"#,
+        y - 8.0
+    );
+    let (lo, hi) = decades(
+        lat.iter()
+            .flat_map(|r| PCTS.iter().filter_map(|p| r.get(&format!("p{p}_us")))),
+    );
+    y_axis(&mut s, x, y, h, lo, hi);
+    for (i, p) in PCTS.iter().enumerate() {
+        let xx = x + 20.0 + i as f64 * (w - 40.0) / (PCTS.len() - 1) as f64;
+        let _ = writeln!(
+            s,
+            r#"<text x="{xx:.1}" y="{}" font-size="10" text-anchor="middle">p{p}</text>"#,
+            y + h + 14.0
+        );
+    }
+    for r in &lat {
+        let pts: Vec<String> = PCTS
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let v = r.get(&format!("p{p}_us"))?;
+                let xx = x + 20.0 + i as f64 * (w - 40.0) / (PCTS.len() - 1) as f64;
+                let yy = y + h - ((v.max(1.0).log10() - lo) / (hi - lo)).clamp(0.0, 1.0) * h;
+                Some(format!("{xx:.1},{yy:.1}"))
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"><title>{}</title></polyline>"#,
+            pts.join(" "),
+            color(&r.peer),
+            r.peer
+        );
+    }
+    bars(
+        &mut s,
+        560.0,
+        90.0,
+        "bulk: relay CPU-seconds per GiB (lower is better)",
+        &group_bars(rows, "bulk", "cpu_s_per_gib"),
+    );
+    bars(
+        &mut s,
+        70.0,
+        400.0,
+        "idle: memory per session, KiB (lower is better)",
+        &group_bars(rows, "idle", "kib_per_session"),
+    );
+    bars(
+        &mut s,
+        560.0,
+        400.0,
+        "churn: new sessions per second (higher is better)",
+        &group_bars(rows, "churn", "sessions_per_s"),
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="20" y="680" font-size="10">log scales; bars carry their values; details in latest.json</text>"#
+    );
+    s.push_str("</svg>\n");
+    s
+}
