@@ -126,6 +126,7 @@ impl Page {
             r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>nexor-relay console</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="{x}/css/xterm.css">
 <style>
 html,body{{margin:0;height:100%;background:#111;color:#ddd;font:14px system-ui,sans-serif}}
@@ -157,7 +158,10 @@ window.nexor = {{ kind, events: [] }};
 if (kind === "vnc") {{
   const rfb = new RFB(screen, url, {{ wsProtocols: protocols, shared: true }});
   rfb.scaleViewport = true;
-  rfb.addEventListener("connect", () => {{ status.textContent = "connected"; window.nexor.events.push("connect"); }});
+  rfb.addEventListener("connect", () => {{
+    status.textContent = "connected" + (window.nexor.desktopName ? ": " + window.nexor.desktopName : "");
+    window.nexor.events.push("connect");
+  }});
   rfb.addEventListener("desktopname", (e) => {{ window.nexor.desktopName = e.detail.name; status.textContent = "connected: " + e.detail.name; }});
   rfb.addEventListener("disconnect", (e) => {{ status.textContent = e.detail.clean ? "disconnected" : "connection lost"; window.nexor.events.push(e.detail.clean ? "disconnect-clean" : "disconnect-error"); }});
   window.nexor.rfb = rfb;
@@ -175,7 +179,7 @@ if (kind === "vnc") {{
       setInterval(() => send("2"), 30000);
     }}
   }};
-  ws.onmessage = (e) => term.write(new Uint8Array(e.data));
+  ws.onmessage = (e) => term.write(typeof e.data === "string" ? e.data : new Uint8Array(e.data));
   ws.onclose = (e) => {{ status.textContent = "disconnected (" + e.code + ")"; window.nexor.events.push("close-" + e.code); }};
   term.onData((d) => {{
     if (proto === "termproxy") send("0:" + enc.encode(d).length + ":" + d); else send(d);

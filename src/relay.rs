@@ -7,7 +7,7 @@
 //!            ┌──────────── upstream→browser ────────────┐
 //! browser ◀──┤ forward / frame  ← Tracker(Server) ← read │─── upstream
 //!            └───────────────────────────────────────────┘
-//!            keepalive: ping both legs every ping_interval
+//!            watchdog: pings both legs every ping_interval; lifetime, idle, revoke
 //! ```
 //!
 //! Two modes. [`Mode::Frames`] (`ws` upstreams): both legs speak WebSocket;
@@ -320,9 +320,6 @@ pub async fn run(
         )),
         Mode::Bytes => monoio::spawn(pump_raw_down(s.clone(), upstream.reader, upstream.early)),
     };
-    let keepalive = settings
-        .ping_interval
-        .map(|every| monoio::spawn(keepalive(s.clone(), every)));
 
     monoio::select! {
         _ = s.done.fired() => {},
@@ -332,8 +329,11 @@ pub async fn run(
         (code, reason) = watchdog(&s, ctl.as_deref(), settings) => {
             // The relay ends it: lifetime, idle, replaced, revoked, shutdown.
             s.record(End { code, reason, by: Side::Relay });
-            close_browser(&s, code, reason).await;
-            close_upstream(&s, close::GOING_AWAY).await;
+            Box::pin(async {
+                close_browser(&s, code, reason).await;
+                close_upstream(&s, close::GOING_AWAY).await;
+            })
+            .await;
             s.closing.fire();
             let _ = monoio::time::timeout(CLOSE_GRACE, s.done.fired()).await;
         },
@@ -341,9 +341,6 @@ pub async fn run(
     s.done.fire();
     up.await;
     down.await;
-    if let Some(k) = keepalive {
-        k.await;
-    }
     // Everything the pumps wrote is out; FIN both legs (close_notify on TLS).
     for lock in [&s.browser, &s.upstream] {
         if let Ok(mut g) = monoio::time::timeout(Duration::from_millis(100), lock.lock()).await {
@@ -364,19 +361,33 @@ pub async fn run(
     }
 }
 
-/// Resolves with the close code and reason when the relay itself must end
-/// the session: its lifetime deadline, the idle timeout, or a request from
-/// another core.
+/// The session's one timer: keepalive pings on both legs every
+/// `ping_interval` (hop by hop, so proxies' idle cuts never fire), and the
+/// reasons the relay itself ends a session — its lifetime deadline, the
+/// idle timeout, or a request from another core — with their close code.
 async fn watchdog(s: &Shared, ctl: Option<&SessionCtl>, settings: Settings) -> (u16, &'static str) {
     let start = Instant::now();
+    let mut next_ping = settings.ping_interval.map(|every| start + every);
     loop {
         let now = Instant::now();
-        let mut wake: Option<Instant> = None;
+        if let (Some(at), Some(every)) = (next_ping, settings.ping_interval) {
+            if at <= now {
+                if !s.closing.is_fired()
+                    && send_control(&s.browser, OpCode::Ping, b"nexor", false).await
+                    && s.mode != Mode::Bytes
+                {
+                    send_control(&s.upstream, OpCode::Ping, b"nexor", true).await;
+                }
+                next_ping = Some(Instant::now() + every);
+                continue;
+            }
+        }
+        let mut wake = next_ping;
         if let Some(life) = settings.lifetime {
             if start + life <= now {
                 return (close::LIFETIME, "lifetime");
             }
-            wake = Some(start + life);
+            wake = Some(wake.map_or(start + life, |w| w.min(start + life)));
         }
         if let Some(idle) = settings.idle_timeout {
             let at = s.last_data.get() + idle;
@@ -387,7 +398,7 @@ async fn watchdog(s: &Shared, ctl: Option<&SessionCtl>, settings: Settings) -> (
         }
         let sleep = async {
             match wake {
-                Some(at) => monoio::time::sleep(at - now).await,
+                Some(at) => monoio::time::sleep(at.saturating_duration_since(now)).await,
                 None => std::future::pending::<()>().await,
             }
         };
@@ -397,20 +408,6 @@ async fn watchdog(s: &Shared, ctl: Option<&SessionCtl>, settings: Settings) -> (
                 _ = sleep => {},
             },
             None => sleep.await,
-        }
-    }
-}
-
-async fn keepalive(s: Rc<Shared>, every: Duration) {
-    loop {
-        if or_done(&s.done, monoio::time::sleep(every)).await.is_none() || s.closing.is_fired() {
-            return;
-        }
-        if !send_control(&s.browser, OpCode::Ping, b"nexor", false).await {
-            continue;
-        }
-        if s.mode != Mode::Bytes {
-            send_control(&s.upstream, OpCode::Ping, b"nexor", true).await;
         }
     }
 }
@@ -466,7 +463,7 @@ async fn pump(s: Rc<Shared>, dir: Dir, mut reader: Reader, early: Vec<u8>, setti
             };
             buf = slice.into_inner();
             match res {
-                Ok(0) | Err(_) => return leg_gone(&s, dir).await,
+                Ok(0) | Err(_) => return Box::pin(leg_gone(&s, dir)).await,
                 Ok(n) => last_read = n,
             }
         }
@@ -577,7 +574,7 @@ async fn pump(s: Rc<Shared>, dir: Dir, mut reader: Reader, early: Vec<u8>, setti
         }
         if let Some(e) = error {
             drop(guard);
-            return protocol_error(&s, dir, e).await;
+            return Box::pin(protocol_error(&s, dir, e)).await;
         }
         if let Some((header, start, payload_at, end)) = control {
             let mut payload = buf[payload_at..end].to_vec();
@@ -589,7 +586,7 @@ async fn pump(s: Rc<Shared>, dir: Dir, mut reader: Reader, early: Vec<u8>, setti
                 OpCode::Close => {
                     drop(guard);
                     let raw = buf[start..end].to_vec();
-                    return on_close(&s, dir, &payload, raw).await;
+                    return Box::pin(on_close(&s, dir, &payload, raw)).await;
                 }
                 _ => {} // Pong: hop-by-hop, swallowed.
             }
@@ -665,7 +662,7 @@ async fn flush(
     if res.is_err() {
         *guard = None;
         let gone = if dir == Dir::Up { Dir::Down } else { Dir::Up };
-        leg_gone(s, gone).await;
+        Box::pin(leg_gone(s, gone)).await;
         return None;
     }
     let n = (r.1 - r.0) as u64;
@@ -818,7 +815,7 @@ async fn pump_raw_down(s: Rc<Shared>, mut reader: Reader, early: Vec<u8>) {
             };
             buf = slice.into_inner();
             match res {
-                Ok(0) | Err(_) => return leg_gone(&s, Dir::Down).await,
+                Ok(0) | Err(_) => return Box::pin(leg_gone(&s, Dir::Down)).await,
                 Ok(n) => (n, room),
             }
         };
@@ -843,7 +840,7 @@ async fn pump_raw_down(s: Rc<Shared>, mut reader: Reader, early: Vec<u8>) {
         drop(g);
         buf = slice.into_inner();
         if res.is_err() {
-            return leg_gone(&s, Dir::Up).await;
+            return Box::pin(leg_gone(&s, Dir::Up)).await;
         }
         s.bytes_down.set(s.bytes_down.get() + n as u64);
         s.last_data.set(Instant::now());

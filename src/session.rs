@@ -223,77 +223,108 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
 
     let n = worker.started.get() + 1;
     worker.started.set(n);
-    let sid = format!("{}-{n}", worker.id);
-    let jti_hash = hex(&ctl.jti_hash);
-    let client_s = client.to_string();
     let console = match claims.console {
         Console::Vnc => "vnc",
         Console::Term => "term",
     };
-    let connect_time = t_connect.elapsed();
-    let core = worker.state.metrics.core(worker.id);
-    core.opened(&claims.upstream, console, connect_time);
-    worker.state.audit.event(
-        "session_start",
-        &[
-            ("sid", V::S(&sid)),
-            ("jti_sha256", V::S(&jti_hash)),
-            ("sub", V::S(&claims.sub)),
-            ("upstream", V::S(&claims.upstream)),
-            ("vm", V::S(&ctl.vm)),
-            ("console", V::S(console)),
-            ("client", V::S(&client_s)),
-            ("reconnect", V::B(ctl.reconnect)),
-            ("connect_ms", V::N(connect_time.as_millis() as u64)),
-        ],
-    );
-    let started = Instant::now();
     let (br, bw) = stream.into_split();
     let (ur, uw) = opened.stream.into_split();
-    let settings = Settings {
-        max_frame: cfg.limits.max_frame,
-        ping_interval: cfg.server.ping_interval,
-        lifetime: Some(admitted.lifetime),
-        idle_timeout: cfg.limits.idle_timeout,
-    };
-    let out = relay::run(
-        Leg {
+    let phase = RelayPhase {
+        sid: format!("{}-{n}", worker.id),
+        console,
+        client: client.to_string(),
+        connect_time: t_connect.elapsed(),
+        settings: Settings {
+            max_frame: cfg.limits.max_frame,
+            ping_interval: cfg.server.ping_interval,
+            lifetime: Some(admitted.lifetime),
+            idle_timeout: cfg.limits.idle_timeout,
+        },
+        grace,
+        mode: opened.mode,
+        browser: Leg {
             reader: br,
             writer: bw,
             early,
         },
-        Leg {
+        upstream: Leg {
             reader: ur,
             writer: uw,
             early: opened.early,
         },
-        opened.mode,
-        settings,
+        ctl,
+    };
+    // The relay phase is its own task, so everything the handshake held
+    // (head, ticket, config, upstream dial) is freed for the session's life.
+    monoio::spawn(relay_phase(worker.clone(), phase));
+}
+
+/// What a session keeps once it relays.
+struct RelayPhase {
+    sid: String,
+    console: &'static str,
+    client: String,
+    connect_time: std::time::Duration,
+    settings: Settings,
+    grace: u64,
+    mode: relay::Mode,
+    browser: Leg,
+    upstream: Leg,
+    ctl: Arc<crate::registry::SessionCtl>,
+}
+
+/// Relays a session to its end, with its audit lines and metrics.
+async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
+    let ctl = p.ctl;
+    let jti_hash = hex(&ctl.jti_hash);
+    let core = worker.state.metrics.core(worker.id);
+    core.opened(&ctl.upstream, p.console, p.connect_time);
+    worker.state.audit.event(
+        "session_start",
+        &[
+            ("sid", V::S(&p.sid)),
+            ("jti_sha256", V::S(&jti_hash)),
+            ("sub", V::S(&ctl.sub)),
+            ("upstream", V::S(&ctl.upstream)),
+            ("vm", V::S(&ctl.vm)),
+            ("console", V::S(p.console)),
+            ("client", V::S(&p.client)),
+            ("reconnect", V::B(ctl.reconnect)),
+            ("connect_ms", V::N(p.connect_time.as_millis() as u64)),
+        ],
+    );
+    let started = Instant::now();
+    let meter = Meter {
+        metrics: worker.state.metrics.clone(),
+        core: worker.id,
+    };
+    let out = relay::run(
+        p.browser,
+        p.upstream,
+        p.mode,
+        p.settings,
         Some(ctl.clone()),
-        Some(Meter {
-            metrics: worker.state.metrics.clone(),
-            core: worker.id,
-        }),
+        Some(meter),
     )
     .await;
-    registry.release(&ctl, unix_now(), grace);
+    worker.state.registry.release(&ctl, unix_now(), p.grace);
     let duration = started.elapsed();
-    core.ended(&claims.upstream, console, out.code, duration);
+    core.ended(&ctl.upstream, p.console, out.code, duration);
     worker.state.audit.event(
         "session_end",
         &[
-            ("sid", V::S(&sid)),
+            ("sid", V::S(&p.sid)),
             ("jti_sha256", V::S(&jti_hash)),
-            ("sub", V::S(&claims.sub)),
-            ("upstream", V::S(&claims.upstream)),
+            ("sub", V::S(&ctl.sub)),
+            ("upstream", V::S(&ctl.upstream)),
             ("vm", V::S(&ctl.vm)),
-            ("client", V::S(&client_s)),
+            ("client", V::S(&p.client)),
             ("code", V::N(out.code as u64)),
             ("reason", V::S(out.reason)),
             ("by", V::S(out.by.as_str())),
             ("bytes_up", V::N(out.bytes_up)),
             ("bytes_down", V::N(out.bytes_down)),
-            ("console", V::S(console)),
+            ("console", V::S(p.console)),
             ("duration_ms", V::N(duration.as_millis() as u64)),
         ],
     );
