@@ -19,9 +19,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::transport::TlsAcceptor;
 use monoio::net::TcpListener;
 use monoio::{FusionDriver, FusionRuntime, RuntimeBuilder};
-use monoio_rustls::TlsAcceptor;
 use rustls::ServerConfig;
 use socket2::{Domain, Protocol, Socket, Type};
 

@@ -380,7 +380,7 @@ async fn read_head(live: &Live, mut tcp: TcpStream, peer: SocketAddr) -> HeadRes
     }
     let mut stream = match &live.tls {
         Some(acceptor) => match acceptor.accept(tcp).await {
-            Ok(s) => Stream::ServerTls(Box::new(s)),
+            Ok(s) => Stream::Tls(Box::new(s)),
             Err(_) => return Err((ip, "tls_handshake_failed")),
         },
         None => Stream::Tcp(tcp),

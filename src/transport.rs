@@ -7,60 +7,76 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io::{self, BufRead, Write};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use monoio::buf::{IoBuf, IoBufMut};
+use monoio::buf::{IoBuf, IoBufMut, Slice, SliceMut};
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
 use monoio::net::{TcpStream, UnixStream};
 use monoio::BufResult;
-use monoio_rustls::{ClientTlsStream, ServerTlsStream};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+
+/// A read buffer: a `Vec` read into from its length up to `end`.
+pub type ReadBuf = SliceMut<Vec<u8>>;
+
+/// An owned buffer whose bytes can also be seen (TLS encrypts them).
+pub trait OwnedBytes: IoBuf {
+    fn as_bytes(&self) -> &[u8];
+}
+
+impl OwnedBytes for Vec<u8> {
+    fn as_bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl OwnedBytes for Slice<Vec<u8>> {
+    fn as_bytes(&self) -> &[u8] {
+        &self.get_ref()[self.begin()..self.end()]
+    }
+}
 
 /// A whole stream, before the split.
 pub enum Stream {
     Tcp(TcpStream),
-    ServerTls(Box<ServerTlsStream<TcpStream>>),
-    ClientTls(Box<ClientTlsStream<TcpStream>>),
+    Tls(Box<TlsStream>),
     Unix(UnixStream),
 }
 
 /// The read half of a [`Stream`].
 pub enum Reader {
     Tcp(OwnedReadHalf<TcpStream>),
-    ServerTls(OwnedReadHalf<ServerTlsStream<TcpStream>>),
-    ClientTls(OwnedReadHalf<ClientTlsStream<TcpStream>>),
+    Tls(TlsReader),
     Unix(OwnedReadHalf<UnixStream>),
 }
 
 /// The write half of a [`Stream`].
 pub enum Writer {
     Tcp(OwnedWriteHalf<TcpStream>),
-    ServerTls(OwnedWriteHalf<ServerTlsStream<TcpStream>>),
-    ClientTls(OwnedWriteHalf<ClientTlsStream<TcpStream>>),
+    Tls(TlsWriter),
     Unix(OwnedWriteHalf<UnixStream>),
 }
 
-macro_rules! each {
-    ($value:expr, $s:ident => $body:expr) => {
-        match $value {
-            Self::Tcp($s) => $body,
-            Self::ServerTls($s) => $body,
-            Self::ClientTls($s) => $body,
-            Self::Unix($s) => $body,
-        }
-    };
-}
-
 impl Stream {
-    pub async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.read(buf).await)
+    pub async fn read(&mut self, buf: ReadBuf) -> BufResult<usize, ReadBuf> {
+        match self {
+            Stream::Tcp(s) => s.read(buf).await,
+            Stream::Tls(s) => s.reader.read(buf).await,
+            Stream::Unix(s) => s.read(buf).await,
+        }
     }
 
-    pub async fn write_all<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.write_all(buf).await)
+    pub async fn write_all<T: OwnedBytes>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Tcp(s) => s.write_all(buf).await,
+            Stream::Tls(s) => s.writer.write_all(buf).await,
+            Stream::Unix(s) => s.write_all(buf).await,
+        }
     }
 
     /// Reads more bytes onto the end of `buf` (growing it when full).
@@ -70,14 +86,16 @@ impl Stream {
             buf.reserve(buf.capacity().clamp(1024, 8192));
         }
         let (filled, cap) = (buf.len(), buf.capacity());
-        let (res, slice) = self
-            .read(monoio::buf::IoBufMut::slice_mut(buf, filled..cap))
-            .await;
+        let (res, slice) = self.read(buf.slice_mut(filled..cap)).await;
         (res, slice.into_inner())
     }
 
     pub async fn shutdown(&mut self) -> io::Result<()> {
-        each!(self, s => s.shutdown().await)
+        match self {
+            Stream::Tcp(s) => s.shutdown().await,
+            Stream::Tls(s) => s.writer.shutdown().await,
+            Stream::Unix(s) => s.shutdown().await,
+        }
     }
 
     pub fn into_split(self) -> (Reader, Writer) {
@@ -86,13 +104,9 @@ impl Stream {
                 let (r, w) = s.into_split();
                 (Reader::Tcp(r), Writer::Tcp(w))
             }
-            Stream::ServerTls(s) => {
-                let (r, w) = (*s).into_split();
-                (Reader::ServerTls(r), Writer::ServerTls(w))
-            }
-            Stream::ClientTls(s) => {
-                let (r, w) = (*s).into_split();
-                (Reader::ClientTls(r), Writer::ClientTls(w))
+            Stream::Tls(s) => {
+                let TlsStream { reader, writer } = *s;
+                (Reader::Tls(reader), Writer::Tls(writer))
             }
             Stream::Unix(s) => {
                 let (r, w) = s.into_split();
@@ -103,19 +117,261 @@ impl Stream {
 }
 
 impl Reader {
-    pub async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.read(buf).await)
+    pub async fn read(&mut self, buf: ReadBuf) -> BufResult<usize, ReadBuf> {
+        match self {
+            Reader::Tcp(s) => s.read(buf).await,
+            Reader::Tls(s) => s.read(buf).await,
+            Reader::Unix(s) => s.read(buf).await,
+        }
     }
 }
 
 impl Writer {
-    pub async fn write_all<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        each!(self, s => s.write_all(buf).await)
+    pub async fn write_all<T: OwnedBytes>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Writer::Tcp(s) => s.write_all(buf).await,
+            Writer::Tls(s) => s.write_all(buf).await,
+            Writer::Unix(s) => s.write_all(buf).await,
+        }
     }
 
     /// Sends FIN (and TLS close_notify) after what was written.
     pub async fn shutdown(&mut self) -> io::Result<()> {
-        each!(self, s => s.shutdown().await)
+        match self {
+            Writer::Tcp(s) => s.shutdown().await,
+            Writer::Tls(s) => s.shutdown().await,
+            Writer::Unix(s) => s.shutdown().await,
+        }
+    }
+}
+
+// ---- TLS over monoio, with rustls, without fixed per-connection buffers ----
+//
+// rustls does the protocol; this glue only moves bytes. The connection
+// sits in an `Rc<RefCell<_>>` shared by the two halves and is borrowed only
+// between awaits, never across one, so each half can wait on its socket
+// while the other works. TLS bytes are read into a small buffer that grows
+// while a connection is busy and shrinks when it goes quiet: an idle TLS
+// console pins 1 KiB, not two fixed 16 KiB buffers.
+
+/// TLS bytes read per call while quiet (a pending io_uring read pins it).
+const TLS_READ_SMALL: usize = 1024;
+/// TLS bytes read per call while busy: one full record and its overhead.
+const TLS_READ_LARGE: usize = 16 * 1024 + 512;
+
+fn tls_err(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Accepts TLS connections (the browser-facing side).
+#[derive(Clone)]
+pub struct TlsAcceptor(Arc<ServerConfig>);
+
+impl From<Arc<ServerConfig>> for TlsAcceptor {
+    fn from(c: Arc<ServerConfig>) -> Self {
+        TlsAcceptor(c)
+    }
+}
+
+impl TlsAcceptor {
+    /// Runs the server handshake on `tcp`.
+    pub async fn accept(&self, tcp: TcpStream) -> io::Result<TlsStream> {
+        let conn = ServerConnection::new(self.0.clone()).map_err(tls_err)?;
+        TlsStream::handshake(tcp, conn.into()).await
+    }
+}
+
+/// Opens TLS connections (toward `wss://` and Proxmox upstreams).
+#[derive(Clone)]
+pub struct TlsConnector(Arc<ClientConfig>);
+
+impl From<Arc<ClientConfig>> for TlsConnector {
+    fn from(c: Arc<ClientConfig>) -> Self {
+        TlsConnector(c)
+    }
+}
+
+impl TlsConnector {
+    /// Runs the client handshake on `tcp` for `name` (SNI, certificate check).
+    pub async fn connect(
+        &self,
+        name: ServerName<'static>,
+        tcp: TcpStream,
+    ) -> io::Result<TlsStream> {
+        let conn = ClientConnection::new(self.0.clone(), name).map_err(tls_err)?;
+        TlsStream::handshake(tcp, conn.into()).await
+    }
+}
+
+/// A TLS connection after its handshake: already two halves.
+pub struct TlsStream {
+    reader: TlsReader,
+    writer: TlsWriter,
+}
+
+/// Encrypts what rustls has pending and writes it out.
+async fn flush_tls<W: AsyncWriteRent>(conn: &RefCell<Connection>, tcp: &mut W) -> io::Result<()> {
+    loop {
+        let mut out = Vec::new();
+        {
+            let mut c = conn.borrow_mut();
+            if !c.wants_write() {
+                return Ok(());
+            }
+            while c.wants_write() {
+                c.write_tls(&mut out)?;
+            }
+        }
+        let (res, _) = tcp.write_all(out).await;
+        res?;
+    }
+}
+
+/// Feeds TLS bytes to rustls and processes them.
+fn feed(conn: &RefCell<Connection>, mut bytes: &[u8]) -> io::Result<()> {
+    let mut c = conn.borrow_mut();
+    while !bytes.is_empty() {
+        c.read_tls(&mut bytes)?;
+        c.process_new_packets().map_err(tls_err)?;
+    }
+    Ok(())
+}
+
+impl TlsStream {
+    async fn handshake(mut tcp: TcpStream, conn: Connection) -> io::Result<TlsStream> {
+        let conn = RefCell::new(conn);
+        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        loop {
+            flush_tls(&conn, &mut tcp).await?;
+            if !conn.borrow().is_handshaking() {
+                break;
+            }
+            buf.clear();
+            let cap = buf.capacity();
+            let (res, slice) = tcp.read(buf.slice_mut(0..cap)).await;
+            buf = slice.into_inner();
+            if res? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            if let Err(e) = feed(&conn, &buf) {
+                // Send the alert rustls queued, then give up.
+                let _ = flush_tls(&conn, &mut tcp).await;
+                return Err(e);
+            }
+        }
+        let conn = Rc::new(conn);
+        let (r, w) = tcp.into_split();
+        Ok(TlsStream {
+            reader: TlsReader {
+                tcp: r,
+                conn: conn.clone(),
+                room: TLS_READ_SMALL,
+            },
+            writer: TlsWriter { tcp: w, conn },
+        })
+    }
+
+    /// The peer's ALPN choice, if any.
+    pub fn alpn(&self) -> Option<Vec<u8>> {
+        self.reader
+            .conn
+            .borrow()
+            .alpn_protocol()
+            .map(<[u8]>::to_vec)
+    }
+}
+
+/// The read half of a TLS connection.
+pub struct TlsReader {
+    tcp: OwnedReadHalf<TcpStream>,
+    conn: Rc<RefCell<Connection>>,
+    /// TLS bytes to ask for next (adapts between the two sizes).
+    room: usize,
+}
+
+impl TlsReader {
+    /// Reads plaintext onto the end of `dst`'s `Vec`, at most its room.
+    /// `Ok(0)` is the end: close_notify, or the peer closing TCP.
+    pub async fn read(&mut self, dst: ReadBuf) -> BufResult<usize, ReadBuf> {
+        let (begin, end) = (dst.begin(), dst.end());
+        let mut vec = dst.into_inner();
+        loop {
+            let taken = {
+                let mut c = self.conn.borrow_mut();
+                let mut r = c.reader();
+                match r.fill_buf() {
+                    Ok(chunk) => {
+                        let n = chunk.len().min(end - begin);
+                        vec.extend_from_slice(&chunk[..n]);
+                        r.consume(n);
+                        Ok(n)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(None),
+                    // A peer closing TCP without close_notify: the end all the same.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                    Err(e) => Err(Some(e)),
+                }
+            };
+            match taken {
+                Ok(n) => return (Ok(n), vec.slice_mut(begin..end)),
+                Err(Some(e)) => return (Err(e), vec.slice_mut(begin..end)),
+                Err(None) => {}
+            }
+            let buf = Vec::with_capacity(self.room);
+            let (res, slice) = self.tcp.read(buf.slice_mut(0..self.room)).await;
+            let buf = slice.into_inner();
+            let n = match res {
+                Ok(n) => n,
+                Err(e) => return (Err(e), vec.slice_mut(begin..end)),
+            };
+            self.room = if n == self.room {
+                TLS_READ_LARGE
+            } else if n < TLS_READ_SMALL / 4 {
+                TLS_READ_SMALL
+            } else {
+                self.room
+            };
+            let fed = if n == 0 {
+                // EOF: rustls learns it from a zero-byte read.
+                self.conn.borrow_mut().read_tls(&mut &[][..]).map(|_| ())
+            } else {
+                feed(&self.conn, &buf[..n])
+            };
+            if let Err(e) = fed {
+                return (Err(e), vec.slice_mut(begin..end));
+            }
+        }
+    }
+}
+
+/// The write half of a TLS connection.
+pub struct TlsWriter {
+    tcp: OwnedWriteHalf<TcpStream>,
+    conn: Rc<RefCell<Connection>>,
+}
+
+impl TlsWriter {
+    /// Encrypts and writes all of `buf`.
+    pub async fn write_all<T: OwnedBytes>(&mut self, buf: T) -> BufResult<usize, T> {
+        let mut at = 0;
+        while at < buf.as_bytes().len() {
+            let n = match self.conn.borrow_mut().writer().write(&buf.as_bytes()[at..]) {
+                Ok(n) => n,
+                Err(e) => return (Err(e), buf),
+            };
+            at += n;
+            if let Err(e) = flush_tls(&self.conn, &mut self.tcp).await {
+                return (Err(e), buf);
+            }
+        }
+        (Ok(at), buf)
+    }
+
+    /// close_notify, then FIN.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.conn.borrow_mut().send_close_notify();
+        flush_tls(&self.conn, &mut self.tcp).await?;
+        self.tcp.shutdown().await
     }
 }
 

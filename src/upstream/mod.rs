@@ -16,7 +16,7 @@ pub mod ws;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use monoio_rustls::TlsConnector;
+use crate::transport::TlsConnector;
 
 use crate::config::{Config, Upstream};
 use crate::error::UpstreamError;

@@ -19,8 +19,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::transport::TlsConnector;
 use monoio::net::TcpStream;
-use monoio_rustls::TlsConnector;
 
 use super::Opened;
 use crate::config::{Proxmox, WsUrl};
@@ -109,7 +109,7 @@ async fn dial(ep: &WsUrl, connector: &TlsConnector) -> Result<Stream, UpstreamEr
         .connect(name, tcp)
         .await
         .map_err(|_| UpstreamError::Tls)?;
-    Ok(Stream::ClientTls(Box::new(tls)))
+    Ok(Stream::Tls(Box::new(tls)))
 }
 
 fn auth_header(px: &Proxmox) -> String {

@@ -3,8 +3,8 @@
 //! exactly the subprotocol it selected for the browser and no extension,
 //! and checks the 101 (accept key, protocol echo, no extension).
 
+use crate::transport::TlsConnector;
 use monoio::net::TcpStream;
-use monoio_rustls::TlsConnector;
 
 use super::Opened;
 use crate::config::WsUrl;
@@ -29,7 +29,7 @@ pub async fn open(
         (true, Some(c)) => {
             let name = crate::tls::server_name(&url.host).map_err(|_| UpstreamError::Tls)?;
             let tls = c.connect(name, tcp).await.map_err(|_| UpstreamError::Tls)?;
-            Stream::ClientTls(Box::new(tls))
+            Stream::Tls(Box::new(tls))
         }
         (true, None) => return Err(UpstreamError::Tls),
     };
