@@ -594,6 +594,36 @@ fn parse_host_port(s: &str) -> Result<SocketAddr, String> {
     resolve(h.trim_start_matches('[').trim_end_matches(']'), port)
 }
 
+/// `ca_file` or `fingerprint` (not both), or the system roots.
+fn trust_of(
+    ca_file: Option<PathBuf>,
+    fingerprint: Option<String>,
+    base: &Path,
+    fingerprint_key: &str,
+) -> Result<Trust, ConfigError> {
+    Ok(match (ca_file, fingerprint) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                fingerprint_key,
+                "use either ca_file or fingerprint",
+            ))
+        }
+        (Some(f), None) => Trust::CaFile(rel(base, &f)),
+        (None, Some(fp)) => Trust::Fingerprint(
+            parse_fingerprint(&fp).map_err(|m| ConfigError::new(fingerprint_key, m))?,
+        ),
+        (None, None) => Trust::SystemRoots,
+    })
+}
+
+/// Reads a secret from a file (trimmed); the error names the key, not the content.
+fn secret_file(key: &str, base: &Path, f: &Path) -> Result<String, ConfigError> {
+    let p = rel(base, f);
+    std::fs::read_to_string(&p)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", p.display())))
+}
+
 fn rel(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
@@ -776,20 +806,7 @@ impl Config {
         };
         let token = match (raw.token, raw.token_file) {
             (Some(t), None) => Some(t),
-            (None, Some(f)) => {
-                let p = rel(base, &f);
-                Some(
-                    std::fs::read_to_string(&p)
-                        .map_err(|e| {
-                            ConfigError::new(
-                                "admin.token_file",
-                                format!("cannot read {}: {e}", p.display()),
-                            )
-                        })?
-                        .trim()
-                        .to_string(),
-                )
-            }
+            (None, Some(f)) => Some(secret_file("admin.token_file", base, &f)?),
             (None, None) => None,
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
@@ -828,18 +845,7 @@ impl Config {
             let at = format!("tickets.keys[{i}]");
             let secret = match (k.secret, k.secret_file) {
                 (Some(s), None) => s,
-                (None, Some(f)) => {
-                    let p = rel(base, &f);
-                    std::fs::read_to_string(&p)
-                        .map_err(|e| {
-                            ConfigError::new(
-                                format!("{at}.secret_file"),
-                                format!("cannot read {}: {e}", p.display()),
-                            )
-                        })?
-                        .trim()
-                        .to_string()
-                }
+                (None, Some(f)) => secret_file(&format!("{at}.secret_file"), base, &f)?,
                 _ => {
                     return Err(ConfigError::new(
                         &at,
@@ -1018,20 +1024,7 @@ impl Config {
                     .as_deref()
                     .ok_or_else(|| ConfigError::new(key("url"), "required for kind \"ws\""))?;
                 let url = parse_ws_url(s).map_err(|m| ConfigError::new(key("url"), m))?;
-                let trust = match (u.ca_file, u.fingerprint) {
-                    (Some(_), Some(_)) => {
-                        return Err(ConfigError::new(
-                            key("fingerprint"),
-                            "use either ca_file or fingerprint",
-                        ))
-                    }
-                    (Some(f), None) => Trust::CaFile(rel(base, &f)),
-                    (None, Some(fp)) => Trust::Fingerprint(
-                        parse_fingerprint(&fp)
-                            .map_err(|m| ConfigError::new(key("fingerprint"), m))?,
-                    ),
-                    (None, None) => Trust::SystemRoots,
-                };
+                let trust = trust_of(u.ca_file, u.fingerprint, base, &key("fingerprint"))?;
                 if !url.tls && trust != Trust::SystemRoots {
                     return Err(ConfigError::new(
                         key("url"),
@@ -1127,18 +1120,7 @@ impl Config {
                 }
                 let secret = match (u.token_secret, u.token_secret_file) {
                     (Some(s), None) => s,
-                    (None, Some(f)) => {
-                        let p = rel(base, &f);
-                        std::fs::read_to_string(&p)
-                            .map_err(|e| {
-                                ConfigError::new(
-                                    key("token_secret_file"),
-                                    format!("cannot read {}: {e}", p.display()),
-                                )
-                            })?
-                            .trim()
-                            .to_string()
-                    }
+                    (None, Some(f)) => secret_file(&key("token_secret_file"), base, &f)?,
                     _ => {
                         return Err(ConfigError::new(
                             key("token_secret"),
@@ -1153,20 +1135,7 @@ impl Config {
                         "must be non-empty, without spaces",
                     ));
                 }
-                let trust = match (u.ca_file, u.fingerprint) {
-                    (Some(_), Some(_)) => {
-                        return Err(ConfigError::new(
-                            key("fingerprint"),
-                            "use either ca_file or fingerprint",
-                        ))
-                    }
-                    (Some(f), None) => Trust::CaFile(rel(base, &f)),
-                    (None, Some(fp)) => Trust::Fingerprint(
-                        parse_fingerprint(&fp)
-                            .map_err(|m| ConfigError::new(key("fingerprint"), m))?,
-                    ),
-                    (None, None) => Trust::SystemRoots,
-                };
+                let trust = trust_of(u.ca_file, u.fingerprint, base, &key("fingerprint"))?;
                 Ok(Upstream::Proxmox(Box::new(Proxmox {
                     api,
                     nodes,
