@@ -231,7 +231,13 @@ async fn flush_tls<W: AsyncWriteRent>(conn: &RefCell<Connection>, tcp: &mut W) -
 fn feed(conn: &RefCell<Connection>, mut bytes: &[u8]) -> io::Result<()> {
     let mut c = conn.borrow_mut();
     while !bytes.is_empty() {
-        c.read_tls(&mut bytes)?;
+        if c.read_tls(&mut bytes)? == 0 {
+            // rustls took nothing (its buffers are full): never spin on it.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS receive buffer full",
+            ));
+        }
         c.process_new_packets().map_err(tls_err)?;
     }
     Ok(())
