@@ -290,7 +290,15 @@ impl Cidr {
             .trim()
             .parse()
             .map_err(|_| format!("`{s}` is not an IP network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+        // `::ffff:10.0.0.0/104` means 10.0.0.0/8: clients are compared as IPv4.
+        let (addr, mapped) = match addr {
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => (std::net::IpAddr::V4(v4), true),
+                None => (addr, false),
+            },
+            v4 => (v4, false),
+        };
+        let max = if addr.is_ipv4() && !mapped { 32 } else { 128 };
         let prefix = match p {
             Some(p) => p
                 .trim()
@@ -299,6 +307,15 @@ impl Cidr {
                 .filter(|&n| n <= max)
                 .ok_or_else(|| format!("`{s}`: bad prefix length"))?,
             None => max,
+        };
+        let prefix = match mapped {
+            true if prefix < 96 => {
+                return Err(format!(
+                    "`{s}`: an IPv4-mapped network needs a prefix of at least 96"
+                ))
+            }
+            true => prefix - 96,
+            false => prefix,
         };
         Ok(Cidr { addr, prefix })
     }
@@ -594,6 +611,27 @@ fn parse_host_port(s: &str) -> Result<SocketAddr, String> {
     resolve(h.trim_start_matches('[').trim_end_matches(']'), port)
 }
 
+/// Blanks every double-quoted value in a parser message: serde quotes the
+/// value it could not use ("invalid type: string \"…\""), and a secret typed
+/// into the wrong key must not be shown. Key names are in backticks.
+fn redact_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut inside = false;
+    for c in msg.chars() {
+        if c == '"' {
+            if inside {
+                out.push_str("…\"");
+            } else {
+                out.push('"');
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `ca_file` or `fingerprint` (not both), or the system roots.
 fn trust_of(
     ca_file: Option<PathBuf>,
@@ -657,7 +695,13 @@ impl Config {
                 }
                 None => String::new(),
             };
-            ConfigError::new("", format!("{at}{}", e.message().replace('\n', " ").trim()))
+            ConfigError::new(
+                "",
+                format!(
+                    "{at}{}",
+                    redact_quoted(e.message().replace('\n', " ").trim())
+                ),
+            )
         })?;
         let server = Self::server(raw.server, base)?;
         let admin = Self::admin(raw.admin, base)?;
@@ -1248,6 +1292,28 @@ mod tests {
         let e = Config::from_toml(short, Path::new("/")).unwrap_err();
         assert_eq!(e.key, "tickets.keys[0].secret");
         assert!(!e.to_string().contains("c2hvcnQ"), "{e}");
+    }
+
+    #[test]
+    fn ipv4_mapped_networks_match_ipv4_clients() {
+        let c = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+        assert_eq!(c, Cidr::parse("10.0.0.0/8").unwrap());
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("::ffff:10.0.0.0/64").is_err());
+        assert_eq!(
+            Cidr::parse("::ffff:10.0.0.1").unwrap(),
+            Cidr::parse("10.0.0.1").unwrap()
+        );
+    }
+
+    #[test]
+    fn a_secret_in_the_wrong_key_is_not_shown() {
+        let text = format!("[tickets]\nkeys = \"{KEY}\"\n[upstreams.d]\nkind = \"demo\"\n");
+        let e = Config::from_toml(&text, Path::new("/")).unwrap_err();
+        assert!(!e.to_string().contains("AAECAwQF"), "{e}");
+        assert!(e.to_string().contains("invalid type"), "{e}");
     }
 
     #[test]
