@@ -611,26 +611,42 @@ fn parse_host_port(s: &str) -> Result<SocketAddr, String> {
     resolve(h.trim_start_matches('[').trim_end_matches(']'), port)
 }
 
-/// Blanks every double-quoted value in a parser message: serde quotes the
-/// value it could not use ("invalid type: string \"…\""), and a secret typed
-/// into the wrong key must not be shown. Key names are in backticks.
+/// Keeps secrets out of a parser message: serde quotes the value it could
+/// not use ("invalid type: string \"…\"") — blanked — and names keys in
+/// backticks, cut to [`MAX_SHOWN_KEY`] characters (a secret pasted where a
+/// key name belongs must not be shown either).
 fn redact_quoted(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
-    let mut inside = false;
+    let (mut in_value, mut in_key, mut key_len) = (false, false, 0);
     for c in msg.chars() {
-        if c == '"' {
-            if inside {
-                out.push_str("…\"");
-            } else {
-                out.push('"');
+        match c {
+            '"' if !in_key => {
+                out.push_str(if in_value { "…\"" } else { "\"" });
+                in_value = !in_value;
             }
-            inside = !inside;
-        } else if !inside {
-            out.push(c);
+            '`' if !in_value => {
+                if in_key && key_len > MAX_SHOWN_KEY {
+                    out.push('…');
+                }
+                out.push('`');
+                in_key = !in_key;
+                key_len = 0;
+            }
+            _ if in_value => {}
+            _ if in_key => {
+                key_len += 1;
+                if key_len <= MAX_SHOWN_KEY {
+                    out.push(c);
+                }
+            }
+            _ => out.push(c),
         }
     }
     out
 }
+
+/// Characters of an unknown key's name shown in an error.
+const MAX_SHOWN_KEY: usize = 24;
 
 /// `ca_file` or `fingerprint` (not both), or the system roots.
 fn trust_of(

@@ -66,3 +66,17 @@ fn config_syntax_error_on_token_secret_line_is_not_echoed() {
     );
     assert_no_secret(&shown, TOKEN_SECRET);
 }
+
+// fuzz target `config`: an unknown key whose (quoted) name holds a secret's
+// text; the error names unknown keys, so long names are cut.
+#[test]
+fn config_secret_inside_an_unknown_key_name_is_not_echoed() {
+    let text = include_str!("../fuzz/regressions/config/secret-inside-unknown-key.toml");
+    let shown = config_error(text);
+    assert!(shown.contains("unknown field"), "{shown}");
+    for run in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/')) {
+        if run.len() >= 40 {
+            assert!(!shown.contains(run), "error shows {run:?}: {shown}");
+        }
+    }
+}
