@@ -648,6 +648,90 @@ fn redact_quoted(msg: &str) -> String {
 /// Characters of an unknown key's name shown in an error.
 const MAX_SHOWN_KEY: usize = 24;
 
+/// Every key name the config has: shown in full in parser messages.
+const KNOWN_KEYS: &[&str] = &[
+    "server",
+    "admin",
+    "audit",
+    "tickets",
+    "limits",
+    "upstreams",
+    "kind",
+    "addr",
+    "allowed_origins",
+    "api",
+    "audience",
+    "ca_file",
+    "connect_timeout",
+    "console_assets",
+    "console_page",
+    "drain_timeout",
+    "fingerprint",
+    "force_shared",
+    "handshake_timeout",
+    "handshakes_per_ip",
+    "id",
+    "idle_timeout",
+    "keys",
+    "leeway",
+    "listen",
+    "max_frame",
+    "max_handshakes",
+    "max_head",
+    "max_headers",
+    "max_session",
+    "max_sessions",
+    "max_sessions_per_user",
+    "max_sessions_per_vm",
+    "max_ttl",
+    "nodes",
+    "on_vm_limit",
+    "output",
+    "path",
+    "ping_interval",
+    "proxy_protocol",
+    "reconnect_grace",
+    "refused_per_second",
+    "require_origin",
+    "secret",
+    "secret_file",
+    "tls_cert",
+    "tls_key",
+    "token",
+    "token_file",
+    "token_id",
+    "token_secret",
+    "token_secret_file",
+    "trusted_proxies",
+    "url",
+    "workers",
+];
+
+/// Longest run of other characters a parser message may show whole.
+const MAX_SHOWN_RUN: usize = 15;
+
+/// Cuts every run of non-space characters longer than [`MAX_SHOWN_RUN`]
+/// that is not a known key name (punctuation around it aside): whatever a
+/// parser message quotes — an unknown key name with backticks inside, say —
+/// no secret (16 characters of an admin token, more of the others) comes
+/// out whole, while the expected key names stay readable.
+fn cut_long_words(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for (n, word) in msg.split(' ').enumerate() {
+        if n > 0 {
+            out.push(' ');
+        }
+        let bare = word.trim_matches(|c: char| "`'\",.;:()[]".contains(c));
+        if word.chars().count() <= MAX_SHOWN_RUN || KNOWN_KEYS.contains(&bare) {
+            out.push_str(word);
+        } else {
+            out.extend(word.chars().take(MAX_SHOWN_RUN - 3));
+            out.push('…');
+        }
+    }
+    out
+}
+
 /// `ca_file` or `fingerprint` (not both), or the system roots.
 fn trust_of(
     ca_file: Option<PathBuf>,
@@ -715,7 +799,7 @@ impl Config {
                 "",
                 format!(
                     "{at}{}",
-                    redact_quoted(e.message().replace('\n', " ").trim())
+                    cut_long_words(&redact_quoted(e.message().replace('\n', " ").trim()))
                 ),
             )
         })?;
