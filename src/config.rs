@@ -987,6 +987,14 @@ impl Config {
         let mut keys = Vec::new();
         for (i, k) in raw.keys.into_iter().enumerate() {
             let at = format!("tickets.keys[{i}]");
+            // A `kid` travels in every ticket header: keep it a plain token.
+            let plain = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+            if k.id.is_empty() || k.id.len() > 64 || !k.id.chars().all(plain) {
+                return Err(ConfigError::new(
+                    format!("{at}.id"),
+                    "1 to 64 characters from A-Z a-z 0-9 . _ -",
+                ));
+            }
             let secret = match (k.secret, k.secret_file) {
                 (Some(s), None) => s,
                 (None, Some(f)) => secret_file(&format!("{at}.secret_file"), base, &f)?,

@@ -92,3 +92,13 @@ fn config_backtick_inside_an_unknown_key_name_is_not_echoed() {
     let shown = config_error(text);
     assert_no_long_run_of(text, &shown);
 }
+
+// fuzz target `config`: a key id holding text that looks like a secret
+// assignment was printed back by `Config`'s Debug; ids are now plain tokens.
+#[test]
+fn config_key_id_must_be_a_plain_token() {
+    let text = include_str!("../fuzz/regressions/config/secret-text-inside-key-id.toml");
+    let shown = config_error(text);
+    assert!(shown.contains(".id"), "{shown}");
+    assert_no_long_run_of(text, &shown);
+}
