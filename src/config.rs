@@ -28,10 +28,25 @@ pub struct ConfigError {
 impl ConfigError {
     fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError {
-            key: key.into(),
-            message: message.into(),
+            key: one_line(&key.into()),
+            message: one_line(&message.into()),
         }
     }
+}
+
+/// Escapes control characters: an error (which may quote a value from the
+/// file) is always one line, in a terminal and in a log.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
 }
 
 impl fmt::Display for ConfigError {

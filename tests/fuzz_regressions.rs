@@ -102,3 +102,12 @@ fn config_key_id_must_be_a_plain_token() {
     assert!(shown.contains(".id"), "{shown}");
     assert_no_long_run_of(text, &shown);
 }
+
+// fuzz target `config`: an unknown `kind` holding a newline (a TOML
+// multi-line string) made a two-line error; errors are always one line now.
+#[test]
+fn config_errors_are_one_line() {
+    let text = include_str!("../fuzz/regressions/config/newline-in-unknown-kind.toml");
+    let shown = config_error(text);
+    assert!(!shown.contains('\n') && !shown.contains('\r'), "{shown:?}");
+}
