@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use nexor_relay::config::{parse_duration, Config};
+use nexor_relay::session::unix_now as now;
 use nexor_relay::ticket::{self, Claims, Console, Guest};
 use nexor_relay::{server, tls};
 
@@ -169,13 +170,6 @@ fn serve_with(
     })
     .map_err(|e| anyhow!(e))?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn random_hex(bytes: usize) -> String {

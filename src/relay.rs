@@ -414,10 +414,12 @@ async fn watchdog(s: &Shared, ctl: Option<&SessionCtl>, settings: Settings) -> (
 
 /// Picks the next read buffer size: grow when a read filled the buffer,
 /// shrink back when traffic is light, so idle sessions hold little.
-fn resize(buf: &mut Vec<u8>, last_read: usize, room: usize) {
+/// `headroom` is capacity kept in front of the read room (the raw pump's
+/// frame header).
+fn resize(buf: &mut Vec<u8>, last_read: usize, room: usize, headroom: usize) {
     let cap = buf.capacity();
-    if last_read == room && cap < LARGE_BUF {
-        buf.reserve_exact(LARGE_BUF - buf.len());
+    if last_read == room && cap < LARGE_BUF + headroom {
+        buf.reserve_exact(LARGE_BUF + headroom - buf.len());
     } else if cap > SMALL_BUF && last_read < SMALL_BUF / 4 && buf.len() < SMALL_BUF / 2 {
         let mut small = Vec::with_capacity(SMALL_BUF);
         small.extend_from_slice(buf);
@@ -600,7 +602,7 @@ async fn pump(s: Rc<Shared>, dir: Dir, mut reader: Reader, early: Vec<u8>, setti
         }
         // Keep an incomplete header or control frame for the next read.
         buf.drain(..pos);
-        resize(&mut buf, last_read, room);
+        resize(&mut buf, last_read, room, 0);
     }
 }
 
@@ -849,17 +851,7 @@ async fn pump_raw_down(s: Rc<Shared>, mut reader: Reader, early: Vec<u8>) {
         }
         buf.truncate(HEADROOM);
         if room > 0 {
-            resize_raw(&mut buf, n, room);
+            resize(&mut buf, n, room, HEADROOM);
         }
-    }
-}
-
-fn resize_raw(buf: &mut Vec<u8>, last_read: usize, room: usize) {
-    let cap = buf.capacity();
-    if last_read == room && cap < LARGE_BUF + HEADROOM {
-        buf.reserve_exact(LARGE_BUF + HEADROOM - buf.len());
-    } else if cap > SMALL_BUF && last_read < SMALL_BUF / 4 {
-        *buf = Vec::with_capacity(SMALL_BUF);
-        buf.resize(HEADROOM, 0);
     }
 }
