@@ -19,6 +19,30 @@ pub const WORKER_INFO: &str = "nexor_worker_info";
 pub const DRAINING: &str = "nexor_draining";
 pub const RELOADS: &str = "nexor_config_reloads_total";
 pub const BUILD_INFO: &str = "nexor_build_info";
+pub const SESSION_ERRORS: &str = "nexor_session_errors_total";
+pub const SESSION_PANICS: &str = "nexor_session_panics_total";
+pub const WORKERS_ALIVE: &str = "nexor_workers_alive";
+
+/// The classes a session that ended without a close frame from either
+/// peer is counted under (the audit's `error` field starts with one).
+/// A fixed list, so no peer can mint label values; anything else counts
+/// as `other`.
+pub const ERROR_CLASSES: &[&str] = &[
+    "browser_eof",
+    "browser_reset",
+    "browser_tls",
+    "browser_write",
+    "browser_protocol",
+    "browser_pong_timeout",
+    "upstream_eof",
+    "upstream_reset",
+    "upstream_tls",
+    "upstream_write",
+    "upstream_protocol",
+    "upstream_pong_timeout",
+    "panic",
+    "other",
+];
 
 /// Bucket bounds (seconds) of the session duration histogram.
 const DURATION_BUCKETS: [f64; 10] = [
@@ -73,6 +97,7 @@ struct Labelled {
     ended: BTreeMap<(String, &'static str), u64>,
     closed: BTreeMap<u16, u64>,
     refused: BTreeMap<(&'static str, u16), u64>,
+    errors: BTreeMap<&'static str, u64>,
 }
 
 /// One worker's counters.
@@ -84,6 +109,11 @@ pub struct Core {
     duration: Histogram<10>,
     connect: Histogram<10>,
     driver: Mutex<&'static str>,
+    /// Session tasks that panicked (each ended its session, not the worker).
+    pub panics: AtomicU64,
+    /// Set while the worker thread runs its runtime; cleared if it exits
+    /// or dies (`/healthz` then fails).
+    pub alive: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,7 +129,25 @@ impl Core {
             duration: Histogram::new(DURATION_BUCKETS),
             connect: Histogram::new(CONNECT_BUCKETS),
             driver: Mutex::new("unknown"),
+            panics: AtomicU64::new(0),
+            alive: AtomicBool::new(false),
         }
+    }
+
+    /// A session ended without a close frame from either peer; `class` is
+    /// one of [`ERROR_CLASSES`] (anything else counts as `other`).
+    pub fn session_error(&self, class: &str) {
+        let class = ERROR_CLASSES
+            .iter()
+            .copied()
+            .find(|c| *c == class)
+            .unwrap_or("other");
+        *lock(&self.labelled).errors.entry(class).or_default() += 1;
+    }
+
+    /// A session task panicked.
+    pub fn session_panic(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_driver(&self, d: &'static str) {
@@ -168,7 +216,8 @@ impl Metrics {
         let mut ended: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
         let mut closed: BTreeMap<u16, u64> = BTreeMap::new();
         let mut refused: BTreeMap<(&'static str, u16), u64> = BTreeMap::new();
-        let (mut up, mut down) = (0u64, 0u64);
+        let mut errors: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let (mut up, mut down, mut panics, mut alive) = (0u64, 0u64, 0u64, 0u64);
         for c in &self.cores {
             let l = lock(&c.labelled);
             for (k, v) in &l.opened {
@@ -183,8 +232,13 @@ impl Metrics {
             for (k, v) in &l.refused {
                 *refused.entry(*k).or_default() += v;
             }
+            for (k, v) in &l.errors {
+                *errors.entry(*k).or_default() += v;
+            }
             up += c.bytes_up.load(Ordering::Relaxed);
             down += c.bytes_down.load(Ordering::Relaxed);
+            panics += c.panics.load(Ordering::Relaxed);
+            alive += c.alive.load(Ordering::Relaxed) as u64;
         }
         let mut o = String::with_capacity(4096);
         head(&mut o, BUILD_INFO, "gauge", "Version of the running relay.");
@@ -257,6 +311,30 @@ impl Metrics {
                 "{SESSIONS_REFUSED}{{reason=\"{reason}\",status=\"{status}\"}} {v}"
             );
         }
+        head(
+            &mut o,
+            SESSION_ERRORS,
+            "counter",
+            "Sessions that ended without a close frame from either peer, by error class.",
+        );
+        for class in ERROR_CLASSES {
+            let v = errors.get(class).copied().unwrap_or(0);
+            let _ = writeln!(o, "{SESSION_ERRORS}{{class=\"{class}\"}} {v}");
+        }
+        head(
+            &mut o,
+            SESSION_PANICS,
+            "counter",
+            "Session tasks that panicked (the session ended with 1011; the worker went on).",
+        );
+        let _ = writeln!(o, "{SESSION_PANICS} {panics}");
+        head(
+            &mut o,
+            WORKERS_ALIVE,
+            "gauge",
+            "Worker threads running their runtime.",
+        );
+        let _ = writeln!(o, "{WORKERS_ALIVE} {alive}");
         head(
             &mut o,
             BYTES,
@@ -353,6 +431,11 @@ mod tests {
         m.core(0).refused("expired", 401);
         m.core(0).add_bytes(10, 20);
         m.core(1).add_bytes(1, 2);
+        m.core(0).session_error("upstream_tls");
+        m.core(1).session_error("upstream_tls");
+        m.core(1).session_error("a label a peer made up");
+        m.core(1).session_panic();
+        m.core(0).alive.store(true, Ordering::Relaxed);
         let t = m.render();
         for line in [
             "nexor_sessions_live{upstream=\"pve\",console=\"vnc\"} 1",
@@ -366,6 +449,11 @@ mod tests {
             "nexor_upstream_connect_seconds_bucket{le=\"0.05\"} 2",
             "nexor_upstream_connect_seconds_count 2",
             "nexor_session_duration_seconds_bucket{le=\"10\"} 1",
+            "nexor_session_errors_total{class=\"upstream_tls\"} 2",
+            "nexor_session_errors_total{class=\"other\"} 1",
+            "nexor_session_errors_total{class=\"browser_eof\"} 0",
+            "nexor_session_panics_total 1",
+            "nexor_workers_alive 1",
         ] {
             assert!(t.contains(line), "missing {line}\n{t}");
         }

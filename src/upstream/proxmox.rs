@@ -116,6 +116,18 @@ fn auth_header(px: &Proxmox) -> String {
     format!("PVEAPIToken={}={}", px.token_id, px.token_secret.expose())
 }
 
+/// The body length a Proxmox API answer announces. It comes off the
+/// network: anything past [`MAX_API_RESPONSE`] is refused here, so the
+/// offsets computed from it (`head + len`) cannot overflow.
+fn body_len(value: Option<&str>) -> Result<Option<usize>, UpstreamError> {
+    let Some(v) = value else { return Ok(None) };
+    match v.trim().parse::<u64>() {
+        Ok(len) if len <= MAX_API_RESPONSE as u64 => Ok(Some(len as usize)),
+        Ok(_) => Err(UpstreamError::Api("proxmox_response_too_large")),
+        Err(_) => Err(UpstreamError::Api("proxmox_bad_response")),
+    }
+}
+
 /// Reads one HTTP response to EOF or Content-Length (pveproxy's 401 has
 /// neither body nor length: read to EOF, PROXMOX.md §12).
 async fn read_response(stream: &mut Stream) -> Result<(u16, Vec<u8>), UpstreamError> {
@@ -139,11 +151,7 @@ async fn read_response(stream: &mut Stream) -> Result<(u16, Vec<u8>), UpstreamEr
                     if h.all("transfer-encoding").next().is_some() {
                         return Err(UpstreamError::Api("proxmox_chunked_response"));
                     }
-                    let len = h
-                        .one("content-length")
-                        .ok()
-                        .flatten()
-                        .and_then(|v| v.trim().parse().ok());
+                    let len = body_len(h.one("content-length").ok().flatten())?;
                     head = Some((h.status, n, len));
                     continue;
                 }
@@ -517,6 +525,22 @@ pub async fn finish_browser(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_length_from_the_network_never_overflows() {
+        assert!(matches!(body_len(None), Ok(None)));
+        assert!(matches!(body_len(Some(" 42 ")), Ok(Some(42))));
+        for huge in ["18446744073709551615", "262145", "1048577000"] {
+            assert!(matches!(
+                body_len(Some(huge)),
+                Err(UpstreamError::Api("proxmox_response_too_large"))
+            ));
+        }
+        assert!(matches!(
+            body_len(Some("-1")),
+            Err(UpstreamError::Api("proxmox_bad_response"))
+        ));
+    }
 
     #[test]
     fn percent_encodes_ticket_characters() {
