@@ -112,8 +112,12 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(p) => {
             assert!(!bad, "accepted bad credentials");
-            let dbg = format!("{p:?}");
-            assert!(ticket.len() < 4 || user.contains(ticket) || !dbg.contains(ticket), "Debug shows the ticket");
+            // What matters: no Debug field holds the ticket, so the Debug
+            // text is the same for any other ticket (of the same length).
+            // A substring test would trip on text the escaping makes.
+            let other = if ticket.bytes().all(|b| b == b'A') { "B" } else { "A" }.repeat(ticket.len());
+            let q = TermPreamble::new(user, &other).expect("same shape as an accepted ticket");
+            assert_eq!(format!("{p:?}"), format!("{q:?}"), "Debug shows the ticket");
         }
     }
     let start = flags & 1 != 0;
