@@ -150,15 +150,35 @@ impl Writer {
 // rustls does the protocol; this glue only moves bytes. The connection
 // sits in an `Rc<RefCell<_>>` shared by the two halves and is borrowed only
 // between awaits, never across one, so each half can wait on its socket
-// while the other works. TLS bytes are read into a small buffer that grows
-// while a connection is busy and shrinks when it goes quiet: an idle TLS
-// console pins 1 KiB, not two fixed 16 KiB buffers.
+// while the other works.
+//
+// Reading follows rustls' own back-pressure. TLS bytes are offered to rustls
+// only while it `wants_read()` (it holds no plaintext not yet handed out);
+// the bytes it has not taken stay in the reader ([`Held`]); the plaintext it
+// has is handed out before the socket is read again, and the socket is read
+// only once every held byte was taken. So rustls holds at most about one
+// record of plaintext, the reader at most one socket read of TLS bytes, and
+// a peer that writes faster than the relay drains is slowed down by TCP,
+// never refused.
+//
+// TLS bytes are read into a small buffer that grows while a connection is
+// busy and shrinks when it goes quiet, and no buffer is kept once rustls
+// took its bytes: an idle TLS console pins 1 KiB, not two fixed 16 KiB
+// buffers.
 
 /// TLS bytes read per call while quiet (a pending io_uring read pins it).
 const TLS_READ_SMALL: usize = 1024;
 /// TLS bytes read per call while busy: one full record and its overhead.
 const TLS_READ_LARGE: usize = 16 * 1024 + 512;
+/// TLS bytes read per call during the handshake.
+const TLS_READ_HANDSHAKE: usize = 4096;
 
+/// The most TLS bytes a [`TlsReader`] holds that rustls has not taken yet
+/// (one socket read); see [`TlsReader::buffered`].
+pub const TLS_HELD_MAX: usize = TLS_READ_LARGE;
+
+/// Every TLS failure is `InvalidData` around a `rustls::Error`, so callers
+/// tell it from socket errors with `e.get_ref().is::<rustls::Error>()`.
 fn tls_err(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
@@ -227,50 +247,119 @@ async fn flush_tls<W: AsyncWriteRent>(conn: &RefCell<Connection>, tcp: &mut W) -
     }
 }
 
-/// Feeds TLS bytes to rustls and processes them.
-fn feed(conn: &RefCell<Connection>, mut bytes: &[u8]) -> io::Result<()> {
-    let mut c = conn.borrow_mut();
-    while !bytes.is_empty() {
-        if c.read_tls(&mut bytes)? == 0 {
-            // rustls took nothing (its buffers are full): never spin on it.
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "TLS receive buffer full",
-            ));
-        }
-        c.process_new_packets().map_err(tls_err)?;
+/// TLS bytes read from the socket that rustls has not taken yet:
+/// `buf[at..]`, at most one socket read.
+#[derive(Default)]
+struct Held {
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        self.buf.len() - self.at
     }
-    Ok(())
+
+    /// Offers the held bytes to rustls for as long as it wants to read,
+    /// processing each piece it takes. Returns whether it took any. Once
+    /// all are taken the buffer is let go.
+    fn feed(&mut self, c: &mut Connection) -> io::Result<bool> {
+        let mut took = false;
+        while self.at < self.buf.len() && c.wants_read() {
+            // rustls takes at most what fits its one-record buffer.
+            let n = c
+                .read_tls(&mut &self.buf[self.at..])
+                .map_err(|e| tls_err(rustls::Error::General(e.to_string())))?;
+            if n == 0 {
+                // Only after close_notify, which `wants_read` rules out.
+                break;
+            }
+            self.at += n;
+            took = true;
+            c.process_new_packets().map_err(tls_err)?;
+        }
+        if self.at == self.buf.len() {
+            *self = Held::default();
+        }
+        Ok(took)
+    }
+}
+
+/// rustls holds TLS bytes it neither wants to process nor answer.
+fn stalled() -> io::Error {
+    tls_err(rustls::Error::General("TLS connection stalled".into()))
+}
+
+/// Moves the plaintext rustls has onto `dst`, at most `room` bytes.
+/// `None`: it has none yet (read more TLS bytes). `Some(0)`: the end
+/// (close_notify, or TCP closed without it).
+fn take_plaintext(c: &mut Connection, dst: &mut Vec<u8>, room: usize) -> io::Result<Option<usize>> {
+    let mut r = c.reader();
+    let mut n = 0;
+    loop {
+        match r.fill_buf() {
+            Ok(chunk) => {
+                let k = chunk.len().min(room - n);
+                dst.extend_from_slice(&chunk[..k]);
+                r.consume(k);
+                n += k;
+                if k == 0 || n == room {
+                    return Ok(Some(n));
+                }
+            }
+            // What was taken first; the end or the error on the next call.
+            Err(_) if n > 0 => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            // A peer closing TCP without close_notify: the end all the same.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Some(0)),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl TlsStream {
     async fn handshake(mut tcp: TcpStream, conn: Connection) -> io::Result<TlsStream> {
         let conn = RefCell::new(conn);
-        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        let mut held = Held::default();
         loop {
             flush_tls(&conn, &mut tcp).await?;
             if !conn.borrow().is_handshaking() {
                 break;
             }
-            buf.clear();
-            let cap = buf.capacity();
-            let (res, slice) = tcp.read(buf.slice_mut(0..cap)).await;
-            buf = slice.into_inner();
+            let fed = held.feed(&mut conn.borrow_mut());
+            match fed {
+                // rustls may have a reply to send before it takes more.
+                Ok(true) => continue,
+                Ok(false) if held.len() > 0 => {
+                    let _ = flush_tls(&conn, &mut tcp).await;
+                    return Err(stalled());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // Send the alert rustls queued, then give up.
+                    let _ = flush_tls(&conn, &mut tcp).await;
+                    return Err(e);
+                }
+            }
+            let buf = Vec::with_capacity(TLS_READ_HANDSHAKE);
+            let (res, slice) = tcp.read(buf.slice_mut(0..TLS_READ_HANDSHAKE)).await;
             if res? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            if let Err(e) = feed(&conn, &buf) {
-                // Send the alert rustls queued, then give up.
-                let _ = flush_tls(&conn, &mut tcp).await;
-                return Err(e);
-            }
+            held = Held {
+                buf: slice.into_inner(),
+                at: 0,
+            };
         }
+        // Bytes after the handshake (the peer's first request, say) stay
+        // held for the reader.
         let conn = Rc::new(conn);
         let (r, w) = tcp.into_split();
         Ok(TlsStream {
             reader: TlsReader {
                 tcp: r,
                 conn: conn.clone(),
+                held,
                 room: TLS_READ_SMALL,
             },
             writer: TlsWriter { tcp: w, conn },
@@ -285,12 +374,19 @@ impl TlsStream {
             .alpn_protocol()
             .map(<[u8]>::to_vec)
     }
+
+    /// The two halves.
+    pub fn into_split(self) -> (TlsReader, TlsWriter) {
+        (self.reader, self.writer)
+    }
 }
 
 /// The read half of a TLS connection.
 pub struct TlsReader {
     tcp: OwnedReadHalf<TcpStream>,
     conn: Rc<RefCell<Connection>>,
+    /// TLS bytes read but not yet taken by rustls.
+    held: Held,
     /// TLS bytes to ask for next (adapts between the two sizes).
     room: usize,
 }
@@ -298,34 +394,32 @@ pub struct TlsReader {
 impl TlsReader {
     /// Reads plaintext onto the end of `dst`'s `Vec`, at most its room.
     /// `Ok(0)` is the end: close_notify, or the peer closing TCP.
+    ///
+    /// Cancel-safe: between awaits every byte is in rustls or held here.
     pub async fn read(&mut self, dst: ReadBuf) -> BufResult<usize, ReadBuf> {
         let (begin, end) = (dst.begin(), dst.end());
         let mut vec = dst.into_inner();
         loop {
-            let taken = {
+            {
                 let mut c = self.conn.borrow_mut();
-                let mut r = c.reader();
-                match r.fill_buf() {
-                    Ok(chunk) => {
-                        let n = chunk.len().min(end - begin);
-                        vec.extend_from_slice(&chunk[..n]);
-                        r.consume(n);
-                        Ok(n)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(None),
-                    // A peer closing TCP without close_notify: the end all the same.
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
-                    Err(e) => Err(Some(e)),
+                match take_plaintext(&mut c, &mut vec, end - begin) {
+                    Ok(Some(n)) => return (Ok(n), vec.slice_mut(begin..end)),
+                    Ok(None) => {}
+                    Err(e) => return (Err(e), vec.slice_mut(begin..end)),
                 }
-            };
-            match taken {
-                Ok(n) => return (Ok(n), vec.slice_mut(begin..end)),
-                Err(Some(e)) => return (Err(e), vec.slice_mut(begin..end)),
-                Err(None) => {}
+                match self.held.feed(&mut c) {
+                    // Plaintext, or progress toward it: look again.
+                    Ok(true) => continue,
+                    Ok(false) if self.held.len() > 0 => {
+                        return (Err(stalled()), vec.slice_mut(begin..end))
+                    }
+                    // Everything taken: only now read the socket.
+                    Ok(false) => {}
+                    Err(e) => return (Err(e), vec.slice_mut(begin..end)),
+                }
             }
             let buf = Vec::with_capacity(self.room);
             let (res, slice) = self.tcp.read(buf.slice_mut(0..self.room)).await;
-            let buf = slice.into_inner();
             let n = match res {
                 Ok(n) => n,
                 Err(e) => return (Err(e), vec.slice_mut(begin..end)),
@@ -337,16 +431,25 @@ impl TlsReader {
             } else {
                 self.room
             };
-            let fed = if n == 0 {
-                // EOF: rustls learns it from a zero-byte read.
-                self.conn.borrow_mut().read_tls(&mut &[][..]).map(|_| ())
-            } else {
-                feed(&self.conn, &buf[..n])
-            };
-            if let Err(e) = fed {
-                return (Err(e), vec.slice_mut(begin..end));
+            if n == 0 {
+                // EOF: rustls learns it from a zero-byte read; the next
+                // look at its plaintext reports the end.
+                if let Err(e) = self.conn.borrow_mut().read_tls(&mut &[][..]) {
+                    return (Err(e), vec.slice_mut(begin..end));
+                }
+                continue;
             }
+            self.held = Held {
+                buf: slice.into_inner(),
+                at: 0,
+            };
         }
+    }
+
+    /// TLS bytes read from the socket that rustls has not taken yet: never
+    /// more than [`TLS_HELD_MAX`].
+    pub fn buffered(&self) -> usize {
+        self.held.len()
     }
 }
 
@@ -361,9 +464,19 @@ impl TlsWriter {
     pub async fn write_all<T: OwnedBytes>(&mut self, buf: T) -> BufResult<usize, T> {
         let mut at = 0;
         while at < buf.as_bytes().len() {
-            let n = match self.conn.borrow_mut().writer().write(&buf.as_bytes()[at..]) {
-                Ok(n) => n,
-                Err(e) => return (Err(e), buf),
+            // rustls takes what fits its send buffer and reports how much;
+            // the rest is offered again once that went out.
+            let n = {
+                let mut c = self.conn.borrow_mut();
+                match c.writer().write(&buf.as_bytes()[at..]) {
+                    Ok(0) if !c.wants_write() => {
+                        // Nothing taken and nothing to send: never spin.
+                        let e = io::Error::new(io::ErrorKind::WriteZero, "TLS refused data");
+                        return (Err(e), buf);
+                    }
+                    Ok(n) => n,
+                    Err(e) => return (Err(e), buf),
+                }
             };
             at += n;
             if let Err(e) = flush_tls(&self.conn, &mut self.tcp).await {
