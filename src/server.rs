@@ -14,9 +14,15 @@
 //! Panics: monoio polls every task on its worker thread and catches no
 //! panic (monoio 0.2.4 `task/harness.rs`, `poll_future`), so one panicking
 //! task would unwind the whole runtime and every session on it. Every task
-//! of a session is therefore started with [`spawn`], whose [`CatchPanic`]
-//! net ends only that task, counts it (`nexor_session_panics_total`) and
-//! logs where it happened; the worker goes on. Each worker's
+//! of a session must therefore be started with [`spawn`], not
+//! `monoio::spawn`: its [`CatchPanic`] net ends only that task, counts it
+//! (`nexor_session_panics_total`) and logs where it happened; the worker
+//! goes on. A task's sockets close as the net drops it, so the session's
+//! other tasks see their legs end. (The relay pump also catches a panic in
+//! its pure core itself and closes the browser leg with 1011; this net is
+//! the outer one, for everything else.) A runtime that a panic escapes
+//! anyway leaves what its tasks held open, so its worker is then marked
+//! dead and its listener shut (see [`AliveGuard`]). Each worker's
 //! `Core::alive` is set while its runtime runs and cleared by a drop guard
 //! when the thread ends for any reason, so `/healthz` fails if a worker
 //! died.
@@ -208,7 +214,14 @@ pub fn serve(
     let mut draining = false;
     for sig in signals.forever() {
         match sig {
-            signal_hook::consts::SIGHUP => reload(&state, path.as_ref()),
+            signal_hook::consts::SIGHUP => {
+                // A panic while reloading keeps the old config, like any
+                // other reload failure; the process serves on.
+                if catch_unwind(AssertUnwindSafe(|| reload(&state, path.as_ref()))).is_err() {
+                    state.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                    log::error("config reload failed; keeping the running config", &[]);
+                }
+            }
             _ if draining => {
                 log::warn(
                     "second stop signal: exiting now",
@@ -221,7 +234,12 @@ pub fn serve(
                 let state = state.clone();
                 let _ = std::thread::Builder::new()
                     .name("nexor-drain".into())
-                    .spawn(move || drain(&state));
+                    .spawn(move || {
+                        if catch_unwind(AssertUnwindSafe(|| drain(&state))).is_err() {
+                            // Asked to stop: stop, without the grace.
+                            std::process::exit(1);
+                        }
+                    });
             }
         }
     }

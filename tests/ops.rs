@@ -1,6 +1,8 @@
 //! Operations through the real binary: metrics after known traffic, the
 //! audit trail field by field, revoke by each selector, SIGHUP with 1,000
-//! live sessions, a bad config on SIGHUP, and drain on SIGTERM.
+//! live sessions, a bad config on SIGHUP, drain on SIGTERM, and the panic
+//! net: a panicking session task ends only itself; a dead worker fails
+//! `/healthz` (debug builds, whose demo backend has test faults).
 
 mod common;
 
