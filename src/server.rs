@@ -519,9 +519,20 @@ struct Catching;
 
 impl Catching {
     fn enter() -> Catching {
-        CATCHING.with(|c| c.set(c.get() + 1));
+        let outer = CATCHING.with(|c| c.replace(c.get() + 1)) == 0;
+        if outer {
+            // A location an inner catch left untaken is not this poll's.
+            LAST_PANIC.with(|l| l.take());
+        }
         Catching
     }
+}
+
+/// Where the panic just caught on this thread happened (`file:line:col`),
+/// taken: for code that catches a panic itself inside a task started with
+/// [`spawn`] (the hook stays quiet there) and logs its own line.
+pub fn take_panic_location() -> Option<String> {
+    LAST_PANIC.try_with(|l| l.take()).ok().flatten()
 }
 
 impl Drop for Catching {
@@ -553,7 +564,7 @@ impl<F: Future> Future for CatchPanic<F> {
             Err(payload) => {
                 drop_caught(this.inner.take());
                 drop_caught(payload);
-                let location = LAST_PANIC.with(|l| l.take());
+                let location = take_panic_location();
                 Poll::Ready(Err(Panicked { location }))
             }
         }
