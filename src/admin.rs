@@ -3,7 +3,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /metrics` | Prometheus text, all cores merged |
-//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /healthz` | 200 while every worker thread runs; 503 naming the dead ones |
 //! | `GET /readyz` | 200, or 503 while draining |
 //! | `GET /sessions` | live sessions as JSON (no secrets) |
 //! | `POST /sessions/revoke?jti=…` / `jti_sha256=…` / `sub=…` / `vm=…` | closes the matching sessions with 1008 on every core; `{"revoked": n}` |
@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::http::{self, HeadLimits, Headers};
 use crate::log::{self, V};
+use crate::metrics::Metrics;
 use crate::registry::CloseRequest;
 use crate::server::State;
 
@@ -54,6 +55,23 @@ fn respond(conn: &mut TcpStream, status: u16, ctype: &str, body: &str) {
     );
     let _ = conn.write_all(head.as_bytes());
     let _ = conn.write_all(body.as_bytes());
+}
+
+/// `/healthz`: 200 `ok` while every worker runs its runtime; 503 naming
+/// each worker that does not (a thread that died, or one not started yet).
+pub fn health(metrics: &Metrics) -> (u16, String) {
+    let dead: Vec<String> = metrics
+        .cores
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !c.alive.load(Ordering::Relaxed))
+        .map(|(i, _)| i.to_string())
+        .collect();
+    match dead.len() {
+        0 => (200, "ok\n".into()),
+        1 => (503, format!("worker {} not running\n", dead[0])),
+        _ => (503, format!("workers {} not running\n", dead.join(", "))),
+    }
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte.
@@ -116,7 +134,10 @@ fn serve(mut conn: TcpStream, state: &State) {
             let body = state.metrics.render();
             respond(&mut conn, 200, "text/plain; version=0.0.4", &body)
         }
-        ("GET", "/healthz") => respond(&mut conn, 200, "text/plain", "ok\n"),
+        ("GET", "/healthz") => {
+            let (status, body) = health(&state.metrics);
+            respond(&mut conn, status, "text/plain", &body)
+        }
         ("GET", "/readyz") => {
             if state.metrics.draining.load(Ordering::Relaxed) {
                 respond(&mut conn, 503, "text/plain", "draining\n")

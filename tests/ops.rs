@@ -1,6 +1,8 @@
 //! Operations through the real binary: metrics after known traffic, the
 //! audit trail field by field, revoke by each selector, SIGHUP with 1,000
-//! live sessions, a bad config on SIGHUP, and drain on SIGTERM.
+//! live sessions, a bad config on SIGHUP, drain on SIGTERM, and the panic
+//! net: a panicking session task ends only itself; a dead worker fails
+//! `/healthz` (debug builds, whose demo backend has test faults).
 
 mod common;
 
@@ -442,4 +444,161 @@ fn the_grafana_dashboard_uses_only_real_metric_names() {
         }
     }
     assert!(names >= 9);
+}
+
+// ---- the panic net (debug builds: the demo backend's test faults) ----------------
+
+/// Arms the demo backend's test faults in the relays this test binary
+/// starts (they inherit the environment); see `upstream::demo::fault`.
+fn arm_faults() {
+    std::env::set_var("NEXOR_TEST_FAULTS", "1");
+}
+
+/// In the faults' panic messages; no log line may carry it.
+const FAULT_SECRET: &str = "fault-secret-6b1d2e";
+
+fn demo_relay() -> Relay {
+    arm_faults();
+    RelayBuilder::new(false)
+        .upstream("d", "kind = \"demo\"")
+        .start()
+}
+
+/// Reads the demo terminal's output until `needle` shows up.
+fn term_until(c: &mut Conn, p: &mut Vec<u8>, needle: &str) -> String {
+    let mut text = String::new();
+    while !text.contains(needle) {
+        let f = read_frame(c, p).expect("terminal output");
+        assert_eq!(f.opcode, 2, "{:?} {:?}", close_code(&f), text);
+        text.push_str(&String::from_utf8_lossy(&f.payload));
+    }
+    text
+}
+
+/// Opens a demo terminal; returns it and the worker its session runs on
+/// (the first part of the audit `sid`).
+fn open_term(relay: &Relay, nth: usize) -> (Conn, Vec<u8>, String) {
+    let (mut c, mut p) = open(relay, &relay.sign(&Relay::claims("d", Console::Term)));
+    term_until(&mut c, &mut p, "$ ");
+    wait_events(relay, "session_start", nth + 1);
+    let sid = audit_lines(relay, "session_start")[nth]["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let worker = sid.split('-').next().unwrap().to_string();
+    (c, p, worker)
+}
+
+fn type_line(c: &mut Conn, p: &mut Vec<u8>, line: &str) {
+    write_frame(c, true, 2, format!("{line}\r").as_bytes(), true);
+    term_until(c, p, &format!("you typed: {line}"));
+}
+
+/// Reads until the relay closes the socket; the close code if it sent a
+/// close frame first.
+fn until_closed(c: &mut Conn, p: &mut Vec<u8>) -> Option<u16> {
+    let mut code = None;
+    loop {
+        match read_frame(c, p) {
+            Ok(f) if f.opcode == 8 => {
+                code = close_code(&f);
+                // Answer it, as a browser does, and wait for the TCP close.
+                write_frame(c, true, 8, &f.payload, true);
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return code,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return code,
+            Err(e) => panic!("the socket was not closed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_panicking_session_ends_only_itself() {
+    let relay = demo_relay();
+    // Six sessions on two workers: one worker has at least three.
+    let mut sessions: Vec<(Conn, Vec<u8>, String)> = (0..6).map(|i| open_term(&relay, i)).collect();
+    let busy = ["0", "1"]
+        .into_iter()
+        .max_by_key(|w| sessions.iter().filter(|s| s.2 == *w).count())
+        .unwrap()
+        .to_string();
+    let at = sessions.iter().position(|s| s.2 == busy).unwrap();
+    let (mut vc, mut vp, _) = sessions.remove(at);
+    assert!(
+        sessions.iter().any(|s| s.2 == busy),
+        "a neighbour on {busy}"
+    );
+    write_frame(&mut vc, true, 2, b"nexor-test-fault:panic\r", true);
+    let code = until_closed(&mut vc, &mut vp);
+    eprintln!("panicked session closed with {code:?}");
+    assert!(relay.wait_log("session task panicked"), "{}", relay.logs());
+    // The panic was in the session's backend task; the session's pump saw
+    // its upstream close and ended the session.
+    wait_events(&relay, "session_end", 1);
+    let end = &audit_lines(&relay, "session_end")[0];
+    assert_eq!(end["code"].as_u64().map(|c| c as u16), code, "{end}");
+    // Every other session, on both workers, still relays.
+    for (i, (c, p, _)) in sessions.iter_mut().enumerate() {
+        type_line(c, p, &format!("still here {i}"));
+    }
+    // New sessions still get their 101 and relay.
+    for i in 0..4 {
+        let (mut c, mut p, _) = open_term(&relay, 6 + i);
+        type_line(&mut c, &mut p, "new");
+    }
+    assert_eq!(
+        relay.admin_request("GET", "/healthz", None),
+        (200, "ok\n".to_string())
+    );
+    let (_, m) = relay.admin_request("GET", "/metrics", None);
+    assert_eq!(metric(&m, "nexor_session_panics_total"), Some(1.0), "{m}");
+    assert_eq!(metric(&m, "nexor_workers_alive"), Some(2.0), "{m}");
+    let logs = relay.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("session task panicked"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("\"worker\":{busy}")) && line.contains("src/upstream/demo.rs:"),
+        "{line}"
+    );
+    // The panic message held data: it never reaches a log line.
+    assert!(!logs.contains(FAULT_SECRET), "{logs}");
+    assert_eq!(logs.matches("panic").count(), 1, "one line: {logs}");
+}
+
+#[test]
+fn a_dead_worker_fails_healthz() {
+    let mut relay = demo_relay();
+    let (mut c, p, worker) = open_term(&relay, 0);
+    assert_eq!(
+        relay.admin_request("GET", "/healthz", None),
+        (200, "ok\n".to_string())
+    );
+    // A task outside the net panics: its worker thread dies.
+    write_frame(&mut c, true, 2, b"nexor-test-fault:kill-worker\r", true);
+    assert!(relay.wait_log("worker thread died"), "{}", relay.logs());
+    drop((c, p));
+    assert!(relay.alive(), "the process lives on");
+    assert_eq!(
+        relay.admin_request("GET", "/healthz", None),
+        (503, format!("worker {worker} not running\n"))
+    );
+    let (_, m) = relay.admin_request("GET", "/metrics", None);
+    assert_eq!(metric(&m, "nexor_workers_alive"), Some(1.0), "{m}");
+    // The dead worker's listener left the port: every new session lands
+    // on the live worker.
+    for i in 0..8 {
+        let (mut c, mut p, w) = open_term(&relay, 1 + i);
+        assert_ne!(w, worker);
+        type_line(&mut c, &mut p, "after");
+    }
+    let logs = relay.logs();
+    assert!(!logs.contains(FAULT_SECRET), "{logs}");
+    // The hook's line says where, and which thread, without the message.
+    assert!(
+        logs.contains(&format!("\"thread\":\"nexor-w{worker}\"")),
+        "{logs}"
+    );
 }

@@ -8,6 +8,7 @@ mod common;
 
 use std::io::Write;
 use std::thread;
+use std::time::Duration;
 
 use common::pve::{PveEmu, Qemu, TOKEN_ID, TOKEN_SECRET};
 use common::*;
@@ -99,6 +100,15 @@ impl Browser {
 /// The RFB conversation a noVNC client has through the relay: security
 /// None from the relay, then QEMU's own ServerInit and an update.
 fn rfb_session(b: &mut Browser, version: &[u8; 12]) -> (u16, u16, String) {
+    let (w, h, name) = rfb_login(b, version);
+    b.send(&[3, 0, 0, 0, 0, 0, 0, 16, 0, 16]);
+    let upd = b.take(4);
+    assert_eq!(upd[0], 0, "FramebufferUpdate");
+    (w, h, name)
+}
+
+/// The RFB login up to QEMU's ServerInit: width, height, desktop name.
+fn rfb_login(b: &mut Browser, version: &[u8; 12]) -> (u16, u16, String) {
     assert_eq!(&b.take(12), b"RFB 003.008\n");
     b.send(version);
     if version == b"RFB 003.003\n" {
@@ -116,10 +126,45 @@ fn rfb_session(b: &mut Browser, version: &[u8; 12]) -> (u16, u16, String) {
     let h = u16::from_be_bytes([init[2], init[3]]);
     let len = u32::from_be_bytes([init[20], init[21], init[22], init[23]]) as usize;
     let name = String::from_utf8(b.take(len)).unwrap();
-    b.send(&[3, 0, 0, 0, 0, 0, 0, 16, 0, 16]);
-    let upd = b.take(4);
-    assert_eq!(upd[0], 0, "FramebufferUpdate");
     (w, h, name)
+}
+
+/// Reads one FramebufferUpdate of Raw rectangles (4 bytes a pixel) in a
+/// `fb_w`×`fb_h` framebuffer and checks its structure exactly: every
+/// rectangle Raw, inside the framebuffer, overlapping none before it, and
+/// followed by exactly w×h×4 pixel bytes. A lost or extra byte anywhere
+/// misaligns a later header and fails here (or in the next update).
+/// Returns the pixels covered and the pixel bytes read.
+fn read_raw_update(b: &mut Browser, fb_w: u16, fb_h: u16) -> (u64, u64) {
+    let head = b.take(4);
+    assert_eq!(head[0], 0, "FramebufferUpdate");
+    let rects = u16::from_be_bytes([head[2], head[3]]);
+    assert!(rects >= 1);
+    let (fw, fh) = (usize::from(fb_w), usize::from(fb_h));
+    let mut painted = vec![false; fw * fh];
+    let (mut covered, mut bytes) = (0u64, 0u64);
+    for i in 0..rects {
+        let r = b.take(12);
+        let be = |k: usize| usize::from(u16::from_be_bytes([r[k], r[k + 1]]));
+        let (x, y, w, h) = (be(0), be(2), be(4), be(6));
+        let enc = i32::from_be_bytes([r[8], r[9], r[10], r[11]]);
+        assert_eq!(enc, 0, "rectangle {i}: Raw only was asked for");
+        assert!(
+            x + w <= fw && y + h <= fh,
+            "rectangle {i} {x},{y} {w}x{h} outside {fw}x{fh}"
+        );
+        for row in y..y + h {
+            for p in &mut painted[row * fw + x..row * fw + x + w] {
+                assert!(!*p, "rectangle {i} overlaps an earlier one");
+                *p = true;
+            }
+        }
+        let len = w * h * 4;
+        assert_eq!(b.take(len).len(), len);
+        covered += (w * h) as u64;
+        bytes += len as u64;
+    }
+    (covered, bytes)
 }
 
 fn assert_no_proxmox_secret(bytes: &[u8]) {
@@ -336,4 +381,102 @@ fn a_late_backend_window_is_met_and_mid_stream_close_ends_cleanly() {
         }
     };
     assert_eq!(code, Some(1000));
+}
+
+#[test]
+fn a_first_full_update_over_a_megabyte_arrives_whole() {
+    let qemu = Qemu::start("vm-big").unwrap();
+    let emu = PveEmu::with_qemu(&qemu, 100, &[]).unwrap();
+    let relay = relay_for(&emu, "");
+    let mut b = Browser::open(&relay, &vm_claims(Console::Vnc, Guest::Qemu)).unwrap();
+    let (w, h, _) = rfb_login(&mut b, b"RFB 003.008\n");
+    assert_eq!((w, h), (640, 480));
+    // SetPixelFormat: 32 bpp, depth 24, little endian, true colour.
+    b.send(&[
+        0, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0,
+    ]);
+    // SetEncodings: Raw only.
+    b.send(&[2, 0, 0, 1, 0, 0, 0, 0]);
+    let full = u64::from(w) * u64::from(h);
+    // The first full update, then another: the second starts exactly where
+    // the first ended, or its header does not parse.
+    for round in 0..2 {
+        let mut req = vec![3, 0, 0, 0, 0, 0];
+        req.extend_from_slice(&w.to_be_bytes());
+        req.extend_from_slice(&h.to_be_bytes());
+        b.send(&req);
+        let (covered, bytes) = read_raw_update(&mut b, w, h);
+        assert_eq!(covered, full, "round {round}: the whole screen");
+        assert_eq!(bytes, full * 4);
+        assert!(bytes >= 1 << 20, "{bytes}");
+        assert!(b.data.is_empty(), "round {round}: bytes after the update");
+    }
+    assert_no_proxmox_secret(&b.seen);
+    let stats = emu.stats();
+    // pveproxy's way: every read of the backend as 1–3 binary frames of
+    // random sizes (at most 128 KiB each).
+    let frames = stats["frames_sent"].as_u64().unwrap();
+    assert!(frames >= 2 * 10, "{stats}");
+    assert!(
+        stats["bytes_to_client"].as_u64().unwrap() >= 2 * full * 4,
+        "{stats}"
+    );
+    assert_eq!(stats["violations"]["unmasked"], 0);
+}
+
+/// pve-emu's `--fault burst=N` pattern (pve-emu/src/backend.rs `burst_byte`).
+fn burst_byte(i: u64) -> u8 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+}
+
+#[test]
+fn a_four_megabyte_burst_after_the_upgrade_arrives_byte_for_byte() {
+    const N: u64 = 4 << 20;
+    let token = format!("{TOKEN_ID}={TOKEN_SECRET}");
+    let burst = format!("burst={N}");
+    let emu = PveEmu::start(&[
+        "--token",
+        &token,
+        "--auth-delay-ms",
+        "300",
+        "--fault",
+        &burst,
+    ])
+    .unwrap();
+    let relay = relay_for(&emu, "");
+    let mut b = Browser::open(&relay, &vm_claims(Console::Term, Guest::Qemu)).unwrap();
+    // termproxy bursts 4 MiB right after its OK, while the browser reads
+    // nothing, then reads slowly, then fast.
+    thread::sleep(Duration::from_millis(500));
+    let mut at = 0u64;
+    while at < N {
+        let n = if at < 512 * 1024 {
+            thread::sleep(Duration::from_millis(2));
+            4096
+        } else {
+            256 * 1024
+        }
+        .min(N - at);
+        let got = b.take(n as usize);
+        if let Some(k) = (0..n).find(|&k| got[k as usize] != burst_byte(at + k)) {
+            panic!("byte {} of the burst differs", at + k);
+        }
+        at += n;
+    }
+    assert!(b.data.is_empty());
+    // The session goes on: the echo "PTY" answers.
+    let msg = "after the burst";
+    b.send(format!("0:{}:{msg}", msg.len()).as_bytes());
+    assert_eq!(b.take(msg.len()), msg.as_bytes());
+    let stats = emu.stats();
+    assert_eq!(stats["burst_bytes"], N, "{stats}");
+    assert_eq!(stats["desyncs"], 0, "{stats}");
+    // "OK" (swallowed by the relay), the burst, the echo: in many frames.
+    assert_eq!(
+        stats["bytes_to_client"],
+        2 + N + msg.len() as u64,
+        "{stats}"
+    );
+    assert!(stats["frames_sent"].as_u64().unwrap() >= 32, "{stats}");
+    assert!(relay.logs().contains("session_start"));
 }

@@ -29,6 +29,10 @@ pub struct Faults {
     pub api_500: bool,
     /// vncproxy/termproxy never answer.
     pub api_hang: bool,
+    /// termproxy writes this many bytes of [`crate::backend::burst_byte`]
+    /// right after its `OK`, as fast as the socket takes them (a console
+    /// that bursts before the browser reads).
+    pub burst: Option<u64>,
 }
 
 /// Everything given on the command line.
@@ -76,7 +80,9 @@ usage: pve-emu [options]
   --monitor-socket VMID=PATH QEMU monitor unix socket (termproxy backend; else echo)
   --backend-timeout-ms N     one-shot backend accept limit (default 10000)
   --fault F                  expired-ticket | foreign-ticket | wrong-port | late-backend |
-                             mid-stream-close=BYTES | api-500 | api-hang (repeatable)";
+                             mid-stream-close=BYTES | api-500 | api-hang |
+                             burst=BYTES (termproxy sends BYTES of a pattern after OK)
+                             (repeatable)";
 
 fn vm_path(v: &str) -> Result<(u32, PathBuf), String> {
     let (id, p) = v
@@ -172,6 +178,7 @@ impl Config {
                             f.mid_stream_close =
                                 Some(n.parse().map_err(|_| "mid-stream-close=BYTES")?)
                         }
+                        Some(("burst", n)) => f.burst = Some(n.parse().map_err(|_| "burst=BYTES")?),
                         _ => match v.as_str() {
                             "expired-ticket" => f.expired_ticket = true,
                             "foreign-ticket" => f.foreign_ticket = true,

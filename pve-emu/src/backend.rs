@@ -306,6 +306,12 @@ fn rfb_server(app: &App, mut s: UnixStream, password: &str, spec: &RfbSpec) -> i
 
 // ---- termproxy ------------------------------------------------------------------
 
+/// Byte `i` of `--fault burst=N`: a position-dependent sequence, so a lost,
+/// doubled or reordered byte shows as a mismatch at its position.
+pub fn burst_byte(i: u64) -> u8 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+}
+
 /// termproxy's `remove_number`: digits up to ':' (consumed even when unparsable);
 /// without ':' more than 20 bytes are discarded 20 at a time.
 fn remove_number(buf: &mut Vec<u8>) -> Option<usize> {
@@ -435,6 +441,18 @@ fn term_session(
     app.stats.add("term_auth_ok", 1);
     let mut out_w = out.try_clone()?;
     out_w.write_all(b"OK")?;
+    if let Some(n) = app.cfg.faults.burst {
+        let mut at = 0u64;
+        let mut chunk = Vec::with_capacity(64 * 1024);
+        while at < n {
+            chunk.clear();
+            let end = n.min(at.saturating_add(64 * 1024));
+            chunk.extend((at..end).map(burst_byte));
+            out_w.write_all(&chunk)?;
+            at = end;
+        }
+        app.stats.add("burst_bytes", n);
+    }
     // the "PTY": QEMU's monitor, or an echo
     let monitor = match app.cfg.monitor_sockets.get(&slot.vmid) {
         Some(p) => Some(UnixStream::connect(p)?),

@@ -113,16 +113,10 @@ pub fn read_request(conn: &TlsConn, buf: &mut Vec<u8>, deadline: Instant) -> Rea
             return ReadResult::Error(501, "chunked transfer encoding not supported".into());
         }
     }
-    let len = match r.header("content-length") {
-        None => 0,
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) => n,
-            Err(_) => return ReadResult::Error(400, "invalid content-length".into()),
-        },
+    let len = match body_len(r.header("content-length")) {
+        Ok(n) => n,
+        Err((status, why)) => return ReadResult::Error(status, why.into()),
     };
-    if len > MAX_BODY {
-        return ReadResult::Error(413, "request too large".into());
-    }
     while buf.len() < len {
         match conn.read_more(buf, Some(deadline)) {
             Ok(true) => {}
@@ -131,6 +125,20 @@ pub fn read_request(conn: &TlsConn, buf: &mut Vec<u8>, deadline: Instant) -> Rea
     }
     r.body = buf.drain(..len).collect();
     ReadResult::Request(r)
+}
+
+/// The body length a Content-Length value announces: at most [`MAX_BODY`]
+/// (413 beyond, up to u64::MAX and past it), digits only (400 otherwise).
+fn body_len(v: Option<&str>) -> Result<usize, (u16, &'static str)> {
+    let Some(v) = v else { return Ok(0) };
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err((400, "invalid content-length"));
+    }
+    match v.parse::<u64>() {
+        Ok(n) if n <= MAX_BODY as u64 => Ok(n as usize),
+        // Too many digits for u64 is too large too, not malformed.
+        _ => Err((413, "request too large")),
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -239,6 +247,33 @@ pub fn response(code: u16, reason: &str, body: Option<&[u8]>, keep_alive: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_length_extremes() {
+        assert_eq!(body_len(None), Ok(0));
+        assert_eq!(body_len(Some("0")), Ok(0));
+        assert_eq!(body_len(Some(&MAX_BODY.to_string())), Ok(MAX_BODY));
+        for big in [
+            (MAX_BODY + 1).to_string(),
+            u32::MAX.to_string(),
+            u64::MAX.to_string(),
+            "18446744073709551616".to_string(),
+            "9".repeat(100),
+        ] {
+            assert_eq!(
+                body_len(Some(&big)),
+                Err((413, "request too large")),
+                "{big}"
+            );
+        }
+        for bad in ["", "-1", "+5", "1 2", "0x10", "1e3"] {
+            assert_eq!(
+                body_len(Some(bad)),
+                Err((400, "invalid content-length")),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn urlencoded_quirks() {

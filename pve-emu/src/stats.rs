@@ -156,6 +156,7 @@ impl SharedStats {
                 "bytes_to_backend": c("bytes_to_backend"),
                 "bytes_to_client": c("bytes_to_client"),
                 "mid_stream_closes": c("mid_stream_closes"),
+                "burst_bytes": c("burst_bytes"),
                 "resize_count": s.resizes.len(),
                 "resizes": s.resizes.iter().map(|(c, r)| json!([c, r])).collect::<Vec<_>>(),
                 "desyncs": c("desyncs"),

@@ -172,15 +172,27 @@ impl TlsConn {
     }
 
     /// Encrypts and writes all of `data` (whole call is atomic w.r.t. other writers).
-    pub fn write_all(&self, data: &[u8]) -> io::Result<()> {
+    ///
+    /// rustls takes at most its buffer limit (64 KiB) of plaintext before
+    /// that is written out, so larger writes go in turns: hand rustls what
+    /// it takes, write the records to the socket, repeat.
+    pub fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         let mut w = lock(&self.wsock);
-        let out = {
-            let mut c = lock(&self.conn);
-            c.writer().write_all(data)?;
-            drain_tls(&mut c)?
-        };
-        w.write_all(&out)?;
-        w.flush()
+        loop {
+            let (taken, out) = {
+                let mut c = lock(&self.conn);
+                let n = c.writer().write(data)?;
+                (n, drain_tls(&mut c)?)
+            };
+            if taken == 0 && out.is_empty() && !data.is_empty() {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            data = &data[taken..];
+            w.write_all(&out)?;
+            if data.is_empty() {
+                return w.flush();
+            }
+        }
     }
 
     /// Sends close_notify and shuts the TCP write side; lets queued bytes reach the

@@ -340,4 +340,22 @@ mod tests {
         let f = client(0x82, &vec![0u8; 131073], true);
         assert_eq!(parse(&f), Parsed::Violation(ViolationKind::TooBig));
     }
+
+    #[test]
+    fn extreme_lengths_are_refused_before_any_arithmetic() {
+        // 64-bit lengths up to u64::MAX: refused from the header alone,
+        // before `at + len` or a slice is computed.
+        for len in [u64::MAX, u64::MAX / 2 + 1, u64::from(u32::MAX) + 1, 131073] {
+            let mut f = vec![0x82, 0x80 | 127];
+            f.extend_from_slice(&len.to_be_bytes());
+            f.extend_from_slice(&[1, 2, 3, 4]);
+            assert_eq!(parse(&f), Parsed::Violation(ViolationKind::TooBig), "{len}");
+            assert_eq!(parse(&f[..10]), Parsed::Violation(ViolationKind::TooBig));
+        }
+        // A 16-bit length of u16::MAX is within the limit: it waits for it.
+        let mut f = vec![0x82, 0x80 | 126, 0xff, 0xff, 1, 2, 3, 4];
+        assert_eq!(parse(&f), Parsed::Incomplete);
+        f.resize(8 + 0xffff, 0);
+        assert!(matches!(parse(&f), Parsed::Frame(2, p, n) if p.len() == 0xffff && n == f.len()));
+    }
 }

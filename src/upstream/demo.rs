@@ -1,6 +1,10 @@
 //! `kind = "demo"`: the built-in backends of `crate::demo`, run in-process
 //! on one end of a socketpair; the session relays the other end like a TCP
 //! console, so the demo exercises the same pump as production.
+//!
+//! The backend's tasks run behind the worker's panic net
+//! ([`crate::server::spawn`]): a panic in a backend ends that session's
+//! backend (its socket closes, so the session ends), never the worker.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -22,7 +26,7 @@ pub fn open(console: Console) -> Result<Opened, UpstreamError> {
         Console::Vnc => Box::new(RfbDemo::default()),
         Console::Term => Box::new(TermDemo::new()),
     };
-    monoio::spawn(drive(theirs, backend));
+    crate::server::spawn(drive(theirs, backend));
     Ok(Opened {
         stream: Stream::Unix(ours),
         early: Vec::new(),
@@ -40,6 +44,9 @@ async fn drive(stream: UnixStream, backend: Box<dyn Backend>) {
     let writer = WriterLock::new(writer);
     let backend = Rc::new(RefCell::new(backend));
     let done = Signal::default();
+    // Fired however `drive` ends (a panic drops it): the ticker then stops
+    // and lets go of the writer, so the socket closes.
+    let _stop_ticker = FireOnDrop(done.clone());
     let t0 = Instant::now();
 
     let mut out = Vec::new();
@@ -47,12 +54,20 @@ async fn drive(stream: UnixStream, backend: Box<dyn Backend>) {
     if !write(&writer, out).await {
         return;
     }
-    let ticker = monoio::spawn(tick(backend.clone(), writer.clone(), done.clone(), t0));
+    let ticker = crate::server::spawn(tick(backend.clone(), writer.clone(), done.clone(), t0));
     read_loop(reader, &backend, &writer, t0).await;
     done.fire();
     ticker.await;
     if let Ok(mut g) = monoio::time::timeout(Duration::from_secs(1), writer.lock()).await {
         let _ = g.shutdown().await;
+    }
+}
+
+struct FireOnDrop(Signal);
+
+impl Drop for FireOnDrop {
+    fn drop(&mut self) {
+        self.0.fire();
     }
 }
 
@@ -79,6 +94,8 @@ async fn read_loop(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        #[cfg(debug_assertions)]
+        fault::check(&buf[..n]);
         let mut out = Vec::new();
         let result = backend
             .borrow_mut()
@@ -111,6 +128,39 @@ async fn tick(
         backend.borrow_mut().poll_tick(t0.elapsed(), &mut out);
         if !write(&writer, out).await {
             return;
+        }
+    }
+}
+
+/// Faults for the tests of the panic net, compiled into debug builds only
+/// (release builds have none) and armed only when the relay runs with
+/// `NEXOR_TEST_FAULTS=1`: a browser line holding [`fault::PANIC`] makes
+/// this session's backend task panic (caught by the net); one holding
+/// [`fault::KILL_WORKER`] starts a task *outside* the net that panics, so
+/// its worker thread dies (what an unguarded spawn would do).
+#[cfg(debug_assertions)]
+pub mod fault {
+    pub const PANIC: &[u8] = b"nexor-test-fault:panic";
+    pub const KILL_WORKER: &[u8] = b"nexor-test-fault:kill-worker";
+    /// In the panic message, which must never reach a log line.
+    pub const SECRET_IN_MESSAGE: &str = "fault-secret-6b1d2e";
+
+    fn armed() -> bool {
+        std::env::var_os("NEXOR_TEST_FAULTS").is_some_and(|v| v == "1")
+    }
+
+    fn holds(input: &[u8], needle: &[u8]) -> bool {
+        input.windows(needle.len()).any(|w| w == needle)
+    }
+
+    pub fn check(input: &[u8]) {
+        if !armed() {
+            return;
+        }
+        if holds(input, KILL_WORKER) {
+            monoio::spawn(async { panic!("test fault: unguarded task, {SECRET_IN_MESSAGE}") });
+        } else if holds(input, PANIC) {
+            panic!("test fault: session task, {SECRET_IN_MESSAGE}");
         }
     }
 }

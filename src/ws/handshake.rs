@@ -336,6 +336,16 @@ sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n
                 HandshakeError::BadKey,
             ),
             ("Content-Length: 5\r\n", HandshakeError::BodyOnUpgrade),
+            // Never parsed as a number: u64::MAX, 2^64 and garbage are refused alike.
+            (
+                "Content-Length: 18446744073709551615\r\n",
+                HandshakeError::BodyOnUpgrade,
+            ),
+            (
+                "Content-Length: 18446744073709551616\r\n",
+                HandshakeError::BodyOnUpgrade,
+            ),
+            ("Content-Length: -1\r\n", HandshakeError::BodyOnUpgrade),
             (
                 "Transfer-Encoding: chunked\r\n",
                 HandshakeError::BodyOnUpgrade,
