@@ -3,6 +3,7 @@
 //! and the relay's own frames interleaved at random. Each case runs for
 //! many seeds of a small xorshift generator.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::core::{Control, Core, LegId, Next, Phase, ReadEnd};
@@ -875,4 +876,78 @@ fn control_frames_are_walked_in_place() {
         core.next(LegId::Browser, &mut buf, now),
         Next::Read { consumed: whole }
     );
+}
+
+/// The glue around a core that panics, over real sockets: the session ends
+/// with 1011 `panic` on both legs and a metric; the thread goes on and
+/// runs the next session.
+#[test]
+fn a_panic_in_the_core_ends_only_its_session() {
+    use super::{run_shared, Meter, Notify, Shared};
+    use crate::transport::{Stream, WriterLock};
+    use std::cell::{Cell, RefCell};
+    use std::io::{Read, Write};
+    use std::rc::Rc;
+
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        (c, l.accept().unwrap().0)
+    }
+    fn peer(mut tcp: std::net::TcpStream, send: Vec<u8>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            tcp.write_all(&send).unwrap();
+            let mut got = Vec::new();
+            let _ = tcp.read_to_end(&mut got);
+            got
+        })
+    }
+    let metrics = Arc::new(crate::metrics::Metrics::new(1));
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .unwrap();
+    let mut session = |panic_after: Option<u64>, browser_sends: Vec<u8>| {
+        let (b_peer, b_relay) = pair();
+        let (u_peer, u_relay) = pair();
+        let b = peer(b_peer, browser_sends);
+        let u = peer(u_peer, Vec::new());
+        let m = metrics.clone();
+        let out = rt.block_on(async move {
+            let split = |t| Stream::Tcp(monoio::net::TcpStream::from_std(t).unwrap()).into_split();
+            let (br, bw) = split(b_relay);
+            let (ur, uw) = split(u_relay);
+            let mut core = Core::new(Mode::Frames, settings(), Instant::now());
+            core.panic_after = panic_after;
+            let s = Rc::new(Shared {
+                core: RefCell::new(core),
+                locks: [WriterLock::new(bw), WriterLock::new(uw)],
+                wake: Notify::default(),
+                done: Default::default(),
+                panicked: Cell::new(false),
+                meter: Some(Meter {
+                    metrics: m,
+                    core: 0,
+                }),
+            });
+            run_shared(s, br, Vec::new(), ur, Vec::new(), None).await
+        });
+        (out, b.join().unwrap(), u.join().unwrap())
+    };
+    let (out, to_b, to_u) = session(Some(1), masked(OpCode::Binary, b"boom"));
+    assert_eq!(summary(&out), (1011, "panic", Side::Relay, Some("panic")));
+    for wire in [to_b, to_u] {
+        let f = parse_all(&wire);
+        assert_eq!(f.last().and_then(code_of), Some(1011));
+        assert_eq!(&f.last().unwrap().payload[2..], b"panic");
+    }
+    assert!(metrics.render().contains("nexor_session_panics_total 1"));
+    // Same thread, next session: business as usual.
+    let bye = masked(OpCode::Close, &close_payload(1000, ""));
+    let mut send = masked(OpCode::Binary, b"hello");
+    send.extend_from_slice(&bye);
+    let (out, _, to_u) = session(None, send);
+    assert_eq!(summary(&out).0, 1000);
+    assert_eq!(data_payload(&parse_all(&to_u)), b"hello");
 }
