@@ -458,6 +458,11 @@ impl Core {
         self.dirty = true;
     }
 
+    /// The relay's close (or FIN) went to `leg`: data for it is dropped.
+    pub fn closed(&self, leg: LegId) -> bool {
+        self.out[leg.i()].closed
+    }
+
     /// True if [`Core::take_control`] has something for `leg`.
     pub fn has_control(&self, leg: LegId) -> bool {
         let o = &self.out[leg.i()];

@@ -312,7 +312,7 @@ async fn run_shared(
                 if want[leg as usize] {
                     if let Ok(mut g) = monoio::time::timeout(CLOSE_GRACE, s.lock(leg).lock()).await
                     {
-                        write_controls(&s, leg, &mut g).await;
+                        Box::pin(write_controls(&s, leg, &mut g)).await;
                     }
                 }
             }
@@ -325,11 +325,11 @@ async fn run_shared(
         monoio::select! {
             g = maybe(want[0].then(|| s.lock(LegId::Browser).lock())) => {
                 let mut g = g;
-                write_controls(&s, LegId::Browser, &mut g).await;
+                Box::pin(write_controls(&s, LegId::Browser, &mut g)).await;
             },
             g = maybe(want[1].then(|| s.lock(LegId::Upstream).lock())) => {
                 let mut g = g;
-                write_controls(&s, LegId::Upstream, &mut g).await;
+                Box::pin(write_controls(&s, LegId::Upstream, &mut g)).await;
             },
             _ = sleep => { s.core(|c| c.on_timer(Instant::now())); },
             r = request => {
@@ -342,10 +342,17 @@ async fn run_shared(
     s.done.fire();
     up.await;
     down.await;
+    Box::pin(teardown(&s)).await;
+    let out = s.core.borrow().outcome();
+    out
+}
+
+/// After the pumps stopped: the goodbye after a panic, then FIN both legs.
+async fn teardown(s: &Shared) {
     if s.panicked.get() {
         // The core is not trusted any more: the glue says goodbye itself.
         for (leg, masked) in [(LegId::Browser, false), (LegId::Upstream, true)] {
-            if mode_has_frames(&s, leg) {
+            if mode_has_frames(s, leg) {
                 if let Ok(mut g) =
                     monoio::time::timeout(Duration::from_millis(100), s.lock(leg).lock()).await
                 {
@@ -363,8 +370,6 @@ async fn run_shared(
             let _ = monoio::time::timeout(CLOSE_GRACE, g.shutdown()).await;
         }
     }
-    let out = s.core.borrow().outcome();
-    out
 }
 
 /// Whether the relay may write a close frame to `leg` after a panic.
@@ -423,6 +428,10 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
                             return;
                         };
                         guard = Some(g);
+                        if s.core(|c| c.closed(to)).unwrap_or(true) {
+                            // The relay's close just went out: nothing after it.
+                            continue;
+                        }
                     }
                     let Some(g) = guard.as_mut() else { return };
                     let Some((res, slice)) = or_done(&s.done, g.write_all(buf.slice(range))).await
@@ -438,6 +447,9 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
                             return;
                         };
                         guard = Some(g);
+                        if s.core(|c| c.closed(to)).unwrap_or(true) {
+                            continue;
+                        }
                     }
                     let Some(g) = guard.as_mut() else { return };
                     let h = bytes[..len as usize].to_vec();
@@ -502,7 +514,8 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
 /// frames queued for it first.
 async fn take_writer(s: &Shared, leg: LegId) -> Option<WriterGuard> {
     let mut g = or_done(&s.done, s.lock(leg).lock()).await?;
-    if s.core(|c| c.has_control(leg))? && !write_controls(s, leg, &mut g).await {
+    // Boxed: a rare path, kept out of the pump's future (idle sessions).
+    if s.core(|c| c.has_control(leg))? && !Box::pin(write_controls(s, leg, &mut g)).await {
         return None;
     }
     Some(g)
