@@ -530,137 +530,29 @@ impl Core {
         if self.dirs[d].tracker.is_none() {
             return self.next_raw(from, buf, now);
         }
-        let to = from.other().i();
         loop {
-            if self.dirs[d].run.is_none() {
-                match self.dirs[d].held.take() {
-                    Some(Held::Error(e)) => {
-                        self.protocol_error(from, e, now);
-                        return Next::Stop;
-                    }
-                    Some(Held::Control {
-                        at,
-                        payload_at,
-                        end,
-                        header,
-                    }) if self.control(from, buf, at, payload_at, end, header, now) => {
-                        return Next::Stop;
-                    }
-                    _ => {}
+            let discard = self.out[from.other().i()].closed;
+            match self.dirs[d].walk(buf, discard) {
+                Walk::Data(r) => {
+                    let n = r.len() as u64;
+                    self.count(from, n, now);
+                    return Next::Forward { range: r, count: n };
                 }
-            }
-            let dir = &mut self.dirs[d];
-            if let Some(rc) = dir.recut.as_mut() {
-                if rc.header_due {
-                    if let Some(r) = dir.run.take() {
-                        return self.emit(from, r, now);
-                    }
-                    rc.header_due = false;
-                    let h = FrameHeader {
-                        fin: true,
-                        rsv: 0,
-                        opcode: OpCode::Binary,
-                        mask: Some(rc.key),
-                        len: (rc.total - rc.off).min(PVE_MAX_PAYLOAD),
-                    };
-                    if self.out[to].closed {
-                        continue;
-                    }
-                    let mut bytes = [0u8; MAX_HEADER];
-                    let len = h.encode(&mut bytes) as u8;
-                    return Next::Header { bytes, len };
-                }
-            }
-            let end = match &dir.recut {
-                // Pieces end at multiples of 128 KiB (of 4): each starts at
-                // mask phase 0, so the browser's key stays valid.
-                Some(rc) => buf
-                    .len()
-                    .min(dir.pos + (PVE_MAX_PAYLOAD - rc.off % PVE_MAX_PAYLOAD) as usize),
-                None => buf.len(),
-            };
-            let at = dir.pos;
-            let tracker = dir.tracker.as_mut().expect("tracked direction");
-            let step = tracker.step(&buf[at..end]);
-            let discard = self.out[to].closed;
-            let dir = &mut self.dirs[d];
-            match step {
-                Err(e) => {
-                    if let Some(r) = dir.run.take() {
-                        dir.held = Some(Held::Error(e));
-                        return self.emit(from, r, now);
-                    }
+                Walk::Header { bytes, len } => return Next::Header { bytes, len },
+                Walk::Read { consumed } => return Next::Read { consumed },
+                Walk::Error(e) => {
                     self.protocol_error(from, e, now);
                     return Next::Stop;
                 }
-                Ok(None) => {
-                    if let Some(r) = dir.run.take() {
-                        return self.emit(from, r, now);
-                    }
-                    let consumed = std::mem::take(&mut dir.pos);
-                    return Next::Read { consumed };
-                }
-                Ok(Some(Step::DataHeader { len, header })) => {
-                    dir.pos += len;
-                    if dir.recut_mode && needs_recut(&header) {
-                        // Our own headers replace this one; its payload
-                        // passes unchanged, still masked with its key.
-                        dir.recut = (header.len > 0).then(|| Recut {
-                            total: header.len,
-                            key: header.mask.unwrap_or_default(),
-                            off: 0,
-                            header_due: true,
-                        });
-                        continue;
-                    }
-                    if dir.unmask || discard {
-                        continue;
-                    }
-                    if let Some(r) = add(&mut dir.run, at, at + len) {
-                        return self.emit(from, r, now);
-                    }
-                }
-                Ok(Some(Step::Payload {
-                    len, offset, mask, ..
-                })) => {
-                    dir.pos += len;
-                    if let Some(rc) = dir.recut.as_mut() {
-                        rc.off += len as u64;
-                        if rc.off == rc.total {
-                            dir.recut = None;
-                        } else if rc.off % PVE_MAX_PAYLOAD == 0 {
-                            rc.header_due = true;
-                        }
-                    }
-                    if discard {
-                        continue;
-                    }
-                    if dir.unmask {
-                        if let Some(k) = mask {
-                            mask::apply(&mut buf[at..at + len], k, offset);
-                        }
-                    }
-                    if let Some(r) = add(&mut dir.run, at, at + len) {
-                        return self.emit(from, r, now);
-                    }
-                }
-                Ok(Some(Step::Control {
-                    len,
-                    header,
+                Walk::Control {
+                    at,
                     payload_at,
-                })) => {
-                    dir.pos += len;
-                    let held = Held::Control {
-                        at,
-                        payload_at: at + payload_at,
-                        end: at + len,
-                        header,
-                    };
-                    if let Some(r) = dir.run.take() {
-                        dir.held = Some(held);
-                        return self.emit(from, r, now);
+                    end,
+                    header,
+                } => {
+                    if self.control(from, buf, at, payload_at, end, header, now) {
+                        return Next::Stop;
                     }
-                    dir.held = Some(held);
                 }
             }
         }
@@ -696,15 +588,6 @@ impl Core {
     fn count(&mut self, from: LegId, n: u64, now: Instant) {
         self.bytes[from.i()] += n;
         self.last_data = now;
-    }
-
-    fn emit(&mut self, from: LegId, r: (usize, usize), now: Instant) -> Next {
-        let n = (r.1 - r.0) as u64;
-        self.count(from, n, now);
-        Next::Forward {
-            range: r.0..r.1,
-            count: n,
-        }
     }
 
     /// Handles a whole control frame; true if the direction ends.
@@ -937,5 +820,198 @@ fn add(run: &mut Option<(usize, usize)>, a: usize, b: usize) -> Option<(usize, u
             *run = Some((a, b));
             old
         }
+    }
+}
+
+/// One step of a direction's walk over its read buffer: what the frames
+/// say, before the core decides what it means for the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Walk {
+    /// Bytes to pass on: whole frames (Frames), payload (unmasking walks,
+    /// unmasked in place), or a re-cut piece.
+    Data(std::ops::Range<usize>),
+    /// A re-cut frame header (Proxmox), before its payload.
+    Header {
+        bytes: [u8; MAX_HEADER],
+        len: u8,
+    },
+    /// A whole control frame at `at..end`; payload (still masked if it was)
+    /// at `payload_at..end`.
+    Control {
+        at: usize,
+        payload_at: usize,
+        end: usize,
+        header: FrameHeader,
+    },
+    Error(FrameError),
+    /// All whole steps are walked: drop `consumed` bytes, read more.
+    Read {
+        consumed: usize,
+    },
+}
+
+impl Dir {
+    /// Walks on from `pos`. Data is gathered into runs and handed out
+    /// before anything that must follow it (a header, a control frame, an
+    /// error, the end of the buffer). With `discard`, data is skipped.
+    fn walk(&mut self, buf: &mut [u8], discard: bool) -> Walk {
+        loop {
+            if self.run.is_none() {
+                match self.held.take() {
+                    Some(Held::Error(e)) => return Walk::Error(e),
+                    Some(Held::Control {
+                        at,
+                        payload_at,
+                        end,
+                        header,
+                    }) => {
+                        return Walk::Control {
+                            at,
+                            payload_at,
+                            end,
+                            header,
+                        }
+                    }
+                    None => {}
+                }
+            }
+            if let Some(rc) = self.recut.as_mut() {
+                if rc.header_due {
+                    if let Some(r) = self.run.take() {
+                        return Walk::Data(r.0..r.1);
+                    }
+                    rc.header_due = false;
+                    let h = FrameHeader {
+                        fin: true,
+                        rsv: 0,
+                        opcode: OpCode::Binary,
+                        mask: Some(rc.key),
+                        len: (rc.total - rc.off).min(PVE_MAX_PAYLOAD),
+                    };
+                    if discard {
+                        continue;
+                    }
+                    let mut bytes = [0u8; MAX_HEADER];
+                    let len = h.encode(&mut bytes) as u8;
+                    return Walk::Header { bytes, len };
+                }
+            }
+            let end = match &self.recut {
+                // Pieces end at multiples of 128 KiB (of 4): each starts at
+                // mask phase 0, so the browser's key stays valid.
+                Some(rc) => buf
+                    .len()
+                    .min(self.pos + (PVE_MAX_PAYLOAD - rc.off % PVE_MAX_PAYLOAD) as usize),
+                None => buf.len(),
+            };
+            let at = self.pos;
+            let tracker = self.tracker.as_mut().expect("tracked direction");
+            match tracker.step(&buf[at..end]) {
+                Err(e) => {
+                    if let Some(r) = self.run.take() {
+                        self.held = Some(Held::Error(e));
+                        return Walk::Data(r.0..r.1);
+                    }
+                    return Walk::Error(e);
+                }
+                Ok(None) => {
+                    if let Some(r) = self.run.take() {
+                        return Walk::Data(r.0..r.1);
+                    }
+                    let consumed = std::mem::take(&mut self.pos);
+                    return Walk::Read { consumed };
+                }
+                Ok(Some(Step::DataHeader { len, header })) => {
+                    self.pos += len;
+                    if self.recut_mode && needs_recut(&header) {
+                        // Our own headers replace this one; its payload
+                        // passes unchanged, still masked with its key.
+                        self.recut = (header.len > 0).then(|| Recut {
+                            total: header.len,
+                            key: header.mask.unwrap_or_default(),
+                            off: 0,
+                            header_due: true,
+                        });
+                        continue;
+                    }
+                    if self.unmask || discard {
+                        continue;
+                    }
+                    if let Some(r) = add(&mut self.run, at, at + len) {
+                        return Walk::Data(r.0..r.1);
+                    }
+                }
+                Ok(Some(Step::Payload {
+                    len, offset, mask, ..
+                })) => {
+                    self.pos += len;
+                    if let Some(rc) = self.recut.as_mut() {
+                        rc.off += len as u64;
+                        if rc.off == rc.total {
+                            self.recut = None;
+                        } else if rc.off % PVE_MAX_PAYLOAD == 0 {
+                            rc.header_due = true;
+                        }
+                    }
+                    if discard {
+                        continue;
+                    }
+                    if self.unmask {
+                        if let Some(k) = mask {
+                            mask::apply(&mut buf[at..at + len], k, offset);
+                        }
+                    }
+                    if let Some(r) = add(&mut self.run, at, at + len) {
+                        return Walk::Data(r.0..r.1);
+                    }
+                }
+                Ok(Some(Step::Control {
+                    len,
+                    header,
+                    payload_at,
+                })) => {
+                    self.pos += len;
+                    self.held = Some(Held::Control {
+                        at,
+                        payload_at: at + payload_at,
+                        end: at + len,
+                        header,
+                    });
+                    if let Some(r) = self.run.take() {
+                        return Walk::Data(r.0..r.1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The core's frame walk on its own, for the Proxmox preamble: payloads
+/// come out unmasked in place (headers dropped), control frames whole.
+pub struct Decoder(Dir);
+
+impl Decoder {
+    pub fn new(from: Sender, max_frame: u64) -> Decoder {
+        Decoder(Dir {
+            tracker: Some(Tracker::new(from, max_frame)),
+            unmask: true,
+            recut_mode: false,
+            pos: 0,
+            run: None,
+            recut: None,
+            held: None,
+            stopped: false,
+            raw_sent: false,
+        })
+    }
+
+    /// The next step over `buf` (see [`Walk`]; never `Header`).
+    pub fn walk(&mut self, buf: &mut [u8]) -> Walk {
+        self.0.walk(buf, false)
+    }
+
+    /// Between frames: the pump's own tracker may take over here.
+    pub fn at_boundary(&self) -> bool {
+        self.0.tracker.as_ref().is_some_and(Tracker::at_boundary)
     }
 }

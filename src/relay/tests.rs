@@ -951,3 +951,47 @@ fn a_panic_in_the_core_ends_only_its_session() {
     assert_eq!(summary(&out).0, 1000);
     assert_eq!(data_payload(&parse_all(&to_u)), b"hello");
 }
+
+/// The preamble's decoder is the core's walk: payloads unmasked in place,
+/// control frames whole, any chunking.
+#[test]
+fn the_preamble_decoder_walks_like_the_pump() {
+    use super::core::{Decoder, Walk};
+    use crate::ws::frame::Sender;
+    for seed in 0..200 {
+        let mut rng = Rng::new(seed);
+        let (wire, _, payloads, ping) = browser_stream(&mut rng, 3000, 3000);
+        let mut dec = Decoder::new(Sender::Client, 1 << 20);
+        let (mut buf, mut got, mut last_ping, mut at) = (Vec::new(), Vec::new(), None, 0);
+        while at < wire.len() {
+            let n = (1 + rng.below(500) as usize).min(wire.len() - at);
+            buf.extend_from_slice(&wire[at..at + n]);
+            at += n;
+            loop {
+                match dec.walk(&mut buf) {
+                    Walk::Data(r) => got.extend_from_slice(&buf[r]),
+                    Walk::Control {
+                        payload_at,
+                        end,
+                        header,
+                        ..
+                    } => {
+                        if header.opcode == OpCode::Ping {
+                            let mut p = buf[payload_at..end].to_vec();
+                            mask::apply(&mut p, header.mask.unwrap(), 0);
+                            last_ping = Some(p);
+                        }
+                    }
+                    Walk::Read { consumed } => {
+                        buf.drain(..consumed);
+                        break;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert!(dec.at_boundary() && buf.is_empty());
+        assert_eq!(got, payloads, "seed {seed}");
+        assert_eq!(last_ping, ping, "seed {seed}");
+    }
+}
