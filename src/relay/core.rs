@@ -645,8 +645,12 @@ impl Core {
         self.set_phase(Phase::Done);
     }
 
+    /// Waits for the peers' answers, unless neither leg can say anything
+    /// more (both read sides over): then there is nothing to wait for.
     fn begin_closing(&mut self, now: Instant) {
-        if self.phase == Phase::Open {
+        if self.dirs[0].stopped && self.dirs[1].stopped {
+            self.finish();
+        } else if self.phase == Phase::Open {
             self.set_phase(Phase::Closing(now + CLOSE_GRACE));
         }
     }

@@ -522,6 +522,17 @@ fn closes_go_end_to_end_per_mode() {
             summary(&sim.outcome()),
             (4000, "close", Side::Upstream, None)
         );
+        // The browser closed; the upstream drops TCP instead of answering:
+        // neither leg can say more, so no grace period is waited out.
+        let c = masked(OpCode::Close, &close_payload(1000, ""));
+        let mut sim = feed(Mode::Frames, settings(), seed, &c, b"");
+        assert!(matches!(sim.core.phase(), Phase::Closing(_)));
+        sim.core.on_read_end(LegId::Upstream, ReadEnd::Eof, sim.now);
+        assert_eq!(sim.core.phase(), Phase::Done);
+        assert_eq!(
+            summary(&sim.outcome()),
+            (1000, "close", Side::Browser, None)
+        );
         // Proxmox: a browser close is passed on and answered by the relay.
         let c = masked(OpCode::Close, &close_payload(1000, "bye"));
         let sim = feed(Mode::Proxmox, settings(), seed, &c, b"");
