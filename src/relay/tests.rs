@@ -1006,3 +1006,54 @@ fn the_preamble_decoder_walks_like_the_pump() {
         assert_eq!(last_ping, ping, "seed {seed}");
     }
 }
+
+/// Garbage and half-valid frames on both legs, in every mode: the core
+/// never panics, never writes more than it read plus its own few frames,
+/// and whatever it wrote to a WebSocket peer parses as frames.
+#[test]
+fn hostile_bytes_never_panic_and_output_stays_bounded() {
+    for seed in 0..3000 {
+        let mode = [Mode::Frames, Mode::Bytes, Mode::Proxmox][seed as usize % 3];
+        let mut s = settings();
+        s.max_frame = 4096;
+        let mut sim = Sim::new(mode, s, seed);
+        let mut wires = [Vec::new(), Vec::new()];
+        for wire in wires.iter_mut() {
+            for _ in 0..sim.rng.below(20) {
+                let n = sim.rng.below(200) as usize;
+                let mut f = if sim.rng.chance(50) {
+                    let op = OpCode::from_u8(sim.rng.below(16) as u8);
+                    let key = sim
+                        .rng
+                        .chance(70)
+                        .then(|| (sim.rng.next() as u32).to_be_bytes());
+                    let payload = sim.rng.bytes(n);
+                    frame(sim.rng.chance(80), op, &payload, key)
+                } else {
+                    sim.rng.bytes(n)
+                };
+                if sim.rng.chance(10) && !f.is_empty() {
+                    let i = sim.rng.below(f.len() as u64) as usize;
+                    f[i] ^= 1 << sim.rng.below(8);
+                }
+                wire.extend_from_slice(&f);
+            }
+        }
+        let input = wires[0].len() + wires[1].len();
+        sim.inbox = wires;
+        sim.run();
+        let at = sim.now + CLOSE_GRACE;
+        sim.timer(at);
+        sim.run();
+        let out = sim.outbox[0].len() + sim.outbox[1].len();
+        // Each raw read becomes a frame (one byte read: a 2-byte header).
+        assert!(
+            out <= 3 * input + 4 * 139,
+            "seed {seed}: {out} out of {input}"
+        );
+        parse_all(&sim.outbox[0]);
+        if mode != Mode::Bytes {
+            parse_all(&sim.outbox[1]);
+        }
+    }
+}
