@@ -44,6 +44,10 @@
 //! them). The walk keeps its offset between calls and the glue drops the
 //! walked prefix once per read, so control frames cost O(their size).
 //!
+//! [`Decoder`] is the same walk on its own: the Proxmox preamble
+//! (src/upstream/proxmox.rs) reads its frames with it, so frames are
+//! decoded in one place.
+//!
 //! Dead peers: a relay ping starts a clock on its leg ([`Settings::pong_timeout`]);
 //! any byte read from that leg stops it (a pong is bytes, and so is any
 //! traffic: a peer that talks is alive). The clock starts when the ping is
