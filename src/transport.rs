@@ -150,15 +150,35 @@ impl Writer {
 // rustls does the protocol; this glue only moves bytes. The connection
 // sits in an `Rc<RefCell<_>>` shared by the two halves and is borrowed only
 // between awaits, never across one, so each half can wait on its socket
-// while the other works. TLS bytes are read into a small buffer that grows
-// while a connection is busy and shrinks when it goes quiet: an idle TLS
-// console pins 1 KiB, not two fixed 16 KiB buffers.
+// while the other works.
+//
+// Reading follows rustls' own back-pressure. TLS bytes are offered to rustls
+// only while it `wants_read()` (it holds no plaintext not yet handed out);
+// the bytes it has not taken stay in the reader ([`Held`]); the plaintext it
+// has is handed out before the socket is read again, and the socket is read
+// only once every held byte was taken. So rustls holds at most about one
+// record of plaintext, the reader at most one socket read of TLS bytes, and
+// a peer that writes faster than the relay drains is slowed down by TCP,
+// never refused.
+//
+// TLS bytes are read into a small buffer that grows while a connection is
+// busy and shrinks when it goes quiet, and no buffer is kept once rustls
+// took its bytes: an idle TLS console pins 1 KiB, not two fixed 16 KiB
+// buffers.
 
 /// TLS bytes read per call while quiet (a pending io_uring read pins it).
 const TLS_READ_SMALL: usize = 1024;
 /// TLS bytes read per call while busy: one full record and its overhead.
 const TLS_READ_LARGE: usize = 16 * 1024 + 512;
+/// TLS bytes read per call during the handshake.
+const TLS_READ_HANDSHAKE: usize = 4096;
 
+/// The most TLS bytes a [`TlsReader`] holds that rustls has not taken yet
+/// (one socket read); see [`TlsReader::buffered`].
+pub const TLS_HELD_MAX: usize = TLS_READ_LARGE;
+
+/// Every TLS failure is `InvalidData` around a `rustls::Error`, so callers
+/// tell it from socket errors with `e.get_ref().is::<rustls::Error>()`.
 fn tls_err(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
@@ -227,53 +247,126 @@ async fn flush_tls<W: AsyncWriteRent>(conn: &RefCell<Connection>, tcp: &mut W) -
     }
 }
 
-/// Feeds TLS bytes to rustls and processes them.
-fn feed(conn: &RefCell<Connection>, mut bytes: &[u8]) -> io::Result<()> {
-    let mut c = conn.borrow_mut();
-    while !bytes.is_empty() {
-        if c.read_tls(&mut bytes)? == 0 {
-            // rustls took nothing (its buffers are full): never spin on it.
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "TLS receive buffer full",
-            ));
-        }
-        c.process_new_packets().map_err(tls_err)?;
+/// TLS bytes read from the socket that rustls has not taken yet:
+/// `buf[at..]`, at most one socket read.
+#[derive(Default)]
+struct Held {
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        self.buf.len() - self.at
     }
-    Ok(())
+
+    /// Offers the held bytes to rustls for as long as it wants to read,
+    /// processing each piece it takes. Returns whether it took any. Once
+    /// all are taken the buffer is let go.
+    fn feed(&mut self, c: &mut Connection) -> io::Result<bool> {
+        let mut took = false;
+        while self.at < self.buf.len() && c.wants_read() {
+            // rustls takes at most what fits its one-record buffer.
+            let n = c
+                .read_tls(&mut &self.buf[self.at..])
+                .map_err(|e| tls_err(rustls::Error::General(e.to_string())))?;
+            if n == 0 {
+                // Only after close_notify, which `wants_read` rules out.
+                break;
+            }
+            self.at += n;
+            took = true;
+            c.process_new_packets().map_err(tls_err)?;
+        }
+        if self.at == self.buf.len() {
+            *self = Held::default();
+        }
+        Ok(took)
+    }
+}
+
+/// rustls holds TLS bytes it neither wants to process nor answer.
+fn stalled() -> io::Error {
+    tls_err(rustls::Error::General("TLS connection stalled".into()))
+}
+
+/// Moves the plaintext rustls has onto `dst`, at most `room` bytes.
+/// `None`: it has none yet (read more TLS bytes). `Some(0)`: the end
+/// (close_notify, or TCP closed without it).
+fn take_plaintext(c: &mut Connection, dst: &mut Vec<u8>, room: usize) -> io::Result<Option<usize>> {
+    let mut r = c.reader();
+    let mut n = 0;
+    loop {
+        match r.fill_buf() {
+            Ok(chunk) => {
+                let k = chunk.len().min(room - n);
+                dst.extend_from_slice(&chunk[..k]);
+                r.consume(k);
+                n += k;
+                if k == 0 || n == room {
+                    return Ok(Some(n));
+                }
+            }
+            // What was taken first; the end or the error on the next call.
+            Err(_) if n > 0 => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            // A peer closing TCP without close_notify: the end all the same.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Some(0)),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl TlsStream {
     async fn handshake(mut tcp: TcpStream, conn: Connection) -> io::Result<TlsStream> {
         let conn = RefCell::new(conn);
-        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        let mut held = Held::default();
         loop {
             flush_tls(&conn, &mut tcp).await?;
             if !conn.borrow().is_handshaking() {
                 break;
             }
-            buf.clear();
-            let cap = buf.capacity();
-            let (res, slice) = tcp.read(buf.slice_mut(0..cap)).await;
-            buf = slice.into_inner();
+            let fed = held.feed(&mut conn.borrow_mut());
+            match fed {
+                // rustls may have a reply to send before it takes more.
+                Ok(true) => continue,
+                Ok(false) if held.len() > 0 => {
+                    let _ = flush_tls(&conn, &mut tcp).await;
+                    return Err(stalled());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // Send the alert rustls queued, then give up.
+                    let _ = flush_tls(&conn, &mut tcp).await;
+                    return Err(e);
+                }
+            }
+            let buf = Vec::with_capacity(TLS_READ_HANDSHAKE);
+            let (res, slice) = tcp.read(buf.slice_mut(0..TLS_READ_HANDSHAKE)).await;
             if res? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            if let Err(e) = feed(&conn, &buf) {
-                // Send the alert rustls queued, then give up.
-                let _ = flush_tls(&conn, &mut tcp).await;
-                return Err(e);
-            }
+            held = Held {
+                buf: slice.into_inner(),
+                at: 0,
+            };
         }
+        // Bytes after the handshake (the peer's first request, say) stay
+        // held for the reader.
         let conn = Rc::new(conn);
         let (r, w) = tcp.into_split();
         Ok(TlsStream {
             reader: TlsReader {
                 tcp: r,
                 conn: conn.clone(),
+                held,
                 room: TLS_READ_SMALL,
             },
-            writer: TlsWriter { tcp: w, conn },
+            writer: TlsWriter {
+                tcp: w,
+                conn,
+                cut: false,
+            },
         })
     }
 
@@ -285,12 +378,19 @@ impl TlsStream {
             .alpn_protocol()
             .map(<[u8]>::to_vec)
     }
+
+    /// The two halves.
+    pub fn into_split(self) -> (TlsReader, TlsWriter) {
+        (self.reader, self.writer)
+    }
 }
 
 /// The read half of a TLS connection.
 pub struct TlsReader {
     tcp: OwnedReadHalf<TcpStream>,
     conn: Rc<RefCell<Connection>>,
+    /// TLS bytes read but not yet taken by rustls.
+    held: Held,
     /// TLS bytes to ask for next (adapts between the two sizes).
     room: usize,
 }
@@ -298,34 +398,32 @@ pub struct TlsReader {
 impl TlsReader {
     /// Reads plaintext onto the end of `dst`'s `Vec`, at most its room.
     /// `Ok(0)` is the end: close_notify, or the peer closing TCP.
+    ///
+    /// Cancel-safe: between awaits every byte is in rustls or held here.
     pub async fn read(&mut self, dst: ReadBuf) -> BufResult<usize, ReadBuf> {
         let (begin, end) = (dst.begin(), dst.end());
         let mut vec = dst.into_inner();
         loop {
-            let taken = {
+            {
                 let mut c = self.conn.borrow_mut();
-                let mut r = c.reader();
-                match r.fill_buf() {
-                    Ok(chunk) => {
-                        let n = chunk.len().min(end - begin);
-                        vec.extend_from_slice(&chunk[..n]);
-                        r.consume(n);
-                        Ok(n)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(None),
-                    // A peer closing TCP without close_notify: the end all the same.
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
-                    Err(e) => Err(Some(e)),
+                match take_plaintext(&mut c, &mut vec, end - begin) {
+                    Ok(Some(n)) => return (Ok(n), vec.slice_mut(begin..end)),
+                    Ok(None) => {}
+                    Err(e) => return (Err(e), vec.slice_mut(begin..end)),
                 }
-            };
-            match taken {
-                Ok(n) => return (Ok(n), vec.slice_mut(begin..end)),
-                Err(Some(e)) => return (Err(e), vec.slice_mut(begin..end)),
-                Err(None) => {}
+                match self.held.feed(&mut c) {
+                    // Plaintext, or progress toward it: look again.
+                    Ok(true) => continue,
+                    Ok(false) if self.held.len() > 0 => {
+                        return (Err(stalled()), vec.slice_mut(begin..end))
+                    }
+                    // Everything taken: only now read the socket.
+                    Ok(false) => {}
+                    Err(e) => return (Err(e), vec.slice_mut(begin..end)),
+                }
             }
             let buf = Vec::with_capacity(self.room);
             let (res, slice) = self.tcp.read(buf.slice_mut(0..self.room)).await;
-            let buf = slice.into_inner();
             let n = match res {
                 Ok(n) => n,
                 Err(e) => return (Err(e), vec.slice_mut(begin..end)),
@@ -337,16 +435,25 @@ impl TlsReader {
             } else {
                 self.room
             };
-            let fed = if n == 0 {
-                // EOF: rustls learns it from a zero-byte read.
-                self.conn.borrow_mut().read_tls(&mut &[][..]).map(|_| ())
-            } else {
-                feed(&self.conn, &buf[..n])
-            };
-            if let Err(e) = fed {
-                return (Err(e), vec.slice_mut(begin..end));
+            if n == 0 {
+                // EOF: rustls learns it from a zero-byte read; the next
+                // look at its plaintext reports the end.
+                if let Err(e) = self.conn.borrow_mut().read_tls(&mut &[][..]) {
+                    return (Err(e), vec.slice_mut(begin..end));
+                }
+                continue;
             }
+            self.held = Held {
+                buf: slice.into_inner(),
+                at: 0,
+            };
         }
+    }
+
+    /// TLS bytes read from the socket that rustls has not taken yet: never
+    /// more than [`TLS_HELD_MAX`].
+    pub fn buffered(&self) -> usize {
+        self.held.len()
     }
 }
 
@@ -354,29 +461,67 @@ impl TlsReader {
 pub struct TlsWriter {
     tcp: OwnedWriteHalf<TcpStream>,
     conn: Rc<RefCell<Connection>>,
+    /// A write was dropped (cancelled) while its records were on their way:
+    /// the peer may lack some of them, so nothing more can be sent.
+    cut: bool,
+}
+
+/// A cancelled write left the TLS stream with a gap.
+fn cut_err() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "TLS stream cut by a cancelled write",
+    )
 }
 
 impl TlsWriter {
     /// Encrypts and writes all of `buf`.
+    ///
+    /// Not cancel-safe: records encrypted for a dropped write may be lost,
+    /// and any later write fails with `BrokenPipe` rather than send records
+    /// the peer cannot decrypt after the gap.
     pub async fn write_all<T: OwnedBytes>(&mut self, buf: T) -> BufResult<usize, T> {
+        if self.cut {
+            return (Err(cut_err()), buf);
+        }
         let mut at = 0;
         while at < buf.as_bytes().len() {
-            let n = match self.conn.borrow_mut().writer().write(&buf.as_bytes()[at..]) {
-                Ok(n) => n,
-                Err(e) => return (Err(e), buf),
+            // rustls takes what fits its send buffer and reports how much;
+            // the rest is offered again once that went out.
+            let n = {
+                let mut c = self.conn.borrow_mut();
+                match c.writer().write(&buf.as_bytes()[at..]) {
+                    Ok(0) if !c.wants_write() => {
+                        // Nothing taken and nothing to send: never spin.
+                        let e = io::Error::new(io::ErrorKind::WriteZero, "TLS refused data");
+                        return (Err(e), buf);
+                    }
+                    Ok(n) => n,
+                    Err(e) => return (Err(e), buf),
+                }
             };
             at += n;
-            if let Err(e) = flush_tls(&self.conn, &mut self.tcp).await {
+            self.cut = true;
+            let flushed = flush_tls(&self.conn, &mut self.tcp).await;
+            // A failed flush may have sent part of the records: a gap too.
+            self.cut = flushed.is_err();
+            if let Err(e) = flushed {
                 return (Err(e), buf);
             }
         }
         (Ok(at), buf)
     }
 
-    /// close_notify, then FIN.
+    /// close_notify, then FIN (only FIN after a cancelled write).
     pub async fn shutdown(&mut self) -> io::Result<()> {
+        if self.cut {
+            self.tcp.shutdown().await?;
+            return Err(cut_err());
+        }
         self.conn.borrow_mut().send_close_notify();
+        self.cut = true;
         flush_tls(&self.conn, &mut self.tcp).await?;
+        self.cut = false;
         self.tcp.shutdown().await
     }
 }
@@ -547,12 +692,128 @@ impl Drop for Fired<'_> {
 mod tests {
     use super::*;
     use std::task::{Context, Wake};
+    use std::time::Duration;
 
     struct Count(std::sync::atomic::AtomicUsize);
     impl Wake for Count {
         fn wake(self: std::sync::Arc<Self>) {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    fn tls_configs() -> (TlsAcceptor, TlsConnector) {
+        let ss = crate::tls::self_signed().unwrap();
+        let trust = crate::config::Trust::Fingerprint(ss.fingerprint);
+        let client = crate::tls::client_config(&trust).unwrap();
+        (TlsAcceptor::from(ss.config), TlsConnector::from(client))
+    }
+
+    /// A TLS connection over loopback, both ends this glue: (server, client).
+    async fn tls_pair() -> (TlsStream, TlsStream) {
+        let (acceptor, connector) = tls_configs();
+        let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = monoio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await.unwrap()
+        });
+        let (tcp, _) = l.accept().await.unwrap();
+        let server = acceptor.accept(tcp).await.unwrap();
+        (server, client.await)
+    }
+
+    async fn read_some(r: &mut TlsReader, room: usize) -> io::Result<Vec<u8>> {
+        let (res, buf) = r.read(Vec::with_capacity(room).slice_mut(0..room)).await;
+        res.map(|_| buf.into_inner())
+    }
+
+    #[test]
+    fn tls_ends_read_as_zero_with_and_without_close_notify() {
+        block_on(async {
+            for clean in [true, false] {
+                let (server, client) = tls_pair().await;
+                let (mut sr, _sw) = server.into_split();
+                let (_cr, mut cw) = client.into_split();
+                let (res, _) = cw.write_all(b"last words".to_vec()).await;
+                res.unwrap();
+                if clean {
+                    cw.shutdown().await.unwrap();
+                } else {
+                    drop((_cr, cw));
+                }
+                assert_eq!(read_some(&mut sr, 64).await.unwrap(), b"last words");
+                assert!(read_some(&mut sr, 64).await.unwrap().is_empty(), "{clean}");
+                assert_eq!(sr.buffered(), 0);
+            }
+        });
+    }
+
+    #[test]
+    fn tls_errors_carry_the_rustls_error() {
+        block_on(async {
+            // Not TLS at all: the handshake fails with rustls' verdict.
+            let (acceptor, _) = tls_configs();
+            let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let talker = monoio::spawn(async move {
+                let mut tcp = TcpStream::connect(addr).await.unwrap();
+                let (res, _) = tcp.write_all(b"GET / HTTP/1.1\r\n\r\n".to_vec()).await;
+                res.unwrap();
+                tcp
+            });
+            let (tcp, _) = l.accept().await.unwrap();
+            let e = acceptor.accept(tcp).await.err().expect("no TLS");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            assert!(e.get_ref().is_some_and(|e| e.is::<rustls::Error>()), "{e}");
+            drop(talker.await);
+
+            // A record that does not decrypt after the handshake: the same.
+            let (acceptor, connector) = tls_configs();
+            let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = monoio::spawn(async move {
+                let (tcp, _) = l.accept().await.unwrap();
+                acceptor.accept(tcp).await.unwrap()
+            });
+            // A second handle on the client's socket, to write around rustls.
+            let std_tcp = std::net::TcpStream::connect(addr).unwrap();
+            let raw = std_tcp.try_clone().unwrap();
+            let tcp = TcpStream::from_std(std_tcp).unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let _client = connector.connect(name, tcp).await.unwrap();
+            let (mut sr, _sw) = server.await.into_split();
+            let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+            forged.extend_from_slice(&[0x55; 0x40]);
+            std::io::Write::write_all(&mut &raw, &forged).unwrap();
+            let e = read_some(&mut sr, 64).await.expect_err("a forged record");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            assert!(e.get_ref().is_some_and(|e| e.is::<rustls::Error>()), "{e}");
+        });
+    }
+
+    #[test]
+    fn a_cancelled_tls_write_cuts_the_stream_instead_of_leaving_a_gap() {
+        block_on(async {
+            let (server, client) = tls_pair().await;
+            let (_sr, mut sw) = server.into_split();
+            // The client never reads: the write fills the socket and waits.
+            let big = vec![7u8; 32 << 20];
+            let t = monoio::time::timeout(Duration::from_millis(300), sw.write_all(big)).await;
+            assert!(t.is_err(), "32 MiB went out to a peer that does not read");
+            let (res, _) = sw.write_all(b"after the gap".to_vec()).await;
+            assert_eq!(res.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+            assert!(sw.shutdown().await.is_err());
+            drop(client);
+        });
     }
 
     #[test]
