@@ -58,7 +58,7 @@ soak (TLS sessions, a quarter each of tcp echo, ws echo, tcp burst, wss burst):
 control (plaintext, one session to the sink):
   --pongs N           empty masked pongs per run (default 400000)
   --per N             pongs per paced batch (default 100)
-  --rounds N          burst and paced runs each, alternating (default 3)";
+  --rounds N          burst and paced runs each, alternating (default 5)";
 
 /// Command-line options.
 #[derive(Clone, Debug)]
@@ -114,7 +114,7 @@ fn parse_opts() -> Result<Opts> {
         burst: 256 << 10,
         pongs: 400_000,
         per: 100,
-        rounds: 3,
+        rounds: 5,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

@@ -229,6 +229,8 @@ impl Peer {
 
     fn relay(kind: PeerKind, tls: bool, env: &PeerEnv) -> Result<Peer> {
         let mut c = String::from("[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n");
+        // The admin listener on a free port (the default 9477 may be taken).
+        let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
         if tls {
             writeln!(c, "tls_cert = {:?}\ntls_key = {:?}", env.cert, env.key)?;
         }
@@ -237,6 +239,7 @@ impl Peer {
             "\n[tickets]\nkeys = [{{ id = \"{KID}\", secret = \"{}\" }}]\n",
             env.minter.secret_b64()
         )?;
+        c.push_str(admin);
         let mut ups = vec![
             Up::WsEcho,
             Up::WsSink,
