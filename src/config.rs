@@ -88,6 +88,7 @@ struct RawServer {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     ping_interval: Option<String>,
+    pong_timeout: Option<String>,
     allowed_origins: Option<Vec<String>>,
     require_origin: Option<bool>,
     proxy_protocol: Option<bool>,
@@ -195,6 +196,9 @@ pub struct Server {
     pub tls: Option<TlsFiles>,
     /// Keepalive pings on both legs; `None` turns them off ("0s").
     pub ping_interval: Option<Duration>,
+    /// A pinged leg that sends nothing for this long is dead (its session
+    /// ends at once); `None` turns it off ("0"). Default twice ping_interval.
+    pub pong_timeout: Option<Duration>,
     pub origins: OriginPolicy,
     /// Expect a PROXY protocol v1/v2 header on every connection.
     pub proxy_protocol: bool,
@@ -704,6 +708,7 @@ const KNOWN_KEYS: &[&str] = &[
     "output",
     "path",
     "ping_interval",
+    "pong_timeout",
     "proxy_protocol",
     "reconnect_grace",
     "refused_per_second",
@@ -906,6 +911,15 @@ impl Config {
         } else {
             Some(ping)
         };
+        let pong_timeout = match raw.pong_timeout.as_deref().map(str::trim) {
+            None => ping_interval.map(|p| p * 2),
+            Some("0") => None,
+            Some(t) => {
+                let d =
+                    parse_duration(t).map_err(|m| ConfigError::new("server.pong_timeout", m))?;
+                (!d.is_zero()).then_some(d)
+            }
+        };
         let mut allowed = Vec::new();
         for (i, o) in raw
             .allowed_origins
@@ -937,6 +951,7 @@ impl Config {
             path,
             tls,
             ping_interval,
+            pong_timeout,
             origins: OriginPolicy {
                 allowed,
                 require: raw.require_origin.unwrap_or(false),
@@ -1348,6 +1363,7 @@ mod tests {
             Path::new("/etc/nexor/cert.pem")
         );
         assert_eq!(c.server.ping_interval, Some(Duration::from_secs(25)));
+        assert_eq!(c.server.pong_timeout, Some(Duration::from_secs(50)));
         assert_eq!(c.tickets.policy.max_ttl, 120);
         assert_eq!(c.limits.max_frame, 1 << 20);
         assert!(matches!(c.upstreams["lab"], Upstream::Tcp { .. }));
@@ -1367,6 +1383,8 @@ mod tests {
             ("[server]\nlisten = \"nope\"", "server.listen"),
             ("[server]\ntls_cert = \"c.pem\"", "server.tls_key"),
             ("[server]\nping_interval = \"10\"", "server.ping_interval"),
+            ("[server]\npong_timeout = \"10\"", "server.pong_timeout"),
+            ("[server]\npong_timeout = \"soon\"", "server.pong_timeout"),
             ("[server]\npath = \"console\"", "server.path"),
             ("[limits]\nmax_frame = \"1 parsec\"", "limits.max_frame"),
             (
@@ -1454,5 +1472,21 @@ mod tests {
         let fp = "AB:cd:".repeat(16);
         assert_eq!(parse_fingerprint(&fp).unwrap()[..3], [0xab, 0xcd, 0xab]);
         assert!(parse_fingerprint("zz").is_err());
+    }
+
+    #[test]
+    fn pong_timeout_defaults_to_twice_the_ping_interval_and_can_be_off() {
+        let p = |extra: &str| load(extra).unwrap().server;
+        assert_eq!(p("").pong_timeout, Some(Duration::from_secs(50)));
+        let s = p("[server]\nping_interval = \"10s\"");
+        assert_eq!(s.pong_timeout, Some(Duration::from_secs(20)));
+        let s = p("[server]\npong_timeout = \"7s\"");
+        assert_eq!(s.pong_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(p("[server]\npong_timeout = \"0\"").pong_timeout, None);
+        assert_eq!(p("[server]\npong_timeout = \"0s\"").pong_timeout, None);
+        // No pings, nothing to time out.
+        assert_eq!(p("[server]\nping_interval = \"0s\"").pong_timeout, None);
+        let e = load("[server]\npong_timeout = \"-3s\"").unwrap_err();
+        assert!(e.to_string().contains("server.pong_timeout"), "{e}");
     }
 }

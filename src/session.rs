@@ -237,6 +237,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         settings: Settings {
             max_frame: cfg.limits.max_frame,
             ping_interval: cfg.server.ping_interval,
+            pong_timeout: cfg.server.pong_timeout,
             lifetime: Some(admitted.lifetime),
             idle_timeout: cfg.limits.idle_timeout,
         },
@@ -310,6 +311,12 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
     worker.state.registry.release(&ctl, unix_now(), p.grace);
     let duration = started.elapsed();
     core.ended(&ctl.upstream, p.console, out.code, duration);
+    // Failures only: a close from a peer, a deliberate end by the relay
+    // and a console that really closed carry no error.
+    let error = out.error.as_ref().map(|e| {
+        core.session_error(e.class);
+        e.to_string()
+    });
     worker.state.audit.event(
         "session_end",
         &[
@@ -326,7 +333,10 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
             ("bytes_down", V::N(out.bytes_down)),
             ("console", V::S(p.console)),
             ("duration_ms", V::N(duration.as_millis() as u64)),
-        ],
+        ]
+        .into_iter()
+        .chain(error.as_deref().map(|e| ("error", V::S(e))))
+        .collect::<Vec<_>>(),
     );
 }
 

@@ -609,3 +609,213 @@ fn slow_handshake_is_cut_at_the_deadline() {
     assert!(matches!(c.read(&mut b), Ok(0) | Err(_)));
     assert!(relay.wait_log("handshake_timeout"));
 }
+
+// ---- failures are never recorded as clean ends ----
+
+fn session_ends(relay: &Relay) -> Vec<serde_json::Value> {
+    relay
+        .logs()
+        .lines()
+        .filter(|l| l.contains("\"event\":\"session_end\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits for the `n`th session_end line and returns it.
+fn nth_end(relay: &Relay, n: usize) -> serde_json::Value {
+    let t = std::time::Instant::now();
+    loop {
+        let ends = session_ends(relay);
+        if ends.len() >= n {
+            assert_eq!(ends.len(), n, "one session at a time: {}", relay.logs());
+            return ends[n - 1].clone();
+        }
+        assert!(
+            t.elapsed() < IO_TIMEOUT,
+            "no session_end {n}: {}",
+            relay.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn check_end(end: &serde_json::Value, code: u64, error: Option<&str>) {
+    assert_eq!(end["code"], code, "{end}");
+    match error {
+        None => assert!(end.get("error").is_none(), "{end}"),
+        Some(class) => {
+            let e = end["error"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no error: {end}"));
+            assert!(
+                e == class || e.starts_with(&format!("{class}: ")),
+                "want {class}: {end}"
+            );
+        }
+    }
+}
+
+fn open_raw(relay: &Relay, upstream: &str) -> (Conn, Vec<u8>) {
+    let (status, _, c, pending) = relay
+        .raw(&relay.upgrade_request(&format!("/console?ticket={}", relay.ticket(upstream)), ""));
+    assert_eq!(status, 101);
+    (c, pending)
+}
+
+/// Reads frames until a close, answers it; returns its code.
+fn read_close(c: &mut Conn, pending: &mut Vec<u8>) -> Option<u16> {
+    loop {
+        let f = read_frame(c, pending).ok()?;
+        if f.opcode == 8 {
+            let _ = c.write_all(&frame_bytes(true, 8, &f.payload, true));
+            return close_code(&f);
+        }
+    }
+}
+
+#[test]
+fn every_failure_has_an_audit_error_and_a_metric() {
+    let bye = Server::start(|mut tcp| {
+        tcp.write_all(b"console says bye").unwrap();
+    });
+    let rst = Server::start(|mut tcp| {
+        let mut b = [0u8; 1];
+        let _ = tcp.read(&mut b);
+        socket2::SockRef::from(&tcp)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    });
+    let echo = Server::tcp_echo();
+    let (ws, ws_conns) = Server::ws_manual();
+    let relay = RelayBuilder::new(false)
+        .server("ping_interval = \"1s\"\npong_timeout = \"1s\"")
+        .upstream("bye", &format!("kind = \"tcp\"\naddr = \"{}\"", bye.addr))
+        .upstream("rst", &format!("kind = \"tcp\"\naddr = \"{}\"", rst.addr))
+        .upstream("echo", &format!("kind = \"tcp\"\naddr = \"{}\"", echo.addr))
+        .upstream("ws", &format!("kind = \"ws\"\nurl = \"ws://{}/\"", ws.addr))
+        .start();
+    let mut n = 0;
+
+    // A tcp console that closes: a clean end, no error.
+    let (mut c, mut p) = open_raw(&relay, "bye");
+    assert_eq!(read_close(&mut c, &mut p), Some(1000));
+    n += 1;
+    check_end(&nth_end(&relay, n), 1000, None);
+
+    // The console's TCP is reset: 1011 to the browser, upstream_reset.
+    let (mut c, mut p) = open_raw(&relay, "rst");
+    write_frame(&mut c, true, 2, b"x", true);
+    assert_eq!(read_close(&mut c, &mut p), Some(1011));
+    n += 1;
+    let end = nth_end(&relay, n);
+    check_end(&end, 1011, Some("upstream_reset"));
+    assert!(end["error"].as_str().unwrap().contains("reset"), "{end}");
+
+    // A ws upstream that vanishes: 1011 upstream_gone, upstream_eof.
+    let (mut c, mut p) = open_raw(&relay, "ws");
+    drop(ws_conns.recv_timeout(IO_TIMEOUT).unwrap());
+    assert_eq!(read_close(&mut c, &mut p), Some(1011));
+    n += 1;
+    let end = nth_end(&relay, n);
+    check_end(&end, 1011, Some("upstream_eof"));
+    assert_eq!(end["reason"], "upstream_gone");
+
+    // A ws upstream that breaks the protocol (a masked server frame).
+    let (mut c, mut p) = open_raw(&relay, "ws");
+    let (mut up, _) = ws_conns.recv_timeout(IO_TIMEOUT).unwrap();
+    up.write_all(&frame_bytes(true, 2, b"masked", true))
+        .unwrap();
+    assert_eq!(read_close(&mut c, &mut p), Some(1011));
+    n += 1;
+    check_end(&nth_end(&relay, n), 1011, Some("upstream_protocol"));
+    drop(up);
+
+    // The browser goes away: FIN, then RST.
+    let (c, _) = open_raw(&relay, "echo");
+    c.tcp().shutdown(std::net::Shutdown::Write).unwrap();
+    n += 1;
+    check_end(&nth_end(&relay, n), 1006, Some("browser_eof"));
+    drop(c);
+    let (c, _) = open_raw(&relay, "echo");
+    socket2::SockRef::from(c.tcp())
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+    n += 1;
+    check_end(&nth_end(&relay, n), 1006, Some("browser_reset"));
+
+    // The browser breaks the protocol.
+    let (mut c, mut p) = open_raw(&relay, "echo");
+    write_frame(&mut c, true, 2, b"unmasked", false);
+    assert_eq!(read_close(&mut c, &mut p), Some(1002));
+    n += 1;
+    check_end(&nth_end(&relay, n), 1002, Some("browser_protocol"));
+
+    // A browser that goes silent (reads nothing, answers no ping).
+    let (c, _) = open_raw(&relay, "echo");
+    n += 1;
+    let end = nth_end(&relay, n);
+    check_end(&end, 1006, Some("browser_pong_timeout"));
+    assert_eq!(end["reason"], "pong_timeout");
+    drop(c);
+
+    // An upstream that goes silent while the browser talks: 1011 to it.
+    let (mut c, mut p) = open_raw(&relay, "ws");
+    let (up, _) = ws_conns.recv_timeout(IO_TIMEOUT).unwrap();
+    let mut w = c.tcp().try_clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let talker = std::thread::spawn(move || {
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if w.write_all(&frame_bytes(true, 2, b"still here", true))
+                .is_err()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    assert_eq!(read_close(&mut c, &mut p), Some(1011));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    talker.join().unwrap();
+    n += 1;
+    check_end(&nth_end(&relay, n), 1011, Some("upstream_pong_timeout"));
+    drop(up);
+
+    let (_, m) = relay.admin_request("GET", "/metrics", None);
+    for class in [
+        "upstream_reset",
+        "upstream_eof",
+        "upstream_protocol",
+        "browser_eof",
+        "browser_reset",
+        "browser_protocol",
+        "browser_pong_timeout",
+        "upstream_pong_timeout",
+    ] {
+        let line = format!("nexor_session_errors_total{{class=\"{class}\"}} 1");
+        assert!(m.contains(&line), "{line}\n{m}");
+    }
+}
+
+#[test]
+fn a_tls_error_from_the_browser_is_browser_tls() {
+    let echo = Server::tcp_echo();
+    let relay = relay_with(
+        true,
+        &[("echo", format!("kind = \"tcp\"\naddr = \"{}\"", echo.addr))],
+    );
+    let (c, _) = open_raw(&relay, "echo");
+    // An application-data record no key can open, under the TLS layer.
+    let mut tcp = c.tcp().try_clone().unwrap();
+    tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x20])
+        .and_then(|_| tcp.write_all(&[0x55; 0x20]))
+        .unwrap();
+    let end = nth_end(&relay, 1);
+    check_end(&end, 1006, Some("browser_tls"));
+    let (_, m) = relay.admin_request("GET", "/metrics", None);
+    assert!(
+        m.contains("nexor_session_errors_total{class=\"browser_tls\"} 1"),
+        "{m}"
+    );
+}

@@ -29,10 +29,11 @@ use crate::http::{parse_response, HeadLimits, Headers};
 use crate::preamble::rfb::VncPreamble;
 use crate::preamble::term::TermPreamble;
 use crate::registry::VmGates;
+use crate::relay::core::{Decoder, Walk};
 use crate::relay::Mode;
 use crate::ticket::{Claims, Console, Guest};
 use crate::transport::Stream;
-use crate::ws::frame::{FrameHeader, OpCode, Sender, Step, Tracker, MAX_HEADER};
+use crate::ws::frame::{FrameHeader, OpCode, Sender, MAX_HEADER};
 use crate::ws::handshake::{check_response, client_key, client_request};
 use crate::ws::mask;
 
@@ -291,23 +292,24 @@ pub struct Incoming {
     pub close: bool,
 }
 
-/// Reads one leg's frames while a preamble runs; hands over at a frame
-/// boundary so the pump's tracker starts clean.
+/// Reads one leg's frames while a preamble runs, with the relay core's
+/// own frame walk ([`Decoder`]); hands over at a frame boundary so the
+/// pump's tracker starts clean.
 pub struct FrameReader {
-    tracker: Tracker,
+    decoder: Decoder,
     buf: Vec<u8>,
 }
 
 impl FrameReader {
     pub fn new(from: Sender, max_frame: u64, early: Vec<u8>) -> FrameReader {
         FrameReader {
-            tracker: Tracker::new(from, max_frame),
+            decoder: Decoder::new(from, max_frame),
             buf: early,
         }
     }
 
     pub fn at_boundary(&self) -> bool {
-        self.tracker.at_boundary()
+        self.decoder.at_boundary()
     }
 
     /// Unconsumed bytes (an incomplete next frame), for the pump.
@@ -320,31 +322,19 @@ impl FrameReader {
     pub async fn next(&mut self, stream: &mut Stream) -> Result<Incoming, &'static str> {
         loop {
             let mut inc = Incoming::default();
-            let mut pos = 0;
             loop {
-                match self.tracker.step(&self.buf[pos..]) {
-                    Ok(None) => break,
-                    Err(e) => return Err(e.label()),
-                    Ok(Some(Step::DataHeader { len, .. })) => pos += len,
-                    Ok(Some(Step::Payload {
-                        len,
-                        offset,
-                        mask: key,
-                        ..
-                    })) => {
-                        let at = inc.data.len();
-                        inc.data.extend_from_slice(&self.buf[pos..pos + len]);
-                        if let Some(k) = key {
-                            mask::apply(&mut inc.data[at..], k, offset);
-                        }
-                        pos += len;
-                    }
-                    Ok(Some(Step::Control {
-                        len,
-                        header,
+                match self.decoder.walk(&mut self.buf) {
+                    Walk::Error(e) => return Err(e.label()),
+                    // Payloads come unmasked, headers dropped.
+                    Walk::Data(r) => inc.data.extend_from_slice(&self.buf[r]),
+                    Walk::Header { .. } => {}
+                    Walk::Control {
                         payload_at,
-                    })) => {
-                        let mut p = self.buf[pos + payload_at..pos + len].to_vec();
+                        end,
+                        header,
+                        ..
+                    } => {
+                        let mut p = self.buf[payload_at..end].to_vec();
                         if let Some(k) = header.mask {
                             mask::apply(&mut p, k, 0);
                         }
@@ -353,11 +343,13 @@ impl FrameReader {
                             OpCode::Close => inc.close = true,
                             _ => {}
                         }
-                        pos += len;
+                    }
+                    Walk::Read { consumed } => {
+                        self.buf.drain(..consumed);
+                        break;
                     }
                 }
             }
-            self.buf.drain(..pos);
             if !inc.data.is_empty() || inc.ping.is_some() || inc.close {
                 return Ok(inc);
             }

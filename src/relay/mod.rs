@@ -1,0 +1,522 @@
+//! The only pump between the two legs: glue around the sans-io [`core`].
+//!
+//! ```text
+//!            ┌──────────── pump(Browser) ───────────────┐
+//! browser ───┤ read → Core::next → write ranges          │──▶ upstream
+//!            └───────────────────────────────────────────┘
+//!            ┌──────────── pump(Upstream) ──────────────┐
+//! browser ◀──┤ write ranges ← Core::next ← read          │─── upstream
+//!            └───────────────────────────────────────────┘
+//!            main task: one timer, control requests, the relay's own frames
+//! ```
+//!
+//! Every decision (frame tracking, the close handshake, ping/pong, limits,
+//! the Proxmox re-cut, framing for `tcp`/`demo`) is in [`core::Core`]; this
+//! file only reads, writes and sleeps. Two modes of upstream, see [`Mode`].
+//!
+//! Writers are shared through [`WriterLock`]: a pump holds the other leg's
+//! writer while [`core::Core::mid_frame`] says a frame is half written, so
+//! the relay's own frames ([`core::Core::take_control`]: pongs, pings,
+//! closes), written by whoever holds the lock at a boundary, land only
+//! between frames. A pump writes what it read before reading again: a slow
+//! reader stalls its writer, nothing queues.
+//!
+//! Every call into the core runs under `catch_unwind`: a bug that panics
+//! ends its session (1011 `panic` to both legs, `nexor_session_panics_total`),
+//! never the worker.
+
+pub mod core;
+#[cfg(test)]
+mod tests;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use monoio::buf::{IoBuf, IoBufMut};
+
+use crate::registry::SessionCtl;
+use crate::transport::{Reader, Signal, Writer, WriterGuard, WriterLock};
+use crate::ws::frame::{self, close, MAX_CONTROL_FRAME};
+
+pub use self::core::SessionError;
+use self::core::{Control, Core, LegId, Next, Phase, ReadEnd};
+
+/// Read buffer of a quiet direction. Small, so idle consoles stay cheap:
+/// on io_uring a pending read pins its buffer for as long as it waits.
+pub const SMALL_BUF: usize = 1024;
+/// Read buffer of a busy direction (a read filled the small one).
+pub const LARGE_BUF: usize = 64 * 1024;
+/// How long a relay-sent close waits for the peer's close before teardown,
+/// and how long the relay waits for a writer to reach a frame boundary.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// How the upstream leg is spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// WebSocket upstream: frames pass through unchanged.
+    Frames,
+    /// Raw byte stream upstream (TCP console, in-process demo).
+    Bytes,
+    /// pveproxy's websocket (PROXMOX.md §2.2): as Frames, except that
+    /// browser frames it would die on (fragments, payloads over 128 KiB)
+    /// are re-cut into complete binary frames, and it never sends or
+    /// answers close frames.
+    Proxmox,
+}
+
+/// Per-session settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub max_frame: u64,
+    pub ping_interval: Option<Duration>,
+    /// A pinged leg that sends nothing for this long is dead.
+    pub pong_timeout: Option<Duration>,
+    /// Time left until the session's lifetime deadline (then 4002).
+    pub lifetime: Option<Duration>,
+    /// No data frames either way for this long: 4003. Pings do not count.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Where a session counts its bytes: its worker's metrics block.
+pub struct Meter {
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub core: usize,
+}
+
+/// One leg after its handshake: halves plus bytes read past the handshake.
+pub struct Leg {
+    pub reader: Reader,
+    pub writer: Writer,
+    pub early: Vec<u8>,
+}
+
+/// Who ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Browser,
+    Upstream,
+    Relay,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Browser => "browser",
+            Side::Upstream => "upstream",
+            Side::Relay => "relay",
+        }
+    }
+}
+
+/// How a session ended and what it carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The close code of the first close (1006 when a leg vanished).
+    pub code: u16,
+    /// A stable label: "close", "browser_gone", "unmasked_frame", ...
+    pub reason: &'static str,
+    pub by: Side,
+    /// Bytes forwarded browser → upstream (frames or payload).
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// Set when the session did not end by a peer's close frame or a
+    /// decision of the relay (or a console that really closed).
+    pub error: Option<SessionError>,
+}
+
+/// A re-armable wake-up for the session's main task (one waiter).
+#[derive(Default)]
+struct Notify {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.set.replace(false) {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+}
+
+struct Shared {
+    core: RefCell<Core>,
+    locks: [WriterLock; 2],
+    /// The core has control output or changed phase.
+    wake: Notify,
+    /// Tear down now: pumps stop waiting.
+    done: Signal,
+    panicked: Cell<bool>,
+    meter: Option<Meter>,
+}
+
+impl Shared {
+    /// Runs `f` on the core, catching a panic (then None, for good).
+    fn core<R>(&self, f: impl FnOnce(&mut Core) -> R) -> Option<R> {
+        if self.panicked.get() {
+            return None;
+        }
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let mut c = self.core.borrow_mut();
+            let r = f(&mut c);
+            (r, c.take_dirty())
+        }));
+        match r {
+            Ok((r, dirty)) => {
+                if dirty {
+                    self.wake.notify();
+                }
+                Some(r)
+            }
+            Err(_) => {
+                self.panicked.set(true);
+                if let Ok(mut c) = self.core.try_borrow_mut() {
+                    c.panicked();
+                }
+                if let Some(m) = &self.meter {
+                    m.metrics.core(m.core).session_panic();
+                }
+                self.done.fire();
+                self.wake.notify();
+                None
+            }
+        }
+    }
+
+    fn lock(&self, leg: LegId) -> &WriterLock {
+        &self.locks[leg as usize]
+    }
+}
+
+/// Awaits `f` unless the session is torn down first.
+async fn or_done<F: Future>(done: &Signal, f: F) -> Option<F::Output> {
+    if done.is_fired() {
+        return None;
+    }
+    monoio::select! {
+        _ = done.fired() => None,
+        out = f => Some(out),
+    }
+}
+
+/// Awaits `f` if there is one, else never resolves.
+async fn maybe<F: Future>(f: Option<F>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes the relay's pending frames for `leg` while holding its writer at
+/// a frame boundary. False if a write failed (the core was told).
+async fn write_controls(s: &Shared, leg: LegId, guard: &mut WriterGuard) -> bool {
+    while let Some(c) = s.core(|c| c.take_control(leg)).flatten() {
+        let res = match c {
+            Control::Frame(f) => {
+                match monoio::time::timeout(CLOSE_GRACE, guard.write_all(f)).await {
+                    Ok((r, _)) => r.map(|_| ()),
+                    Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+                }
+            }
+            Control::Shutdown => monoio::time::timeout(CLOSE_GRACE, guard.shutdown())
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        };
+        if let Err(e) = res {
+            s.core(|c| c.on_write_error(leg, &e, Instant::now()));
+            return false;
+        }
+    }
+    true
+}
+
+/// Runs a session from the two handshaken legs to its end. `ctl` lets
+/// other cores close it (replace, revoke, drain).
+pub async fn run(
+    browser: Leg,
+    upstream: Leg,
+    mode: Mode,
+    settings: Settings,
+    ctl: Option<Arc<SessionCtl>>,
+    meter: Option<Meter>,
+) -> Outcome {
+    let s = Rc::new(Shared {
+        core: RefCell::new(Core::new(mode, settings, Instant::now())),
+        locks: [
+            WriterLock::new(browser.writer),
+            WriterLock::new(upstream.writer),
+        ],
+        wake: Notify::default(),
+        done: Signal::default(),
+        panicked: Cell::new(false),
+        meter,
+    });
+    run_shared(
+        s,
+        browser.reader,
+        browser.early,
+        upstream.reader,
+        upstream.early,
+        ctl,
+    )
+    .await
+}
+
+async fn run_shared(
+    s: Rc<Shared>,
+    browser: Reader,
+    browser_early: Vec<u8>,
+    upstream: Reader,
+    upstream_early: Vec<u8>,
+    ctl: Option<Arc<SessionCtl>>,
+) -> Outcome {
+    let up = monoio::spawn(pump(s.clone(), LegId::Browser, browser, browser_early));
+    let down = monoio::spawn(pump(s.clone(), LegId::Upstream, upstream, upstream_early));
+    let mut request_seen = false;
+
+    loop {
+        if s.panicked.get() {
+            break;
+        }
+        let Some((phase, deadline, want)) = s.core(|c| {
+            (
+                c.phase(),
+                c.deadline(),
+                [
+                    c.has_control(LegId::Browser),
+                    c.has_control(LegId::Upstream),
+                ],
+            )
+        }) else {
+            break;
+        };
+        if phase == Phase::Done {
+            // Last frames (closes) out, each bounded, then tear down.
+            for leg in [LegId::Browser, LegId::Upstream] {
+                if want[leg as usize] {
+                    if let Ok(mut g) = monoio::time::timeout(CLOSE_GRACE, s.lock(leg).lock()).await
+                    {
+                        Box::pin(write_controls(&s, leg, &mut g)).await;
+                    }
+                }
+            }
+            break;
+        }
+        let now = Instant::now();
+        let sleep =
+            maybe(deadline.map(|at| monoio::time::sleep(at.saturating_duration_since(now))));
+        let request = maybe(ctl.as_deref().filter(|_| !request_seen).map(|c| c.wait()));
+        monoio::select! {
+            g = maybe(want[0].then(|| s.lock(LegId::Browser).lock())) => {
+                let mut g = g;
+                Box::pin(write_controls(&s, LegId::Browser, &mut g)).await;
+            },
+            g = maybe(want[1].then(|| s.lock(LegId::Upstream).lock())) => {
+                let mut g = g;
+                Box::pin(write_controls(&s, LegId::Upstream, &mut g)).await;
+            },
+            _ = sleep => { s.core(|c| c.on_timer(Instant::now())); },
+            r = request => {
+                request_seen = true;
+                s.core(|c| c.on_request(r, Instant::now()));
+            },
+            _ = s.wake.wait() => {},
+        }
+    }
+    s.done.fire();
+    up.await;
+    down.await;
+    Box::pin(teardown(&s)).await;
+    let out = s.core.borrow().outcome();
+    out
+}
+
+/// After the pumps stopped: the goodbye after a panic, then FIN both legs.
+async fn teardown(s: &Shared) {
+    if s.panicked.get() {
+        // The core is not trusted any more: the glue says goodbye itself.
+        for (leg, masked) in [(LegId::Browser, false), (LegId::Upstream, true)] {
+            if mode_has_frames(s, leg) {
+                if let Ok(mut g) =
+                    monoio::time::timeout(Duration::from_millis(100), s.lock(leg).lock()).await
+                {
+                    let mut f = [0u8; MAX_CONTROL_FRAME];
+                    let key = masked.then(crate::ws::mask::random_key);
+                    let n = frame::write_close(&mut f, close::UPSTREAM_FAILED, "panic", key);
+                    let _ = monoio::time::timeout(CLOSE_GRACE, g.write_all(f[..n].to_vec())).await;
+                }
+            }
+        }
+    }
+    // Everything the pumps wrote is out; FIN both legs (close_notify on TLS).
+    for lock in &s.locks {
+        if let Ok(mut g) = monoio::time::timeout(Duration::from_millis(100), lock.lock()).await {
+            let _ = monoio::time::timeout(CLOSE_GRACE, g.shutdown()).await;
+        }
+    }
+}
+
+/// Whether the relay may write a close frame to `leg` after a panic.
+fn mode_has_frames(s: &Shared, leg: LegId) -> bool {
+    leg == LegId::Browser
+        || s.core
+            .try_borrow()
+            .is_ok_and(|c| c.headroom(LegId::Upstream) == 0)
+}
+
+/// Picks the next read buffer size: grow when a read filled the buffer,
+/// shrink back when traffic is light, so idle sessions hold little.
+/// `headroom` is capacity kept in front of the read room (the raw pump's
+/// frame header).
+fn resize(buf: &mut Vec<u8>, last_read: usize, room: usize, headroom: usize) {
+    let cap = buf.capacity();
+    if last_read == room && cap < LARGE_BUF + headroom {
+        buf.reserve_exact(LARGE_BUF + headroom - buf.len());
+    } else if cap > SMALL_BUF && last_read < SMALL_BUF / 4 && buf.len() < SMALL_BUF / 2 {
+        let mut small = Vec::with_capacity(SMALL_BUF);
+        small.extend_from_slice(buf);
+        *buf = small;
+    }
+}
+
+/// One direction: reads `from`, writes what the core says to the other leg.
+async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
+    let to = from.other();
+    let Some(head) = s.core(|c| c.headroom(from)) else {
+        return;
+    };
+    let mut buf = Vec::with_capacity(SMALL_BUF.max(head + early.len()));
+    buf.resize(head, 0);
+    buf.extend_from_slice(&early);
+    drop(early);
+    let mut guard: Option<WriterGuard> = None;
+    let (mut last_read, mut room) = (0, 0);
+    loop {
+        // Do what the core says with what the buffer holds.
+        loop {
+            let Some(next) = s.core(|c| c.next(from, &mut buf, Instant::now())) else {
+                return;
+            };
+            let (res, n) = match next {
+                Next::Stop => return,
+                Next::Read { consumed } => {
+                    buf.drain(head..head + consumed);
+                    if !s.core(|c| c.mid_frame(from)).unwrap_or(false) {
+                        guard = None;
+                    }
+                    break;
+                }
+                Next::Forward { range, count } => {
+                    if guard.is_none() {
+                        let Some(g) = take_writer(&s, to).await else {
+                            return;
+                        };
+                        guard = Some(g);
+                        if s.core(|c| c.closed(to)).unwrap_or(true) {
+                            // The relay's close just went out: nothing after it.
+                            continue;
+                        }
+                    }
+                    let Some(g) = guard.as_mut() else { return };
+                    let Some((res, slice)) = or_done(&s.done, g.write_all(buf.slice(range))).await
+                    else {
+                        return;
+                    };
+                    buf = slice.into_inner();
+                    (res, count)
+                }
+                Next::Header { bytes, len } => {
+                    if guard.is_none() {
+                        let Some(g) = take_writer(&s, to).await else {
+                            return;
+                        };
+                        guard = Some(g);
+                        if s.core(|c| c.closed(to)).unwrap_or(true) {
+                            continue;
+                        }
+                    }
+                    let Some(g) = guard.as_mut() else { return };
+                    let h = bytes[..len as usize].to_vec();
+                    let Some((res, _)) = or_done(&s.done, g.write_all(h)).await else {
+                        return;
+                    };
+                    (res, 0)
+                }
+            };
+            if let Err(e) = res {
+                s.core(|c| c.on_write_error(to, &e, Instant::now()));
+                return;
+            }
+            if let Some(m) = &s.meter {
+                if n > 0 {
+                    let (up, down) = if from == LegId::Browser {
+                        (n, 0)
+                    } else {
+                        (0, n)
+                    };
+                    m.metrics.core(m.core).add_bytes(up, down);
+                }
+            }
+            if !s.core(|c| c.mid_frame(from)).unwrap_or(false) {
+                guard = None;
+            }
+        }
+        if room > 0 {
+            resize(&mut buf, last_read, room, head);
+        }
+        if buf.capacity() - buf.len() < MAX_CONTROL_FRAME {
+            buf.reserve(SMALL_BUF);
+        }
+        let (filled, cap) = (buf.len(), buf.capacity());
+        room = cap - filled;
+        let Some((res, slice)) = or_done(&s.done, reader.read(buf.slice_mut(filled..cap))).await
+        else {
+            return;
+        };
+        buf = slice.into_inner();
+        let now = Instant::now();
+        match res {
+            Ok(0) => {
+                s.core(|c| c.on_read_end(from, ReadEnd::Eof, now));
+                return;
+            }
+            Err(e) => {
+                s.core(|c| c.on_read_end(from, ReadEnd::Error(&e), now));
+                return;
+            }
+            Ok(n) => {
+                last_read = n;
+                if s.core(|c| c.on_read(from, n, now)).is_none() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Takes the writer of `leg` at a frame boundary, writing the relay's own
+/// frames queued for it first.
+async fn take_writer(s: &Shared, leg: LegId) -> Option<WriterGuard> {
+    let mut g = or_done(&s.done, s.lock(leg).lock()).await?;
+    // Boxed: a rare path, kept out of the pump's future (idle sessions).
+    if s.core(|c| c.has_control(leg))? && !Box::pin(write_controls(s, leg, &mut g)).await {
+        return None;
+    }
+    Some(g)
+}
