@@ -386,6 +386,30 @@ Sec-WebSocket-Protocol: binary\r\n\r\n",
     ))
 }
 
+/// Every session waits here after its upgrade until all have arrived (or
+/// failed to open), so all of them are open at once.
+struct Gate {
+    arrived: Mutex<usize>,
+    all: std::sync::Condvar,
+    total: usize,
+}
+
+impl Gate {
+    fn arrive_and_wait(&self) {
+        let mut n = self.arrived.lock().unwrap();
+        *n += 1;
+        self.all.notify_all();
+        let t = Instant::now();
+        while *n < self.total && t.elapsed() < DEADLINE / 2 {
+            n = self
+                .all
+                .wait_timeout(n, Duration::from_millis(100))
+                .unwrap()
+                .0;
+        }
+    }
+}
+
 /// One session's end, as the browser saw it.
 struct Outcome {
     shape: Shape,
@@ -403,8 +427,11 @@ fn browser(
     shape: Shape,
     seed: u64,
     verified: &AtomicU64,
+    gate: &Gate,
 ) -> Result<(), String> {
-    let (tls, sock, mut plain) = open(addr, ticket)?;
+    let opened = open(addr, ticket);
+    gate.arrive_and_wait();
+    let (tls, sock, mut plain) = opened?;
     let (tx, rx) = mpsc::channel::<Cmd>();
     let mut wsock = sock.try_clone().unwrap();
     let wtls = tls.clone();
@@ -597,23 +624,27 @@ fn soak_wss_sessions_of_four_shapes_on_busy_cores_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &certs().ca_pem).unwrap();
+    // Setup may be slow with every core busy (256 TLS handshakes on each
+    // side at once, a debug build): the soak is about what happens after.
+    let slow = "connect_timeout = \"60s\"";
     let relay = RelayBuilder::new(true)
+        .limits("handshake_timeout = \"60s\"")
         .upstream(
             "tcp-echo",
-            &format!("kind = \"tcp\"\naddr = \"{}\"", tcp_echo.addr),
+            &format!("kind = \"tcp\"\naddr = \"{}\"\n{slow}", tcp_echo.addr),
         )
         .upstream(
             "ws-echo",
-            &format!("kind = \"ws\"\nurl = \"ws://{}/\"", ws_echo.addr),
+            &format!("kind = \"ws\"\nurl = \"ws://{}/\"\n{slow}", ws_echo.addr),
         )
         .upstream(
             "tcp-burst",
-            &format!("kind = \"tcp\"\naddr = \"{}\"", tcp_b.addr),
+            &format!("kind = \"tcp\"\naddr = \"{}\"\n{slow}", tcp_b.addr),
         )
         .upstream(
             "wss-burst",
             &format!(
-                "kind = \"ws\"\nurl = \"wss://localhost:{}/\"\nca_file = \"{}\"",
+                "kind = \"ws\"\nurl = \"wss://localhost:{}/\"\nca_file = \"{}\"\n{slow}",
                 wss_b.addr.port(),
                 ca.display()
             ),
@@ -636,19 +667,24 @@ fn soak_wss_sessions_of_four_shapes_on_busy_cores_lose_nothing() {
     };
 
     let verified = Arc::new(AtomicU64::new(0));
+    let gate = Arc::new(Gate {
+        arrived: Mutex::new(0),
+        all: std::sync::Condvar::new(),
+        total,
+    });
     let (tx, rx) = mpsc::channel::<Outcome>();
     let t0 = Instant::now();
     let cpu0 = spin.cpu_secs();
     for index in 0..total {
         let shape = SHAPES[index % 4];
         let ticket = relay.ticket(shape.upstream());
-        let (tx, verified, addr) = (tx.clone(), verified.clone(), relay.addr);
+        let (tx, verified, gate, addr) = (tx.clone(), verified.clone(), gate.clone(), relay.addr);
         let seed = splitmix(index as u64 ^ rand_u64());
         thread::Builder::new()
             .stack_size(256 << 10)
             .spawn(move || {
                 let mine = AtomicU64::new(0);
-                let result = browser(addr, &ticket, shape, seed, &mine);
+                let result = browser(addr, &ticket, shape, seed, &mine, &gate);
                 let n = mine.load(Ordering::Relaxed);
                 verified.fetch_add(n, Ordering::Relaxed);
                 let _ = tx.send(Outcome {

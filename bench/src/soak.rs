@@ -144,6 +144,7 @@ async fn session(
         cfg.burst as u64
     }));
     let all_in = Arc::new(Notify::new());
+    let closed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     let writer = tokio::spawn(write_side(
         wr,
         shape,
@@ -151,17 +152,22 @@ async fn session(
         cfg,
         deadline,
         prx,
-        got.clone(),
-        total.clone(),
+        [got.clone(), total.clone()],
         all_in.clone(),
+        closed_at.clone(),
     ));
     let r = read_side(
         rd, early, shape, seed, cfg, ptx, got, total, all_in, verified,
     )
     .await;
-    if r.is_err() {
+    if let Err(e) = r {
         writer.abort();
-        return r;
+        // How long after the browser's close the session ended, if it had sent one.
+        let since = closed_at.lock().unwrap().map(|t| t.elapsed());
+        return Err(match since {
+            Some(d) => format!("{e} ({} ms after the browser's close)", d.as_millis()),
+            None => e,
+        });
     }
     match tokio::time::timeout(Duration::from_secs(10), writer).await {
         Ok(Ok(w)) => w,
@@ -190,9 +196,9 @@ async fn write_side(
     cfg: SoakCfg,
     deadline: tokio::time::Instant,
     mut pings: mpsc::UnboundedReceiver<Vec<u8>>,
-    got: Arc<AtomicU64>,
-    total: Arc<AtomicU64>,
+    [got, total]: [Arc<AtomicU64>; 2],
     all_in: Arc<Notify>,
+    closed_at: Arc<Mutex<Option<Instant>>>,
 ) -> Verdict {
     let mut rng = seed ^ 0x5eed;
     let mut frame = Vec::new();
@@ -248,6 +254,7 @@ async fn write_side(
     frame.clear();
     ws::put_header(&mut frame, ws::OP_CLOSE, 2, true);
     frame.extend_from_slice(&1000u16.to_be_bytes());
+    *closed_at.lock().unwrap() = Some(Instant::now());
     send(&mut wr, &frame, "the close").await?;
     let _ = wr.flush().await;
     Ok(())
