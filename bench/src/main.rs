@@ -6,15 +6,21 @@
 //! against the peers: the relay's own CPU time (user + system, all threads)
 //! is the cost measure. See BENCHMARKING.md at the workspace root.
 //!
+//! Two more scenarios run only when named: `soak` (many checked TLS
+//! sessions of four shapes for minutes: sessions lost, bytes verified, peak
+//! RSS) and `control` (the relay's CPU for a burst of empty pongs vs the
+//! same pongs paced).
+//!
 //! ```text
-//! nexor-bench [all|bulk|echo|idle|churn]... [--peers a,b] [--sessions N]
-//!             [--seconds S] [--rate R] [--idle-big N] [--concurrency C]
+//! nexor-bench [all|bulk|echo|idle|churn|soak|control]... [--peers a,b] [--sessions N]
+//!             [--seconds S] [--minutes M] [--rate R] [--idle-big N] [--concurrency C]
 //!             [--quick] [--out DIR] [--relay PATH] [--no-pin] [--no-install]
 //! ```
 
 mod load;
 mod peers;
 mod report;
+mod soak;
 mod ticket;
 mod tls;
 mod upstream;
@@ -27,7 +33,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: nexor-bench [all|bulk|echo|idle|churn]... [options]
+const USAGE: &str = "usage: nexor-bench [all|bulk|echo|idle|churn|soak|control]... [options]
+  (`all` is bulk, echo, idle and churn; soak and control run when named)
   --peers LIST        comma list of relay-uring,relay-epoll,nginx,websockify,direct (default: all)
   --sessions N        sessions of every selected variant (defaults: bulk 50, echo 1000 (tcp 100),
                       idle 10000 TLS / 200 tcp, churn concurrency 32)
@@ -41,7 +48,17 @@ const USAGE: &str = "usage: nexor-bench [all|bulk|echo|idle|churn]... [options]
   --relay PATH        relay binary (default target/release/nexor-relay)
   --no-pin            do not pin peers to CPU 0 and the generator to CPU 1
   --no-install        do not install missing peers (apt nginx, pip websockify)
-  --max-minutes M     hard stop for the whole run (default 20)";
+  --max-minutes M     hard stop for the whole run (default 20)
+soak (TLS sessions, a quarter each of tcp echo, ws echo, tcp burst, wss burst):
+  --sessions N        concurrent sessions (default 9000: RLIMIT_NOFILE, see BENCHMARKING.md)
+  --minutes M         duration (default 2; --seconds also works)
+  --period S          mean seconds between an echo session's messages (default 5)
+  --max-msg B         largest echo message, sizes log-uniform from 1 B (default 300000)
+  --burst B           bytes a burst upstream sends at connect (default 262144)
+control (plaintext, one session to the sink):
+  --pongs N           empty masked pongs per run (default 400000)
+  --per N             pongs per paced batch (default 100)
+  --rounds N          burst and paced runs each, alternating (default 5)";
 
 /// Command-line options.
 #[derive(Clone, Debug)]
@@ -60,6 +77,13 @@ pub struct Opts {
     pin: bool,
     install: bool,
     max_minutes: f64,
+    minutes: Option<f64>,
+    period: f64,
+    max_msg: usize,
+    burst: usize,
+    pongs: usize,
+    per: usize,
+    rounds: usize,
 }
 
 fn parse_opts() -> Result<Opts> {
@@ -84,6 +108,13 @@ fn parse_opts() -> Result<Opts> {
         pin: true,
         install: true,
         max_minutes: 20.0,
+        minutes: None,
+        period: 5.0,
+        max_msg: 300_000,
+        burst: 256 << 10,
+        pongs: 400_000,
+        per: 100,
+        rounds: 5,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -92,7 +123,7 @@ fn parse_opts() -> Result<Opts> {
             "all" => o
                 .scenarios
                 .extend(["bulk", "echo", "idle", "churn"].map(String::from)),
-            "bulk" | "echo" | "idle" | "churn" => o.scenarios.push(a.clone()),
+            "bulk" | "echo" | "idle" | "churn" | "soak" | "control" => o.scenarios.push(a.clone()),
             "--scenario" => o.scenarios.extend(val()?.split(',').map(String::from)),
             "--peers" => {
                 o.peers = val()?
@@ -112,6 +143,13 @@ fn parse_opts() -> Result<Opts> {
             "--no-pin" => o.pin = false,
             "--no-install" => o.install = false,
             "--max-minutes" => o.max_minutes = val()?.parse()?,
+            "--minutes" => o.minutes = Some(val()?.parse()?),
+            "--period" => o.period = val()?.parse()?,
+            "--max-msg" => o.max_msg = val()?.parse()?,
+            "--burst" => o.burst = val()?.parse()?,
+            "--pongs" => o.pongs = val()?.parse()?,
+            "--per" => o.per = val()?.parse()?,
+            "--rounds" => o.rounds = val()?.parse()?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -126,12 +164,15 @@ fn parse_opts() -> Result<Opts> {
     if let Some(s) = o
         .scenarios
         .iter()
-        .find(|s| !["bulk", "echo", "idle", "churn"].contains(&s.as_str()))
+        .find(|s| !["bulk", "echo", "idle", "churn", "soak", "control"].contains(&s.as_str()))
     {
         bail!("unknown scenario {s}");
     }
     if o.quick {
         o.idle_big = o.idle_big.min(5000);
+    }
+    if o.per == 0 || o.max_msg == 0 || o.burst == 0 || o.period <= 0.0 {
+        bail!("--per, --max-msg, --burst and --period must be above zero");
     }
     Ok(o)
 }
@@ -299,6 +340,42 @@ fn plans(o: &Opts, idle_addrs: u8) -> Vec<Plan> {
                     t,
                 ));
             }
+            "soak" => {
+                // Each session holds two sockets in the relay, and the
+                // generator holds both ends' other two (browser leg and
+                // upstream leg): RLIMIT_NOFILE caps both.
+                let fit = peers::max_sessions() / 4 * 4;
+                let want = q(9000, 1000);
+                if want > fit {
+                    eprintln!(
+                        "soak: {fit} sessions, not {want}: RLIMIT_NOFILE hard limit {}",
+                        peers::nofile_hard()
+                    );
+                }
+                let t = o
+                    .minutes
+                    .map(|m| m * 60.0)
+                    .or(o.seconds)
+                    .unwrap_or(if o.quick { 20.0 } else { 120.0 });
+                v.push(p(
+                    "soak",
+                    "wss",
+                    true,
+                    Up::WsEcho,
+                    &[RelayUring, RelayEpoll],
+                    want.min(fit),
+                    t,
+                ));
+            }
+            "control" => v.push(p(
+                "control",
+                "pongs",
+                false,
+                Up::WsSink,
+                &[RelayUring, RelayEpoll],
+                1,
+                0.0,
+            )),
             _ => unreachable!(),
         }
     }
@@ -432,6 +509,7 @@ fn real_main() -> Result<()> {
 
 async fn run_all(o: &Opts, dir: &std::path::Path, place: Placement) -> Result<Vec<Row>> {
     const IDLE_ADDRS: u8 = 5;
+    upstream::BURST.store(o.burst as u64, std::sync::atomic::Ordering::Relaxed);
     let ups = upstream::start(IDLE_ADDRS)?;
     let (cert, key) = tls::make_cert(dir)?;
     let minter = Arc::new(ticket::Minter::new());
@@ -487,6 +565,16 @@ async fn run_one(
             "bulk" => load::bulk(&peer, &dial, plan.up, plan.n, plan.secs).await,
             "echo" => load::echo(&peer, &dial, plan.up, plan.n, o.rate, o.size, plan.secs).await,
             "churn" => load::churn(&peer, &dial, plan.up, plan.n, plan.secs).await,
+            "soak" => {
+                let cfg = soak::SoakCfg {
+                    secs: plan.secs,
+                    period: o.period,
+                    max_msg: o.max_msg,
+                    burst: o.burst,
+                };
+                soak::soak(&peer, &dial, plan.n, cfg).await
+            }
+            "control" => soak::control(&peer, &dial, o.pongs, o.per, o.rounds).await,
             _ => {
                 let ups = match plan.up {
                     Up::WsIdle(k) if k > 0 => (0..k).map(Up::WsIdle).collect(),

@@ -58,6 +58,10 @@ pub enum Up {
     TcpEcho,
     TcpSource,
     TcpSink,
+    /// Soak: bursts at connect (TCP).
+    TcpBurst,
+    /// Soak: bursts at connect (TLS WebSocket, 128 KiB frames).
+    WssBurst,
 }
 
 impl Up {
@@ -71,6 +75,8 @@ impl Up {
             Up::TcpEcho => "tcpecho".into(),
             Up::TcpSource => "tcpsource".into(),
             Up::TcpSink => "tcpsink".into(),
+            Up::TcpBurst => "tcpburst".into(),
+            Up::WssBurst => "wssburst".into(),
         }
     }
     pub fn direct_path(self) -> &'static str {
@@ -82,13 +88,18 @@ impl Up {
         }
     }
     pub fn is_tcp(self) -> bool {
-        matches!(self, Up::TcpEcho | Up::TcpSource | Up::TcpSink)
+        matches!(
+            self,
+            Up::TcpEcho | Up::TcpSource | Up::TcpSink | Up::TcpBurst
+        )
     }
     fn addr(self, u: &Upstreams) -> SocketAddr {
         match self {
             Up::TcpEcho => u.tcp_echo,
             Up::TcpSource => u.tcp_source,
             Up::TcpSink => u.tcp_sink,
+            Up::TcpBurst => u.tcp_burst,
+            Up::WssBurst => u.wss_burst,
             Up::WsIdle(i) => u.ws_idle[i as usize],
             _ => u.ws,
         }
@@ -118,6 +129,8 @@ pub struct Peer {
     pub tls: bool,
     /// The driver the relay logged, if a relay.
     pub driver: Option<String>,
+    /// The relay's log (stderr and the audit lines on stdout).
+    pub log: Option<PathBuf>,
     child: Option<Child>,
     pgid: i32,
 }
@@ -191,6 +204,7 @@ impl Peer {
                     addr: env.ups.ws,
                     tls,
                     driver: None,
+                    log: None,
                     child: None,
                     pgid: 0,
                 }
@@ -215,6 +229,8 @@ impl Peer {
 
     fn relay(kind: PeerKind, tls: bool, env: &PeerEnv) -> Result<Peer> {
         let mut c = String::from("[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n");
+        // The admin listener on a free port (the default 9477 may be taken).
+        let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
         if tls {
             writeln!(c, "tls_cert = {:?}\ntls_key = {:?}", env.cert, env.key)?;
         }
@@ -223,6 +239,7 @@ impl Peer {
             "\n[tickets]\nkeys = [{{ id = \"{KID}\", secret = \"{}\" }}]\n",
             env.minter.secret_b64()
         )?;
+        c.push_str(admin);
         let mut ups = vec![
             Up::WsEcho,
             Up::WsSink,
@@ -230,6 +247,7 @@ impl Peer {
             Up::TcpEcho,
             Up::TcpSource,
             Up::TcpSink,
+            Up::TcpBurst,
         ];
         ups.extend((0..env.ups.ws_idle.len() as u8).map(Up::WsIdle));
         for u in ups {
@@ -249,6 +267,13 @@ impl Peer {
                 )?;
             }
         }
+        writeln!(
+            c,
+            "[upstreams.{}]\nkind = \"ws\"\nurl = \"wss://127.0.0.1:{}/\"\nfingerprint = \"{}\"\n",
+            Up::WssBurst.name(),
+            env.ups.wss_burst.port(),
+            env.ups.wss_fingerprint
+        )?;
         let name = format!("{}-{}", kind.name(), if tls { "tls" } else { "plain" });
         let conf = env.dir.join(format!("{name}.toml"));
         std::fs::write(&conf, c)?;
@@ -289,6 +314,7 @@ impl Peer {
                     addr,
                     tls,
                     driver,
+                    log: Some(env.dir.join(&logname)),
                     child: Some(child),
                     pgid,
                 });
@@ -381,6 +407,7 @@ http {{
             addr,
             tls,
             driver: None,
+            log: None,
             child: Some(child),
             pgid,
         })
@@ -407,6 +434,7 @@ http {{
             addr,
             tls,
             driver: None,
+            log: None,
             child: Some(child),
             pgid,
         })

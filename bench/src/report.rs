@@ -80,6 +80,31 @@ impl Row {
                 g("mem_after_mib"),
                 g("processes")
             ),
+            "soak" => format!(
+                "{:.0} sessions ({:.0} at once) in {:.0} s: {:.0} lost, {:.2} GiB verified, \
+relay peak RSS {:.0} MiB (from {:.0}), {:.2} CPU-s, audit {:.0} session_end / {:.0} not clean",
+                g("sessions"),
+                g("concurrent"),
+                g("seconds"),
+                g("lost"),
+                g("gib"),
+                g("peak_rss_mib"),
+                g("rss_before_mib"),
+                g("cpu_s"),
+                g("audit_session_end"),
+                g("audit_bad")
+            ),
+            "control" => format!(
+                "{:.0} pongs x {:.0}: burst {:.2} CPU-s ({:.2} s), paced {:.2} CPU-s ({:.2} s): \
+burst/paced {:.2}",
+                g("pongs"),
+                g("rounds"),
+                g("burst_cpu_s"),
+                g("burst_wall_s"),
+                g("paced_cpu_s"),
+                g("paced_wall_s"),
+                g("burst_over_paced")
+            ),
             _ => format!(
                 "{:.0} sessions/s, {:.2} CPU-s, {:.0} sessions/CPU-s",
                 g("sessions_per_s"),
@@ -265,6 +290,29 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
         None,
         Some(20.0),
     );
+    cmp(
+        "control frames: relay CPU, pong burst / paced",
+        "control",
+        "pongs",
+        "burst_over_paced",
+        Some(1.0),
+        None,
+    );
+    for peer in ["relay-uring", "relay-epoll"] {
+        if let Some(r) = find(rows, "soak", "wss", peer) {
+            let lost = r.get("lost").unwrap_or(f64::NAN);
+            let bad = r.get("audit_bad").unwrap_or(f64::NAN);
+            t.push(Target {
+                what: format!(
+                    "soak: {:.0} sessions, {lost:.0} lost, {bad:.0} audit lines not clean ({peer})",
+                    r.get("sessions").unwrap_or(0.0)
+                ),
+                ratio: None,
+                goal: "0 lost".into(),
+                met: lost == 0.0 && bad == 0.0,
+            });
+        }
+    }
     for peer in ["relay-uring", "relay-epoll"] {
         if let Some(r) = find(rows, "idle", "ws-max", peer) {
             let n = r.get("sessions").unwrap_or(0.0);

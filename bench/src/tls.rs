@@ -6,7 +6,7 @@ use rustls::client::Resumption;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Writes a self-signed ECDSA P-256 certificate for `localhost`/127.0.0.1
 /// (rcgen), returning the cert and key paths; every TLS peer uses the same.
@@ -71,4 +71,47 @@ pub fn client_config() -> Result<Arc<ClientConfig>> {
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     cfg.resumption = Resumption::disabled();
     Ok(Arc::new(cfg))
+}
+
+/// The certificate and server config of the soak's TLS upstream (one per
+/// run; the relay pins its SHA-256 fingerprint).
+struct Upstream {
+    fingerprint: String,
+    config: Arc<rustls::ServerConfig>,
+}
+
+fn upstream() -> Result<&'static Upstream> {
+    static U: OnceLock<Upstream> = OnceLock::new();
+    if let Some(u) = U.get() {
+        return Ok(u);
+    }
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
+    let der = ck.cert.der().clone();
+    let fingerprint = ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(vec![der], key)?;
+    Ok(U.get_or_init(|| Upstream {
+        fingerprint,
+        config: Arc::new(config),
+    }))
+}
+
+/// SHA-256 of the TLS upstream's certificate (`AA:BB:...`).
+pub fn upstream_fingerprint() -> Result<String> {
+    Ok(upstream()?.fingerprint.clone())
+}
+
+/// The TLS upstream's acceptor.
+pub fn upstream_acceptor() -> tokio_rustls::TlsAcceptor {
+    tokio_rustls::TlsAcceptor::from(upstream().expect("upstream cert").config.clone())
 }

@@ -1,6 +1,8 @@
 //! Built-in upstream servers, shared by every peer in a run: a WebSocket
-//! server (path `/echo`, `/sink`, `/source`, `/idle`) and TCP echo, source
-//! and sink listeners. They run on the generator's own thread.
+//! server (path `/echo`, `/sink`, `/source`, `/idle`), TCP echo, source
+//! and sink listeners, and for the soak a TCP upstream and a TLS WebSocket
+//! upstream that burst a checked byte stream at connect. They run on the
+//! generator's own thread.
 
 use crate::ws::{self, FrameBuf};
 use anyhow::Result;
@@ -33,7 +35,20 @@ pub struct Upstreams {
     pub tcp_echo: SocketAddr,
     pub tcp_source: SocketAddr,
     pub tcp_sink: SocketAddr,
+    /// Bursts `BURST` bytes of the soak stream at connect (TCP).
+    pub tcp_burst: SocketAddr,
+    /// The same as 128 KiB binary frames over TLS + WebSocket.
+    pub wss_burst: SocketAddr,
+    /// SHA-256 of the `wss_burst` certificate, as the relay pins it.
+    pub wss_fingerprint: String,
 }
+
+/// Bytes each burst upstream sends at connect (set once, before any session).
+pub static BURST: AtomicU64 = AtomicU64::new(256 << 10);
+/// Frame size of the `wss` burst (what pveproxy sends for a screen update).
+pub const BURST_FRAME: usize = 128 << 10;
+/// Seed of the burst stream (see `crate::soak::fill`).
+pub const BURST_SEED: u64 = 0xb0b5_7ead;
 
 fn listen(ip: Ipv4Addr) -> Result<TcpListener> {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
@@ -50,6 +65,8 @@ enum Kind {
     TcpEcho,
     TcpSource,
     TcpSink,
+    TcpBurst,
+    WssBurst,
 }
 
 fn serve(l: TcpListener, kind: Kind) {
@@ -64,6 +81,8 @@ fn serve(l: TcpListener, kind: Kind) {
                             Kind::TcpEcho => tcp_echo(s).await,
                             Kind::TcpSource => source(s, tcp_batch()).await,
                             Kind::TcpSink => sink(s).await,
+                            Kind::TcpBurst => tcp_burst(s).await,
+                            Kind::WssBurst => wss_burst(s).await,
                         };
                     });
                 }
@@ -87,18 +106,78 @@ pub fn start(idle_addrs: u8) -> Result<Upstreams> {
         serve(l, Kind::Ws);
     }
     let (e, so, si) = (listen(lo)?, listen(lo)?, listen(lo)?);
+    let (tb, wb) = (listen(lo)?, listen(lo)?);
     let u = Upstreams {
         ws: ws.local_addr()?,
         ws_idle,
         tcp_echo: e.local_addr()?,
         tcp_source: so.local_addr()?,
         tcp_sink: si.local_addr()?,
+        tcp_burst: tb.local_addr()?,
+        wss_burst: wb.local_addr()?,
+        wss_fingerprint: crate::tls::upstream_fingerprint()?,
     };
     serve(ws, Kind::Ws);
     serve(e, Kind::TcpEcho);
     serve(so, Kind::TcpSource);
     serve(si, Kind::TcpSink);
+    serve(tb, Kind::TcpBurst);
+    serve(wb, Kind::WssBurst);
     Ok(u)
+}
+
+/// The burst, built once (every burst session gets the same bytes; the
+/// browser checks each at its offset).
+fn burst_bytes() -> &'static [u8] {
+    static B: OnceLock<Vec<u8>> = OnceLock::new();
+    B.get_or_init(|| crate::soak::stream(BURST_SEED, 0, BURST.load(Ordering::Relaxed) as usize))
+}
+
+/// Writes the burst at connect, then drains until the relay closes.
+async fn tcp_burst(mut s: TcpStream) -> Result<()> {
+    s.write_all(burst_bytes()).await?;
+    let mut buf = vec![0u8; 4096];
+    while s.read(&mut buf).await? > 0 {}
+    Ok(())
+}
+
+/// TLS, the WebSocket upgrade, the burst as 128 KiB binary frames, then
+/// pings answered and the close returned.
+async fn wss_burst(s: TcpStream) -> Result<()> {
+    let mut s = crate::tls::upstream_acceptor().accept(s).await?;
+    let (_, early) = ws::server_handshake(&mut s).await?;
+    let mut out = Vec::with_capacity(BURST_FRAME + 16);
+    for chunk in burst_bytes().chunks(BURST_FRAME) {
+        out.clear();
+        ws::put_header(&mut out, ws::OP_BINARY, chunk.len(), false);
+        out.extend_from_slice(chunk);
+        s.write_all(&out).await?;
+    }
+    s.flush().await?;
+    let mut fb = FrameBuf::new(4096, &early);
+    loop {
+        while let Some((h, r)) = fb.next_frame() {
+            if let Some(k) = h.mask {
+                ws::unmask(&mut fb.buf[r.clone()], k);
+            }
+            let op = match h.opcode {
+                ws::OP_PING => ws::OP_PONG,
+                ws::OP_CLOSE => ws::OP_CLOSE,
+                _ => continue,
+            };
+            out.clear();
+            ws::put_header(&mut out, op, r.len(), false);
+            out.extend_from_slice(&fb.buf[r]);
+            s.write_all(&out).await?;
+            s.flush().await?;
+            if op == ws::OP_CLOSE {
+                return Ok(());
+            }
+        }
+        if fb.fill(&mut s).await? == 0 {
+            return Ok(());
+        }
+    }
 }
 
 /// BATCH server frames of CHUNK bytes, built once.

@@ -121,7 +121,9 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Server upgrade: returns (request path, bytes read past the head).
-pub async fn server_handshake(s: &mut TcpStream) -> Result<(String, Vec<u8>)> {
+pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+) -> Result<(String, Vec<u8>)> {
     let (hl, buf) = read_head(s).await?;
     let head = std::str::from_utf8(&buf[..hl])?;
     let mut lines = head.split("\r\n");
