@@ -253,6 +253,9 @@ pub struct Core {
     last_data: Instant,
     next_ping: Option<Instant>,
     request_seen: bool,
+    /// The close code (1005: none) a leg's close frame carried, while the
+    /// relay still owes that leg an answer (see [`Core::on_timer`]).
+    close_seen: [Option<u16>; 2],
     bytes: [u64; 2],
     dirty: bool,
     /// Test hook: panic when a leg's read reaches this many bytes.
@@ -313,6 +316,7 @@ impl Core {
             last_data: now,
             next_ping: settings.ping_interval.map(|p| now + p),
             request_seen: false,
+            close_seen: [None; 2],
             bytes: [0, 0],
             dirty: false,
             #[cfg(test)]
@@ -421,6 +425,12 @@ impl Core {
             Phase::Done => {}
             Phase::Closing(at) => {
                 if at <= now {
+                    // A peer whose close the other side never answered
+                    // still gets its answer (RFC 6455 §5.5.1): the relay
+                    // is its peer, and a browser left without one reports
+                    // an abnormal end.
+                    self.answer_close(LegId::Browser);
+                    self.answer_close(LegId::Upstream);
                     self.set_phase(Phase::Done);
                 }
             }
@@ -667,6 +677,20 @@ impl Core {
         }
     }
 
+    /// Answers the close `leg` sent, echoing its code, unless the relay
+    /// already sent that leg a close (the other side's answer, say).
+    fn answer_close(&mut self, leg: LegId) {
+        if let Some(code) = self.close_seen[leg.i()] {
+            let payload = if code == 1005 {
+                Vec::new()
+            } else {
+                code.to_be_bytes().to_vec()
+            };
+            let masked = leg == LegId::Upstream;
+            self.queue_close(leg, control_frame(OpCode::Close, &payload, masked));
+        }
+    }
+
     fn close_browser(&mut self, code: u16, reason: &str) {
         if !self.out[0].sent_close {
             self.queue_close(LegId::Browser, close_frame(code, reason, false));
@@ -722,6 +746,10 @@ impl Core {
             }
             _ => {
                 // End to end: forward the close byte for byte.
+                if !self.out[from.i()].sent_close {
+                    self.close_seen[from.i()] =
+                        Some(frame::check_close_payload(payload).unwrap_or(close::PROTOCOL_ERROR));
+                }
                 self.queue_close(from.other(), raw.to_vec());
                 if self.out[from.i()].sent_close {
                     // It answers a close already sent: handshake complete.
@@ -753,6 +781,8 @@ impl Core {
                     (close::UPSTREAM_FAILED, "upstream_gone")
                 };
                 self.record(code, reason, Side::Upstream, e);
+                // A browser whose close was on its way gets its answer.
+                self.answer_close(LegId::Browser);
                 self.close_browser(code, "");
                 self.begin_closing(now);
             }

@@ -529,9 +529,27 @@ fn closes_go_end_to_end_per_mode() {
         assert!(matches!(sim.core.phase(), Phase::Closing(_)));
         sim.core.on_read_end(LegId::Upstream, ReadEnd::Eof, sim.now);
         assert_eq!(sim.core.phase(), Phase::Done);
+        sim.run();
+        assert_eq!(last_close(&sim, LegId::Browser), Some(1000), "answered");
         assert_eq!(
             summary(&sim.outcome()),
             (1000, "close", Side::Browser, None)
+        );
+        // The browser closed; the upstream never answers and stays: after
+        // the grace the relay answers the browser itself, with its code.
+        let c = masked(OpCode::Close, &close_payload(4321, "bye"));
+        let mut sim = feed(Mode::Frames, settings(), seed, &c, b"");
+        assert!(matches!(sim.core.phase(), Phase::Closing(_)));
+        assert_eq!(last_close(&sim, LegId::Browser), None);
+        let at = sim.now + CLOSE_GRACE;
+        sim.timer(at);
+        assert_eq!(sim.core.phase(), Phase::Done);
+        sim.run();
+        assert_eq!(last_close(&sim, LegId::Browser), Some(4321), "answered");
+        assert_eq!(sim.frames_to(LegId::Upstream).last().unwrap().raw, c);
+        assert_eq!(
+            summary(&sim.outcome()),
+            (4321, "close", Side::Browser, None)
         );
         // Proxmox: a browser close is passed on and answered by the relay.
         let c = masked(OpCode::Close, &close_payload(1000, "bye"));
