@@ -396,10 +396,18 @@ html,body{{margin:0;height:100%;background:#111;color:#ddd;font:14px system-ui,s
         format!(
             r#"// Opens the console named in the URL fragment (#console=vnc|term&ticket=…).
 import RFB from "{n}/core/rfb.js";
-const params = new URLSearchParams(location.hash.slice(1));
+// The ticket leaves the URL at once (not in history, bookmarks or a shared
+// screen); this tab keeps it in sessionStorage, so a reload reconnects
+// within the relay's reconnect grace. Closing the tab forgets it.
+let fragment = location.hash.slice(1);
+if (new URLSearchParams(fragment).has("ticket")) {{
+  sessionStorage.setItem("nexor.console", fragment);
+  history.replaceState(null, "", location.pathname + location.search);
+}} else {{
+  fragment = sessionStorage.getItem("nexor.console") || "";
+}}
+const params = new URLSearchParams(fragment);
 const ticket = params.get("ticket") || "";
-// The ticket leaves the URL at once: not in history, bookmarks or a shared screen.
-history.replaceState(null, "", location.pathname + location.search);
 const kind = params.get("console") || "vnc";
 const proto = params.get("proto") || "raw";
 const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + {path:?};
@@ -563,7 +571,7 @@ mod tests {
         assert!(csp.contains(&format!("'sha256-{digest}'")), "{csp}");
         // The ticket leaves the URL once read.
         let js = String::from_utf8(p.get("/console.js").unwrap().body).unwrap();
-        let read = js.find("params.get(\"ticket\")").unwrap();
+        let read = js.find("location.hash.slice(1)").unwrap();
         let gone = js
             .find("history.replaceState(null, \"\", location.pathname + location.search)")
             .unwrap();
