@@ -489,11 +489,22 @@ impl Revoke<'_> {
     fn matches(&self, jti_hash: &[u8; 32], sub: &str, vm: &str) -> bool {
         match self {
             Revoke::JtiHash(h) => h == jti_hash,
-            Revoke::JtiPrefix(p) => p.len() >= 16 && crate::session::hex(jti_hash).starts_with(*p),
+            Revoke::JtiPrefix(p) => p.len() >= 16 && hex_prefix(jti_hash, p),
             Revoke::Sub(s) => !s.is_empty() && sub == *s,
             Revoke::Vm(v) => !v.is_empty() && vm == *v,
         }
     }
+}
+
+/// Is `p` (lowercase hex) a prefix of `hash` in hex? No allocation: a
+/// revoke walks every remembered ticket under the lock.
+fn hex_prefix(hash: &[u8; 32], p: &str) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    p.len() <= 64
+        && p.bytes().enumerate().all(|(i, c)| {
+            let b = hash[i / 2];
+            HEX[usize::from(if i % 2 == 0 { b >> 4 } else { b & 15 })] == c
+        })
 }
 
 /// What a revoke did.
@@ -837,6 +848,9 @@ mod tests {
 
     #[test]
     fn revoke_voids_grants_and_bars_the_jti() {
+        let h = [0xabu8; 32];
+        assert!(hex_prefix(&h, "abababababababab") && hex_prefix(&h, &"ab".repeat(32)));
+        assert!(!hex_prefix(&h, "abababababababac") && !hex_prefix(&h, &"ab".repeat(33)));
         let reg = Registry::new();
         let l = limits();
         for sel in ["jti", "sub", "vm"] {
