@@ -10,23 +10,43 @@
 //!
 //! Plain blocking std threads: admin traffic is a scrape every few
 //! seconds, far from the data path.
+//!
+//! Against CSRF and DNS rebinding (a web page making the operator's browser
+//! talk to this listener): a request whose `Host` is neither the address it
+//! reached (or `localhost:port` on loopback) nor `[admin] host` is refused,
+//! and so is any request carrying an `Origin` (browsers send one on every
+//! POST and cross-origin fetch; scrapers and curl do not). At most
+//! [`MAX_CONNECTIONS`] at once; a request must arrive whole within
+//! [`ADMIN_TIMEOUT`] and its answer leave within as long.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::http::{self, HeadLimits, Headers};
 use crate::log::{self, V};
 use crate::metrics::Metrics;
-use crate::registry::CloseRequest;
+use crate::registry::Revoke;
 use crate::server::State;
 
-/// How long an admin client may take to send its request.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an admin client may take to send its whole request, and to
+/// take its answer.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Admin connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Gives an admin connection's place back when its thread ends.
+struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Binds the admin listener and serves it on a thread; returns its address.
 pub fn spawn(addr: SocketAddr, state: Arc<State>) -> std::io::Result<SocketAddr> {
@@ -35,13 +55,22 @@ pub fn spawn(addr: SocketAddr, state: Arc<State>) -> std::io::Result<SocketAddr>
     std::thread::Builder::new()
         .name("nexor-admin".into())
         .spawn(move || {
+            let open = Arc::new(AtomicUsize::new(0));
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
+                if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    open.fetch_sub(1, Ordering::AcqRel);
+                    continue; // dropped: closed without an answer
+                }
+                let place = Place(open.clone());
                 let state = state.clone();
                 let _ = std::thread::Builder::new()
                     .name("nexor-admin-conn".into())
                     .stack_size(256 * 1024)
-                    .spawn(move || serve(conn, &state));
+                    .spawn(move || {
+                        let _place = place;
+                        serve(conn, &state)
+                    });
             }
         })?;
     Ok(local)
@@ -105,8 +134,27 @@ pub fn pct_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Is `host` (the `Host` header) one this listener answers to? Its own
+/// address (`local`, as `ip:port`), `localhost:port` when that is a
+/// loopback address, or the configured `[admin] host` (with or without
+/// the port). A DNS-rebinding page's requests carry its own name.
+pub fn host_allowed(host: &str, local: SocketAddr, configured: Option<&str>) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    let port = local.port();
+    let ip = crate::proxy::canonical(local.ip());
+    let own = SocketAddr::new(ip, port).to_string();
+    if host == own || host == local.to_string() {
+        return true;
+    }
+    if ip.is_loopback() && host == format!("localhost:{port}") {
+        return true;
+    }
+    configured.is_some_and(|c| host == c || host == format!("{c}:{port}"))
+}
+
 fn serve(mut conn: TcpStream, state: &State) {
-    let _ = conn.set_read_timeout(Some(ADMIN_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(ADMIN_TIMEOUT));
+    let deadline = Instant::now() + ADMIN_TIMEOUT;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let head = loop {
@@ -115,12 +163,34 @@ fn serve(mut conn: TcpStream, state: &State) {
             Ok(None) => {}
             Err(_) => return respond(&mut conn, 400, "text/plain", "bad request\n"),
         }
+        // One deadline for the whole request: a byte now and then does not
+        // extend it.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
         match conn.read(&mut chunk) {
             Ok(0) | Err(_) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     };
     let live = state.live();
+    let host = head.one("host").ok().flatten().unwrap_or("");
+    let local = match conn.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    if !host_allowed(host, local, live.cfg.admin.host.as_deref()) {
+        return respond(&mut conn, 403, "text/plain", "unknown host\n");
+    }
+    if head.all("origin").next().is_some() {
+        return respond(
+            &mut conn,
+            403,
+            "text/plain",
+            "requests from web pages are refused\n",
+        );
+    }
     if let Some(token) = &live.cfg.admin.token {
         let want = format!("Bearer {}", token.expose());
         let got = head.one("authorization").ok().flatten().unwrap_or("");
@@ -186,10 +256,25 @@ fn serve(mut conn: TcpStream, state: &State) {
                     "exactly one of jti, jti_sha256, sub, vm\n",
                 );
             };
-            let jti_hash: Option<String> = match *key {
-                "jti" => Some(crate::session::hex(&Sha256::digest(value.as_bytes()))),
-                "jti_sha256" => Some(value.to_ascii_lowercase()),
-                "sub" | "vm" => None,
+            let lower = value.to_ascii_lowercase();
+            let sel = match *key {
+                "jti" => Revoke::JtiHash(Sha256::digest(value.as_bytes()).into()),
+                "jti_sha256" => match parse_hash(&lower) {
+                    Some(h) => Revoke::JtiHash(h),
+                    None if lower.len() >= 16 && lower.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                        Revoke::JtiPrefix(&lower)
+                    }
+                    None => {
+                        return respond(
+                            &mut conn,
+                            400,
+                            "text/plain",
+                            "jti_sha256: 16 to 64 hex digits\n",
+                        )
+                    }
+                },
+                "sub" => Revoke::Sub(value),
+                "vm" => Revoke::Vm(value),
                 _ => {
                     return respond(
                         &mut conn,
@@ -199,27 +284,30 @@ fn serve(mut conn: TcpStream, state: &State) {
                     )
                 }
             };
-            let mut n = 0u64;
-            for c in state.registry.live() {
-                let hit = match (*key, &jti_hash) {
-                    ("sub", _) => c.sub == *value,
-                    ("vm", _) => c.vm == *value,
-                    (_, Some(h)) => {
-                        h.len() >= 16 && crate::session::hex(&c.jti_hash).starts_with(h.as_str())
-                    }
-                    _ => false,
-                };
-                if hit {
-                    c.request_close(CloseRequest::Revoked);
-                    n += 1;
-                }
-            }
-            log::info("revoked", &[("selector", V::S(key)), ("sessions", V::N(n))]);
+            // A ticket valid now expires by now + max_ttl + leeway (its iat
+            // is at most leeway ahead); a revoked jti is barred until then
+            // plus the reconnect grace.
+            let t = &live.cfg.tickets;
+            let grace = t.reconnect_grace.as_secs();
+            let now = crate::session::unix_now();
+            let unseen_until = now
+                .saturating_add(t.policy.max_ttl)
+                .saturating_add(2 * t.policy.leeway)
+                .saturating_add(grace);
+            let r = state.registry.revoke(&sel, now, grace, unseen_until);
+            log::info(
+                "revoked",
+                &[
+                    ("selector", V::S(key)),
+                    ("sessions", V::N(r.sessions)),
+                    ("grants", V::N(r.grants)),
+                ],
+            );
             respond(
                 &mut conn,
                 200,
                 "application/json",
-                &format!("{{\"revoked\":{n}}}"),
+                &format!("{{\"revoked\":{}}}", r.sessions),
             )
         }
         (_, "/metrics" | "/healthz" | "/readyz" | "/sessions" | "/sessions/revoke") => {
@@ -227,6 +315,18 @@ fn serve(mut conn: TcpStream, state: &State) {
         }
         _ => respond(&mut conn, 404, "text/plain", "not found\n"),
     }
+}
+
+/// 64 hex digits: a whole SHA-256.
+fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -240,5 +340,33 @@ mod tests {
                 && !super::same(b"abc", b"abd")
                 && !super::same(b"ab", b"abc")
         );
+    }
+
+    #[test]
+    fn admin_hosts() {
+        use super::host_allowed;
+        let lo = "127.0.0.1:9477".parse().unwrap();
+        assert!(host_allowed("127.0.0.1:9477", lo, None));
+        assert!(host_allowed("LOCALHOST:9477", lo, None));
+        assert!(!host_allowed("localhost:9478", lo, None));
+        assert!(!host_allowed("evil.example:9477", lo, None));
+        assert!(!host_allowed("", lo, None));
+        let lan = "10.0.0.5:9477".parse().unwrap();
+        assert!(!host_allowed("localhost:9477", lan, None));
+        assert!(host_allowed("10.0.0.5:9477", lan, None));
+        assert!(host_allowed(
+            "relay-admin.internal",
+            lan,
+            Some("relay-admin.internal")
+        ));
+        assert!(host_allowed(
+            "relay-admin.internal:9477",
+            lan,
+            Some("relay-admin.internal")
+        ));
+        let v6 = "[::1]:9477".parse().unwrap();
+        assert!(host_allowed("[::1]:9477", v6, None));
+        assert!(super::parse_hash(&"ab".repeat(32)).is_some());
+        assert!(super::parse_hash(&"zz".repeat(32)).is_none());
     }
 }

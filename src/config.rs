@@ -93,6 +93,7 @@ struct RawServer {
     require_origin: Option<bool>,
     proxy_protocol: Option<bool>,
     trusted_proxies: Option<Vec<String>>,
+    client_ip_header: Option<String>,
     drain_timeout: Option<String>,
     console_page: Option<bool>,
     console_assets: Option<PathBuf>,
@@ -102,6 +103,7 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    host: Option<String>,
     token: Option<String>,
     token_file: Option<PathBuf>,
 }
@@ -146,6 +148,7 @@ struct RawLimits {
     idle_timeout: Option<String>,
     handshakes_per_ip: Option<u32>,
     max_handshakes: Option<usize>,
+    max_handshakes_per_ip: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -202,8 +205,11 @@ pub struct Server {
     pub origins: OriginPolicy,
     /// Expect a PROXY protocol v1/v2 header on every connection.
     pub proxy_protocol: bool,
-    /// Peers whose X-Forwarded-For / Forwarded / CF-Connecting-IP are believed.
+    /// Peers whose PROXY header and `client_ip_header` are believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// The one header that names the client, read only from a trusted
+    /// proxy; `None` when `trusted_proxies` is empty.
+    pub client_ip_header: Option<ClientIpHeader>,
     /// On SIGTERM, how long live sessions may continue before 1001.
     pub drain_timeout: Duration,
     /// Serve the console page at `/` (demo and first tries).
@@ -217,6 +223,9 @@ pub struct Server {
 pub struct Admin {
     /// `None` when `listen = "off"`.
     pub listen: Option<SocketAddr>,
+    /// Another `Host` the admin listener answers to (a name for a
+    /// non-loopback listener), besides its own address.
+    pub host: Option<String>,
     /// Bearer token required on every admin request, if set.
     pub token: Option<Secret>,
 }
@@ -281,6 +290,46 @@ pub struct Limits {
     /// Handshakes in progress at once (all cores); beyond, connections are
     /// dropped before TLS.
     pub max_handshakes: usize,
+    /// Handshakes in progress at once from one client IP (the TCP peer, or
+    /// the PROXY source once read); beyond, dropped before TLS.
+    pub max_handshakes_per_ip: usize,
+}
+
+/// `[server] client_ip_header`: which header a trusted proxy names the
+/// client in. Only that one is read; the others are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For`: the rightmost hop that is not a trusted proxy.
+    XForwardedFor,
+    /// `Forwarded: for=…` (RFC 7239): the rightmost hop not trusted.
+    Forwarded,
+    /// `CF-Connecting-IP`: one address (Cloudflare).
+    CfConnectingIp,
+    /// `X-Real-IP`: one address (nginx `proxy_set_header X-Real-IP`).
+    XRealIp,
+}
+
+impl ClientIpHeader {
+    /// The config value, which is also the header name (lowercase).
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientIpHeader::XForwardedFor => "x-forwarded-for",
+            ClientIpHeader::Forwarded => "forwarded",
+            ClientIpHeader::CfConnectingIp => "cf-connecting-ip",
+            ClientIpHeader::XRealIp => "x-real-ip",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ClientIpHeader> {
+        [
+            ClientIpHeader::XForwardedFor,
+            ClientIpHeader::Forwarded,
+            ClientIpHeader::CfConnectingIp,
+            ClientIpHeader::XRealIp,
+        ]
+        .into_iter()
+        .find(|h| h.name() == s.trim().to_ascii_lowercase())
+    }
 }
 
 /// What a new session does when its VM is at `max_sessions_per_vm`.
@@ -486,6 +535,7 @@ pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(8 * 3600);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_MAX_HANDSHAKES: usize = 4096;
+pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 64;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9477";
 pub const DEFAULT_REFUSED_PER_SECOND: u32 = 50;
@@ -681,6 +731,7 @@ const KNOWN_KEYS: &[&str] = &[
     "api",
     "audience",
     "ca_file",
+    "client_ip_header",
     "connect_timeout",
     "console_assets",
     "console_page",
@@ -689,6 +740,7 @@ const KNOWN_KEYS: &[&str] = &[
     "force_shared",
     "handshake_timeout",
     "handshakes_per_ip",
+    "host",
     "id",
     "idle_timeout",
     "keys",
@@ -696,6 +748,7 @@ const KNOWN_KEYS: &[&str] = &[
     "listen",
     "max_frame",
     "max_handshakes",
+    "max_handshakes_per_ip",
     "max_head",
     "max_headers",
     "max_session",
@@ -945,6 +998,31 @@ impl Config {
                     .map_err(|m| ConfigError::new(format!("server.trusted_proxies[{i}]"), m))?,
             );
         }
+        let client_ip_header = match (raw.client_ip_header.as_deref(), trusted_proxies.is_empty()) {
+            (Some(_), true) => {
+                return Err(ConfigError::new(
+                    "server.client_ip_header",
+                    "needs server.trusted_proxies: the header is read only from those peers",
+                ))
+            }
+            (None, true) => None,
+            (None, false) => Some(ClientIpHeader::XForwardedFor),
+            (Some(h), false) => Some(ClientIpHeader::parse(h).ok_or_else(|| {
+                ConfigError::new(
+                    "server.client_ip_header",
+                    format!(
+                        "`{h}`: \"x-forwarded-for\", \"forwarded\", \"cf-connecting-ip\" or \"x-real-ip\""
+                    ),
+                )
+            })?),
+        };
+        let proxy_protocol = raw.proxy_protocol.unwrap_or(false);
+        if proxy_protocol && trusted_proxies.is_empty() {
+            return Err(ConfigError::new(
+                "server.trusted_proxies",
+                "required with proxy_protocol = true: a PROXY header is believed only from these peers (the balancers)",
+            ));
+        }
         Ok(Server {
             listen,
             workers,
@@ -956,8 +1034,9 @@ impl Config {
                 allowed,
                 require: raw.require_origin.unwrap_or(false),
             },
-            proxy_protocol: raw.proxy_protocol.unwrap_or(false),
+            proxy_protocol,
             trusted_proxies,
+            client_ip_header,
             drain_timeout: duration_or(
                 "server.drain_timeout",
                 &raw.drain_timeout,
@@ -998,8 +1077,24 @@ impl Config {
                 "at least 16 characters, no spaces",
             ));
         }
+        let host = match raw.host {
+            Some(h)
+                if h.is_empty()
+                    || h.len() > 255
+                    || !h
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-.:[]_".contains(c)) =>
+            {
+                return Err(ConfigError::new(
+                    "admin.host",
+                    "a host name or host:port, as clients send it in `Host`",
+                ))
+            }
+            h => h.map(|h| h.to_ascii_lowercase()),
+        };
         Ok(Admin {
             listen,
+            host,
             token: token.map(Secret),
         })
     }
@@ -1011,7 +1106,7 @@ impl Config {
         if raw.keys.is_empty() {
             return Err(ConfigError::new(
                 "tickets.keys",
-                "at least one key is required",
+                "at least one key is required; make a secret with `openssl rand -base64 32`",
             ));
         }
         let mut keys = Vec::new();
@@ -1043,6 +1138,15 @@ impl Config {
                 };
                 ConfigError::new(format!("{at}.{field}"), e.to_string())
             })?;
+            if key.is_well_known() {
+                return Err(ConfigError::new(
+                    format!("{at}.secret"),
+                    format!(
+                        "key `{}` is a published sample (all one byte, a counting run, or an example from these docs): anybody could sign tickets with it; make one with `openssl rand -base64 32`",
+                        k.id
+                    ),
+                ));
+            }
             if keys.iter().any(|o: &Key| o.id() == key.id()) {
                 return Err(ConfigError::new(
                     format!("{at}.id"),
@@ -1150,6 +1254,10 @@ impl Config {
                 .max_handshakes
                 .filter(|&n| n > 0)
                 .unwrap_or(DEFAULT_MAX_HANDSHAKES),
+            max_handshakes_per_ip: raw
+                .max_handshakes_per_ip
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_MAX_HANDSHAKES_PER_IP),
         })
     }
 
@@ -1340,7 +1448,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const KEY: &str = "oneXZRCfi6j3Vry/VM6mIWTg8JeXRZGu55wYzKyy2kA=";
 
     fn load(extra: &str) -> Result<Config, ConfigError> {
         let text = format!(
@@ -1428,7 +1536,7 @@ mod tests {
     fn secrets_never_reach_errors_or_debug() {
         let c = load("").unwrap();
         let dbg = format!("{c:?}");
-        assert!(!dbg.contains(KEY) && !dbg.contains("AAECAwQF"), "{dbg}");
+        assert!(!dbg.contains(KEY) && !dbg.contains("oneXZRCf"), "{dbg}");
         let short = "[tickets]\nkeys = [{ id = \"k1\", secret = \"c2hvcnQ=\" }]\n[upstreams.d]\nkind = \"demo\"\n";
         let e = Config::from_toml(short, Path::new("/")).unwrap_err();
         assert_eq!(e.key, "tickets.keys[0].secret");
@@ -1453,7 +1561,7 @@ mod tests {
     fn a_secret_in_the_wrong_key_is_not_shown() {
         let text = format!("[tickets]\nkeys = \"{KEY}\"\n[upstreams.d]\nkind = \"demo\"\n");
         let e = Config::from_toml(&text, Path::new("/")).unwrap_err();
-        assert!(!e.to_string().contains("AAECAwQF"), "{e}");
+        assert!(!e.to_string().contains("oneXZRCf"), "{e}");
         assert!(e.to_string().contains("invalid type"), "{e}");
     }
 
@@ -1488,5 +1596,71 @@ mod tests {
         assert_eq!(p("[server]\nping_interval = \"0s\"").pong_timeout, None);
         let e = load("[server]\npong_timeout = \"-3s\"").unwrap_err();
         assert!(e.to_string().contains("server.pong_timeout"), "{e}");
+    }
+
+    #[test]
+    fn no_well_known_key_can_sign_tickets() {
+        let samples = [
+            // The bytes 0..31: the README, config/relay.toml and test example.
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            // The second example key of the tests and fuzz targets.
+            "ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoOEhYaHiImKi4yNjo+QkZKT",
+            // All-zero, and all one byte.
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            "//////////////////////////////////////////8=",
+        ];
+        for secret in samples {
+            let text = format!(
+                "[tickets]\nkeys = [{{ id = \"portal-1\", secret = \"{secret}\" }}]\n[upstreams.d]\nkind = \"demo\"\n"
+            );
+            let e = Config::from_toml(&text, Path::new("/")).unwrap_err();
+            assert_eq!(e.key, "tickets.keys[0].secret", "{secret}");
+            assert!(e.message.contains("`portal-1`"), "names the key id: {e}");
+            assert!(e.message.contains("openssl rand -base64 32"), "{e}");
+            assert!(!e.to_string().contains(&secret[..12]), "{e}");
+        }
+        // A second key that is a sample is refused too, named by its id.
+        let text = format!(
+            "[tickets]\nkeys = [{{ id = \"new\", secret = \"{KEY}\" }}, {{ id = \"old\", secret = \"{}\" }}]\n[upstreams.d]\nkind = \"demo\"\n",
+            samples[0]
+        );
+        let e = Config::from_toml(&text, Path::new("/")).unwrap_err();
+        assert_eq!(e.key, "tickets.keys[1].secret");
+        assert!(e.message.contains("`old`"), "{e}");
+        assert!(load("").is_ok(), "a random key loads");
+    }
+
+    #[test]
+    fn client_ip_header_and_proxy_protocol_need_trusted_proxies() {
+        let c = load("[server]\ntrusted_proxies = [\"10.0.0.0/8\"]").unwrap();
+        assert_eq!(
+            c.server.client_ip_header,
+            Some(ClientIpHeader::XForwardedFor)
+        );
+        assert_eq!(load("").unwrap().server.client_ip_header, None);
+        for (v, h) in [
+            ("forwarded", ClientIpHeader::Forwarded),
+            ("CF-Connecting-IP", ClientIpHeader::CfConnectingIp),
+            ("x-real-ip", ClientIpHeader::XRealIp),
+        ] {
+            let c = load(&format!(
+                "[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\nclient_ip_header = \"{v}\""
+            ))
+            .unwrap();
+            assert_eq!(c.server.client_ip_header, Some(h));
+        }
+        let e = load(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\nclient_ip_header = \"true-client-ip\"",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "server.client_ip_header");
+        let e = load("[server]\nclient_ip_header = \"x-forwarded-for\"").unwrap_err();
+        assert_eq!(e.key, "server.client_ip_header");
+        let e = load("[server]\nproxy_protocol = true").unwrap_err();
+        assert_eq!(e.key, "server.trusted_proxies");
+        assert!(load("[server]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.1\"]").is_ok());
+        assert_eq!(load("").unwrap().limits.max_handshakes_per_ip, 64);
+        let e = load("[admin]\nhost = \"a b\"").unwrap_err();
+        assert_eq!(e.key, "admin.host");
     }
 }

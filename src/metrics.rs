@@ -11,6 +11,24 @@ use std::time::Duration;
 pub const SESSIONS_LIVE: &str = "nexor_sessions_live";
 pub const SESSIONS_OPENED: &str = "nexor_sessions_opened_total";
 pub const SESSIONS_CLOSED: &str = "nexor_sessions_closed_total";
+
+/// The `code` label of [`SESSIONS_CLOSED`]: the codes the relay gives
+/// meaning to, and `other` for the rest — a browser's close frame carries
+/// any code from 3000 to 4999, and must not mint label values (series).
+pub fn close_code_label(code: u16) -> &'static str {
+    match code {
+        1000 => "1000",
+        1001 => "1001",
+        1006 => "1006",
+        1008 => "1008",
+        1009 => "1009",
+        1011 => "1011",
+        4001 => "4001",
+        4002 => "4002",
+        4003 => "4003",
+        _ => "other",
+    }
+}
 pub const SESSIONS_REFUSED: &str = "nexor_sessions_refused_total";
 pub const BYTES: &str = "nexor_bytes_total";
 pub const SESSION_DURATION: &str = "nexor_session_duration_seconds";
@@ -95,7 +113,7 @@ impl<const N: usize> Histogram<N> {
 struct Labelled {
     opened: BTreeMap<(String, &'static str), u64>,
     ended: BTreeMap<(String, &'static str), u64>,
-    closed: BTreeMap<u16, u64>,
+    closed: BTreeMap<&'static str, u64>,
     refused: BTreeMap<(&'static str, u16), u64>,
     errors: BTreeMap<&'static str, u64>,
 }
@@ -165,7 +183,7 @@ impl Core {
     pub fn ended(&self, upstream: &str, console: &'static str, code: u16, duration: Duration) {
         let mut l = lock(&self.labelled);
         *l.ended.entry((upstream.to_string(), console)).or_default() += 1;
-        *l.closed.entry(code).or_default() += 1;
+        *l.closed.entry(close_code_label(code)).or_default() += 1;
         drop(l);
         self.duration.observe(duration);
     }
@@ -214,7 +232,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut opened: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
         let mut ended: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
-        let mut closed: BTreeMap<u16, u64> = BTreeMap::new();
+        let mut closed: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut refused: BTreeMap<(&'static str, u16), u64> = BTreeMap::new();
         let mut errors: BTreeMap<&'static str, u64> = BTreeMap::new();
         let (mut up, mut down, mut panics, mut alive) = (0u64, 0u64, 0u64, 0u64);
@@ -457,5 +475,29 @@ mod tests {
         ] {
             assert!(t.contains(line), "missing {line}\n{t}");
         }
+    }
+
+    #[test]
+    fn close_code_labels_are_bucketed() {
+        let m = Metrics::new(1);
+        for code in [1000, 1001, 1006, 1008, 1009, 1011, 4001, 4002, 4003] {
+            m.core(0).ended("d", "vnc", code, Duration::from_secs(1));
+            assert_eq!(close_code_label(code), code.to_string());
+        }
+        // A browser picks its close code: 3000..=4999 all land in `other`.
+        for code in [1002, 1003, 1005, 3000, 3999, 4000, 4004, 4321, 4999] {
+            m.core(0).ended("d", "vnc", code, Duration::from_secs(1));
+        }
+        let t = m.render();
+        assert!(
+            t.contains("nexor_sessions_closed_total{code=\"other\"} 9"),
+            "{t}"
+        );
+        assert!(
+            t.contains("nexor_sessions_closed_total{code=\"4003\"} 1"),
+            "{t}"
+        );
+        assert_eq!(t.matches("nexor_sessions_closed_total{").count(), 10, "{t}");
+        assert!(!t.contains("code=\"4321\""), "{t}");
     }
 }

@@ -1,8 +1,9 @@
 //! Who the client is, behind load balancers and proxies: the PROXY
 //! protocol v1 and v2 header a balancer (HAProxy `send-proxy-v2`, nginx
-//! stream `proxy_protocol on`) puts before the first byte, and the
-//! `CF-Connecting-IP` / `Forwarded` / `X-Forwarded-For` headers of HTTP
-//! proxies — believed only from `trusted_proxies`.
+//! stream `proxy_protocol on`) puts before the first byte, and the one
+//! header an HTTP proxy names the client in (`[server] client_ip_header`:
+//! `X-Forwarded-For`, `Forwarded`, `CF-Connecting-IP` or `X-Real-IP`) —
+//! both believed only from `trusted_proxies`.
 //!
 //! ```text
 //! v1: "PROXY TCP4 203.0.113.7 192.0.2.1 51234 443\r\n"        (≤ 107 bytes)
@@ -11,7 +12,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::config::Cidr;
+use crate::config::{Cidr, ClientIpHeader};
 use crate::http::Headers;
 
 const V2_SIG: [u8; 12] = [
@@ -189,33 +190,49 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
 }
 
 /// The client's address: `peer` (the TCP peer, or the PROXY source),
-/// unless `peer` is a trusted proxy, in which case its forwarding headers
-/// are read from the nearest hop outward, skipping trusted hops.
-/// `CF-Connecting-IP` wins, then `Forwarded`, then `X-Forwarded-For`.
-pub fn client_ip(peer: IpAddr, headers: &impl Headers, proxies: &[Cidr]) -> IpAddr {
+/// unless `peer` is a trusted proxy, in which case the one configured
+/// `header` names the client (any other forwarding header is ignored: a
+/// proxy passes a browser's own headers through). For the list headers
+/// (`X-Forwarded-For`, `Forwarded`) the rightmost hop that is not a trusted
+/// proxy wins, as nginx's `real_ip_header` with `real_ip_recursive on`; a
+/// hop that does not parse stops the walk at the last trusted one. A
+/// single-address header (`CF-Connecting-IP`, `X-Real-IP`) must appear
+/// once and parse, else the peer is kept.
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &impl Headers,
+    proxies: &[Cidr],
+    header: Option<ClientIpHeader>,
+) -> IpAddr {
     let peer = canonical(peer);
+    let Some(header) = header else {
+        return peer;
+    };
     if !trusted(peer, proxies) {
         return peer;
     }
-    if let Ok(Some(cf)) = headers.one("cf-connecting-ip") {
-        if let Some(ip) = parse_hop(cf) {
-            return canonical(ip);
-        }
-    }
     let mut hops: Vec<Option<IpAddr>> = Vec::new();
-    let forwarded: Vec<&str> = headers.all("forwarded").collect();
-    if !forwarded.is_empty() {
-        for element in forwarded.iter().flat_map(|v| v.split(',')) {
-            let f = element
-                .split(';')
-                .filter_map(|pair| pair.split_once('='))
-                .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
-                .map(|(_, v)| v);
-            hops.push(f.and_then(parse_hop));
+    match header {
+        ClientIpHeader::CfConnectingIp | ClientIpHeader::XRealIp => {
+            return match headers.one(header.name()) {
+                Ok(Some(v)) => parse_hop(v).map(canonical).unwrap_or(peer),
+                _ => peer,
+            };
         }
-    } else {
-        for v in headers.all("x-forwarded-for").flat_map(|v| v.split(',')) {
-            hops.push(parse_hop(v));
+        ClientIpHeader::Forwarded => {
+            for element in headers.all("forwarded").flat_map(|v| v.split(',')) {
+                let f = element
+                    .split(';')
+                    .filter_map(|pair| pair.split_once('='))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
+                    .map(|(_, v)| v);
+                hops.push(f.and_then(parse_hop));
+            }
+        }
+        ClientIpHeader::XForwardedFor => {
+            for v in headers.all("x-forwarded-for").flat_map(|v| v.split(',')) {
+                hops.push(parse_hop(v));
+            }
         }
     }
     let mut nearest = peer;
@@ -233,6 +250,11 @@ pub fn client_ip(peer: IpAddr, headers: &impl Headers, proxies: &[Cidr]) -> IpAd
         }
     }
     nearest
+}
+
+/// A PROXY header is believed only from a balancer in `trusted_proxies`.
+pub fn proxy_header_trusted(peer: IpAddr, proxies: &[Cidr]) -> bool {
+    trusted(canonical(peer), proxies)
 }
 
 #[cfg(test)]
@@ -349,27 +371,79 @@ mod tests {
             Cidr::parse("10.0.0.0/8").unwrap(),
             Cidr::parse("::1").unwrap(),
         ];
+        let xff = Some(ClientIpHeader::XForwardedFor);
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let h = head("X-Forwarded-For: 198.51.100.9, 10.1.1.1\r\n");
-        assert_eq!(client_ip(ip("10.0.0.2"), &h, &proxies), ip("198.51.100.9"));
         assert_eq!(
-            client_ip(ip("203.0.113.5"), &h, &proxies),
+            client_ip(ip("10.0.0.2"), &h, &proxies, xff),
+            ip("198.51.100.9")
+        );
+        assert_eq!(
+            client_ip(ip("203.0.113.5"), &h, &proxies, xff),
             ip("203.0.113.5"),
             "untrusted peer"
         );
+        assert_eq!(client_ip(ip("10.0.0.2"), &h, &[], None), ip("10.0.0.2"));
         // A client-supplied leftmost entry cannot override the real one.
         let h = head("X-Forwarded-For: 1.1.1.1, 198.51.100.9\r\n");
-        assert_eq!(client_ip(ip("10.0.0.2"), &h, &proxies), ip("198.51.100.9"));
-        let h = head("Forwarded: for=\"[2001:db8::7]:4711\";proto=https, for=10.2.2.2\r\n");
-        assert_eq!(client_ip(ip("::1"), &h, &proxies), ip("2001:db8::7"));
-        let h = head("CF-Connecting-IP: 198.51.100.77\r\nX-Forwarded-For: 1.2.3.4\r\n");
-        assert_eq!(client_ip(ip("10.9.9.9"), &h, &proxies), ip("198.51.100.77"));
-        assert_eq!(client_ip(ip("8.8.8.8"), &h, &proxies), ip("8.8.8.8"));
-        let h = head("X-Forwarded-For: garbage, 10.3.3.3\r\n");
-        assert_eq!(client_ip(ip("10.0.0.2"), &h, &proxies), ip("10.3.3.3"));
         assert_eq!(
-            client_ip(ip("::ffff:10.0.0.2"), &head(""), &proxies),
+            client_ip(ip("10.0.0.2"), &h, &proxies, xff),
+            ip("198.51.100.9")
+        );
+        let fwd = Some(ClientIpHeader::Forwarded);
+        let h = head("Forwarded: for=\"[2001:db8::7]:4711\";proto=https, for=10.2.2.2\r\n");
+        assert_eq!(client_ip(ip("::1"), &h, &proxies, fwd), ip("2001:db8::7"));
+        let cf = Some(ClientIpHeader::CfConnectingIp);
+        let h = head("CF-Connecting-IP: 198.51.100.77\r\nX-Forwarded-For: 1.2.3.4\r\n");
+        assert_eq!(
+            client_ip(ip("10.9.9.9"), &h, &proxies, cf),
+            ip("198.51.100.77")
+        );
+        assert_eq!(client_ip(ip("8.8.8.8"), &h, &proxies, cf), ip("8.8.8.8"));
+        let h = head("X-Forwarded-For: garbage, 10.3.3.3\r\n");
+        assert_eq!(client_ip(ip("10.0.0.2"), &h, &proxies, xff), ip("10.3.3.3"));
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.2"), &head(""), &proxies, xff),
             ip("10.0.0.2")
         );
+    }
+
+    #[test]
+    fn client_ip_header_is_configuration_not_precedence() {
+        let proxies = [Cidr::parse("127.0.0.1").unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let peer = ip("127.0.0.1");
+        // What a browser sends through nginx's shipped config: its own
+        // CF-Connecting-IP, Forwarded and X-Real-IP, then nginx's XFF hop.
+        let h = head(
+            "CF-Connecting-IP: 198.51.100.7\r\nForwarded: for=198.51.100.8\r\nX-Real-IP: 198.51.100.9\r\n\
+X-Forwarded-For: 198.51.100.10, 203.0.113.4\r\n",
+        );
+        let xff = Some(ClientIpHeader::XForwardedFor);
+        assert_eq!(client_ip(peer, &h, &proxies, xff), ip("203.0.113.4"));
+        assert_eq!(
+            client_ip(peer, &h, &proxies, Some(ClientIpHeader::Forwarded)),
+            ip("198.51.100.8")
+        );
+        assert_eq!(
+            client_ip(peer, &h, &proxies, Some(ClientIpHeader::CfConnectingIp)),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_ip(peer, &h, &proxies, Some(ClientIpHeader::XRealIp)),
+            ip("198.51.100.9")
+        );
+        // The configured header absent: the peer, never another header.
+        let h = head("CF-Connecting-IP: 198.51.100.7\r\nForwarded: for=198.51.100.8\r\n");
+        assert_eq!(client_ip(peer, &h, &proxies, xff), peer);
+        // A single-address header twice (the browser's and the proxy's): the peer.
+        let h = head("X-Real-IP: 198.51.100.9\r\nX-Real-IP: 203.0.113.4\r\n");
+        assert_eq!(
+            client_ip(peer, &h, &proxies, Some(ClientIpHeader::XRealIp)),
+            peer
+        );
+        // Every hop trusted: the leftmost trusted one.
+        let h = head("X-Forwarded-For: 127.0.0.1\r\n");
+        assert_eq!(client_ip(peer, &h, &proxies, xff), peer);
     }
 }

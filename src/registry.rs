@@ -1,16 +1,20 @@
 //! The little state shared by all cores, behind one lock touched only at
 //! handshake, session start and session end (never on the data path):
 //!
-//! * the replay cache: a ticket (`jti`) opens one session; after it drops,
-//!   the same client IP may reconnect with it within `reconnect_grace`
-//!   (even past `exp`), one live session at a time, until the session's
-//!   lifetime deadline. Entries live until the ticket can no longer be used;
+//! * the replay cache: a ticket (`jti`) opens one session; after it drops
+//!   abnormally ([`grant_allowed`]: the browser vanished without a close,
+//!   or the relay's own drain), the same client IP may reconnect with it
+//!   within `reconnect_grace` (even past `exp`), one live session at a
+//!   time, until the session's lifetime deadline. A revoke voids grants and
+//!   bars the `jti` until `exp` + `reconnect_grace`. Entries live until the
+//!   ticket can no longer be used;
 //! * live sessions by VM (`upstream/node/vmid`), by user (`sub`) and in
 //!   total, for the limits, with the VM's oldest session replaced (4001)
 //!   when `on_vm_limit = "replace"`;
 //! * each live session's [`SessionCtl`]: another core (or the admin API)
 //!   asks a session to close by setting its code and waking its task;
-//! * handshake counters: per client IP per second, and in flight.
+//! * handshake counters: per client IP per second, and in flight (in all
+//!   and per client IP).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -185,6 +189,11 @@ pub struct Admitted {
 struct TicketEntry {
     live: Option<u64>,
     client: IpAddr,
+    /// The ticket's `sub` and VM, for revokes of sessions already gone.
+    sub: String,
+    vm: String,
+    /// Revoked by the admin: refused until `keep_until`.
+    revoked: bool,
     /// When its last session dropped, if a reconnect grant is open.
     dropped_at: Option<u64>,
     /// The session lifetime deadline (unix seconds), fixed at first use.
@@ -203,6 +212,8 @@ struct Inner {
     per_user: HashMap<String, usize>,
     next_id: u64,
     rates: HashMap<IpAddr, (u64, u32)>,
+    /// Handshakes in flight per client IP.
+    in_flight: HashMap<IpAddr, usize>,
 }
 
 /// The shared registry (one per process).
@@ -244,7 +255,7 @@ impl Registry {
         let key = r.claims.replay_key();
         let cap = limits.max_session.as_secs();
         let (deadline, reconnect) = match inner.tickets.get(&key) {
-            Some(e) if e.live.is_some() => return Err(Denial::Replay),
+            Some(e) if e.live.is_some() || e.revoked => return Err(Denial::Replay),
             Some(e) => match e.dropped_at {
                 Some(at) if e.client == r.client && r.now <= at + r.grace && r.now < e.deadline => {
                     (e.deadline, true)
@@ -304,6 +315,9 @@ impl Registry {
         let entry = inner.tickets.entry(key).or_insert(TicketEntry {
             live: None,
             client: r.client,
+            sub: r.claims.sub.clone(),
+            vm: vm_key(r.claims),
+            revoked: false,
             dropped_at: None,
             deadline,
             exp_until,
@@ -317,9 +331,10 @@ impl Registry {
         })
     }
 
-    /// A session ended. Its ticket gets a reconnect grant unless the session
-    /// was replaced or revoked.
-    pub fn release(&self, ctl: &SessionCtl, now: u64, grace: u64) {
+    /// A session ended. Its ticket gets a reconnect grant when `grant` (see
+    /// [`grant_allowed`]; a session that never reached its 101 passes true)
+    /// and the session was neither replaced nor revoked.
+    pub fn release(&self, ctl: &SessionCtl, now: u64, grace: u64, grant: bool) {
         let mut g = lock(&self.inner);
         let inner = &mut *g;
         inner.live.remove(&ctl.id);
@@ -335,19 +350,19 @@ impl Registry {
                 inner.per_user.remove(&ctl.sub);
             }
         }
-        let grant = !matches!(
-            ctl.requested(),
-            Some(CloseRequest::Replaced | CloseRequest::Revoked)
-        );
+        let grant = grant
+            && !matches!(
+                ctl.requested(),
+                Some(CloseRequest::Replaced | CloseRequest::Revoked)
+            );
         if let Some(e) = inner.tickets.get_mut(&ctl.jti_hash) {
             if e.live == Some(ctl.id) {
+                let grant = grant && !e.revoked;
                 e.live = None;
                 e.dropped_at = grant.then_some(now);
-                e.keep_until = if grant {
-                    e.exp_until.max(now + grace)
-                } else {
-                    e.exp_until
-                };
+                if grant {
+                    e.keep_until = e.keep_until.max(now + grace);
+                }
                 inner.purge.push(Reverse((e.keep_until, ctl.jti_hash)));
             }
         }
@@ -368,14 +383,84 @@ impl Registry {
         e.1 <= per_sec
     }
 
-    /// Starts a handshake if fewer than `max` are in flight.
-    pub fn begin_handshake(self: &Arc<Self>, max: usize) -> Option<HandshakeSlot> {
+    /// Starts a handshake if fewer than `max` are in flight, and fewer than
+    /// `per_ip` from `ip` (`None`: a trusted balancer, counted once it names
+    /// its client, see [`HandshakeSlot::rebind`]). The refusal's label.
+    pub fn begin_handshake(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+        max: usize,
+        per_ip: usize,
+    ) -> Result<HandshakeSlot, &'static str> {
         let n = self.handshakes.fetch_add(1, Ordering::AcqRel);
+        // From here the slot's drop gives the count back.
+        let mut slot = HandshakeSlot {
+            registry: self.clone(),
+            ip: None,
+        };
         if n >= max {
-            self.handshakes.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err("handshake_capacity");
         }
-        Some(HandshakeSlot(self.clone()))
+        if let Some(ip) = ip {
+            if !slot.rebind(ip, per_ip) {
+                return Err("handshake_capacity_ip");
+            }
+        }
+        Ok(slot)
+    }
+
+    /// Voids what `sel` names: live sessions are asked to close (1008),
+    /// pending reconnect grants are voided, and the matched tickets are
+    /// refused until `exp` + `grace`. A full `jti` hash not seen yet is
+    /// barred until `unseen_until` (the latest `exp` a ticket valid now
+    /// can have, plus the grace).
+    pub fn revoke(&self, sel: &Revoke<'_>, now: u64, grace: u64, unseen_until: u64) -> Revoked {
+        let mut g = lock(&self.inner);
+        let inner = &mut *g;
+        purge(inner, now);
+        let mut out = Revoked::default();
+        for c in inner.live.values() {
+            if sel.matches(&c.jti_hash, &c.sub, &c.vm) {
+                c.request_close(CloseRequest::Revoked);
+                out.sessions += 1;
+            }
+        }
+        let mut hit = false;
+        for (key, e) in inner.tickets.iter_mut() {
+            if !sel.matches(key, &e.sub, &e.vm) {
+                continue;
+            }
+            hit = true;
+            if e.dropped_at.take().is_some() {
+                out.grants += 1;
+            }
+            if !e.revoked {
+                e.revoked = true;
+                e.keep_until = e.keep_until.max(e.exp_until.saturating_add(grace));
+                inner.purge.push(Reverse((e.keep_until, *key)));
+            }
+        }
+        if let (Revoke::JtiHash(key), false) = (sel, hit) {
+            if inner.tickets.len() < MAX_TICKETS {
+                inner.tickets.insert(
+                    *key,
+                    TicketEntry {
+                        live: None,
+                        client: IpAddr::from([0, 0, 0, 0]),
+                        sub: String::new(),
+                        vm: String::new(),
+                        revoked: true,
+                        dropped_at: None,
+                        deadline: 0,
+                        exp_until: unseen_until,
+                        keep_until: unseen_until,
+                    },
+                );
+                inner.purge.push(Reverse((unseen_until, *key)));
+                out.barred = true;
+            }
+        }
+        out
     }
 
     /// Live sessions, oldest first.
@@ -389,12 +474,108 @@ impl Registry {
     }
 }
 
-/// One handshake in flight; released on drop.
-pub struct HandshakeSlot(Arc<Registry>);
+/// What a revoke matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoke<'a> {
+    /// The SHA-256 of one `jti` (from `jti=` or a full `jti_sha256=`).
+    JtiHash([u8; 32]),
+    /// A hex prefix of the hash, 16 digits at least (lowercase).
+    JtiPrefix(&'a str),
+    Sub(&'a str),
+    Vm(&'a str),
+}
+
+impl Revoke<'_> {
+    fn matches(&self, jti_hash: &[u8; 32], sub: &str, vm: &str) -> bool {
+        match self {
+            Revoke::JtiHash(h) => h == jti_hash,
+            Revoke::JtiPrefix(p) => p.len() >= 16 && hex_prefix(jti_hash, p),
+            Revoke::Sub(s) => !s.is_empty() && sub == *s,
+            Revoke::Vm(v) => !v.is_empty() && vm == *v,
+        }
+    }
+}
+
+/// Is `p` (lowercase hex) a prefix of `hash` in hex? No allocation: a
+/// revoke walks every remembered ticket under the lock.
+fn hex_prefix(hash: &[u8; 32], p: &str) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    p.len() <= 64
+        && p.bytes().enumerate().all(|(i, c)| {
+            let b = hash[i / 2];
+            HEX[usize::from(if i % 2 == 0 { b >> 4 } else { b & 15 })] == c
+        })
+}
+
+/// What a revoke did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Revoked {
+    /// Live sessions asked to close.
+    pub sessions: u64,
+    /// Reconnect grants voided.
+    pub grants: u64,
+    /// A `jti` not seen yet is barred.
+    pub barred: bool,
+}
+
+/// May the ticket of a session that ended with `code`, closed by `by`
+/// (`"browser"`, `"upstream"`, `"relay"`), reconnect within the grace?
+/// Only after an abnormal end: the browser vanished without a close frame
+/// (1006: a network cut, noVNC's auto-reconnect case), or the relay's own
+/// drain (1001 from the relay). A clean close (1000), a browser's 1001
+/// (tab closed), replace (4001), revoke (1008), lifetime (4002), idle
+/// (4003), errors and upstream ends grant nothing.
+pub fn grant_allowed(code: u16, by: &str) -> bool {
+    code == 1006 || (code == close::GOING_AWAY && by == "relay")
+}
+
+/// One handshake in flight, counted in all and, once its client IP is
+/// known, per IP; released on drop.
+pub struct HandshakeSlot {
+    registry: Arc<Registry>,
+    ip: Option<IpAddr>,
+}
+
+impl HandshakeSlot {
+    /// Counts this handshake against `ip` instead of the IP it was counted
+    /// against (if any); false (and counted against none) if `ip` already
+    /// has `per_ip` in flight.
+    pub fn rebind(&mut self, ip: IpAddr, per_ip: usize) -> bool {
+        if self.ip == Some(ip) {
+            return true;
+        }
+        let mut g = lock(&self.registry.inner);
+        if let Some(old) = self.ip.take() {
+            uncount(&mut g.in_flight, old);
+        }
+        let n = g.in_flight.entry(ip).or_default();
+        if *n >= per_ip {
+            if *n == 0 {
+                g.in_flight.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        true
+    }
+}
+
+fn uncount(map: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(n) = map.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&ip);
+        }
+    }
+}
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        self.0.handshakes.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip.take() {
+            uncount(&mut lock(&self.registry.inner).in_flight, ip);
+        }
+        self.registry.handshakes.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -449,6 +630,7 @@ mod tests {
             idle_timeout: None,
             handshakes_per_ip: None,
             max_handshakes: 10,
+            max_handshakes_per_ip: 10,
         }
     }
 
@@ -481,7 +663,7 @@ mod tests {
             reg.admit(req(&c, "1.1.1.1", 1001), &l).unwrap_err(),
             Denial::Replay
         );
-        reg.release(&a.ctl, 1010, 30);
+        reg.release(&a.ctl, 1010, 30, true);
         // Another IP: refused. Same IP within grace, past exp: admitted.
         assert_eq!(
             reg.admit(req(&c, "2.2.2.2", 1020), &l).unwrap_err(),
@@ -494,10 +676,10 @@ mod tests {
             Duration::from_secs(3600 - 39),
             "the deadline is kept"
         );
-        reg.release(&b.ctl, 1040, 30);
+        reg.release(&b.ctl, 1040, 30, true);
         // Within the new grace and past exp: still the one grant.
         let d = reg.admit(req(&c, "1.1.1.1", 1065), &l).unwrap();
-        reg.release(&d.ctl, 1066, 30);
+        reg.release(&d.ctl, 1066, 30, true);
         // After the grace (1066 + 30), past exp: forgotten, so just expired.
         assert_eq!(
             reg.admit(req(&c, "1.1.1.1", 1097), &l).unwrap_err(),
@@ -513,7 +695,7 @@ mod tests {
         let c = claims("jti-aaaaaaaaaaaaaaaa", "u1", 100);
         let a = reg.admit(req(&c, "1.1.1.1", 1000), &l).unwrap();
         a.ctl.request_close(CloseRequest::Revoked);
-        reg.release(&a.ctl, 1001, 30);
+        reg.release(&a.ctl, 1001, 30, true);
         assert_eq!(
             reg.admit(req(&c, "1.1.1.1", 1002), &l).unwrap_err(),
             Denial::Replay
@@ -553,7 +735,7 @@ mod tests {
             .unwrap();
         assert_eq!(a.ctl.requested(), Some(CloseRequest::Replaced));
         assert_eq!(b.ctl.requested(), None);
-        reg.release(&a.ctl, 1001, 30);
+        reg.release(&a.ctl, 1001, 30, true);
         assert_eq!(reg.live().len(), 2);
         let mut l = limits();
         l.max_sessions_per_user = Some(1);
@@ -600,11 +782,120 @@ mod tests {
         assert!(reg.allow_handshake(ip, 5, 2) && reg.allow_handshake(ip, 5, 2));
         assert!(!reg.allow_handshake(ip, 5, 2));
         assert!(reg.allow_handshake(ip, 6, 2), "a new second");
-        let a = reg.begin_handshake(2).unwrap();
-        let _b = reg.begin_handshake(2).unwrap();
-        assert!(reg.begin_handshake(2).is_none());
+        let a = reg.begin_handshake(None, 2, 9).unwrap();
+        let _b = reg.begin_handshake(None, 2, 9).unwrap();
+        assert_eq!(
+            reg.begin_handshake(None, 2, 9).err(),
+            Some("handshake_capacity")
+        );
         drop(a);
-        assert!(reg.begin_handshake(2).is_some());
+        assert!(reg.begin_handshake(None, 2, 9).is_ok());
+    }
+
+    #[test]
+    fn handshake_slots_per_ip() {
+        let reg = Arc::new(Registry::new());
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let held: Vec<_> = (0..3)
+            .map(|_| reg.begin_handshake(Some(a), 100, 3).unwrap())
+            .collect();
+        assert_eq!(
+            reg.begin_handshake(Some(a), 100, 3).err(),
+            Some("handshake_capacity_ip")
+        );
+        let mut other = reg.begin_handshake(Some(b), 100, 3).unwrap();
+        // A balancer's connection, counted once its PROXY header names `a`.
+        let mut via_lb = reg.begin_handshake(None, 100, 3).unwrap();
+        assert!(!via_lb.rebind(a, 3));
+        assert!(via_lb.rebind(b, 3));
+        // Moving `other` to `a` fails; it then counts against nobody.
+        assert!(!other.rebind(a, 3));
+        drop(held);
+        assert!(other.rebind(a, 3));
+        drop((other, via_lb));
+        assert!(lock(&reg.inner).in_flight.is_empty());
+        assert_eq!(reg.handshakes.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn grants_only_after_an_abnormal_end() {
+        for (code, by, grant) in [
+            (1006, "browser", true),
+            (1006, "relay", true),
+            (1001, "relay", true),
+            (1001, "browser", false),
+            (1000, "browser", false),
+            (1000, "upstream", false),
+            (4001, "relay", false),
+            (1008, "relay", false),
+            (4002, "relay", false),
+            (4003, "relay", false),
+            (1011, "upstream", false),
+            (1009, "browser", false),
+        ] {
+            assert_eq!(grant_allowed(code, by), grant, "{code} by {by}");
+        }
+        let reg = Registry::new();
+        let l = limits();
+        let c = claims("jti-cccccccccccccccc", "u1", 100);
+        let a = reg.admit(req(&c, "1.1.1.1", 1000), &l).unwrap();
+        reg.release(&a.ctl, 1001, 30, grant_allowed(1000, "browser"));
+        assert_eq!(
+            reg.admit(req(&c, "1.1.1.1", 1002), &l).unwrap_err(),
+            Denial::Replay
+        );
+    }
+
+    #[test]
+    fn revoke_voids_grants_and_bars_the_jti() {
+        let h = [0xabu8; 32];
+        assert!(hex_prefix(&h, "abababababababab") && hex_prefix(&h, &"ab".repeat(32)));
+        assert!(!hex_prefix(&h, "abababababababac") && !hex_prefix(&h, &"ab".repeat(33)));
+        let reg = Registry::new();
+        let l = limits();
+        for sel in ["jti", "sub", "vm"] {
+            let c = claims(&format!("jti-{sel}-dddddddddddddd"), &format!("u-{sel}"), 7);
+            let a = reg.admit(req(&c, "1.1.1.1", 1000), &l).unwrap();
+            reg.release(&a.ctl, 1001, 30, true);
+            let vm = vm_key(&c);
+            let s = match sel {
+                "jti" => Revoke::JtiHash(c.replay_key()),
+                "sub" => Revoke::Sub(&c.sub),
+                _ => Revoke::Vm(&vm),
+            };
+            let r = reg.revoke(&s, 1002, 30, 2000);
+            assert_eq!((r.sessions, r.grants), (0, 1), "{sel}");
+            assert_eq!(
+                reg.admit(req(&c, "1.1.1.1", 1003), &l).unwrap_err(),
+                Denial::Replay,
+                "{sel}"
+            );
+        }
+        // A jti revoked before its first use: refused until the bar ends.
+        let c = claims("jti-eeeeeeeeeeeeeeee", "u1", 8);
+        let r = reg.revoke(&Revoke::JtiHash(c.replay_key()), 1000, 30, 1200);
+        assert!(r.barred);
+        assert_eq!(
+            reg.admit(req(&c, "1.1.1.1", 1001), &l).unwrap_err(),
+            Denial::Replay
+        );
+        // A live session: asked to close, and its end grants nothing.
+        let c = claims("jti-ffffffffffffffff", "u2", 9);
+        let a = reg.admit(req(&c, "1.1.1.1", 1000), &l).unwrap();
+        let r = reg.revoke(
+            &Revoke::JtiPrefix(&crate::session::hex(&c.replay_key())[..16]),
+            1001,
+            30,
+            2000,
+        );
+        assert_eq!(r.sessions, 1);
+        assert_eq!(a.ctl.requested(), Some(CloseRequest::Revoked));
+        reg.release(&a.ctl, 1002, 30, true);
+        // Past exp + leeway, still barred until exp + grace (1060 + 30).
+        assert_eq!(
+            reg.admit(req(&c, "1.1.1.1", 1080), &l).unwrap_err(),
+            Denial::Replay
+        );
     }
 }
 

@@ -24,7 +24,7 @@ use crate::error::Refusal;
 use crate::http::{self, HeadLimits, RequestHead};
 use crate::log::V;
 use crate::proxy::{self, ProxyHeader};
-use crate::registry::Request;
+use crate::registry::{HandshakeSlot, Request};
 use crate::relay::{self, Leg, Meter, Settings};
 use crate::server::{Live, State};
 use crate::ticket::{self, Claims, Console};
@@ -100,12 +100,21 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let live = worker.state.live();
     let cfg = live.cfg.clone();
     let registry = &worker.state.registry;
-    let Some(slot) = registry.begin_handshake(cfg.limits.max_handshakes) else {
-        return worker.dropped(peer.ip(), "handshake_capacity");
+    // A trusted balancer or proxy is not counted as one client: its
+    // connections count against the client it names, once read.
+    let trusted = proxy::proxy_header_trusted(peer.ip(), &cfg.server.trusted_proxies);
+    let per_ip = cfg.limits.max_handshakes_per_ip;
+    let tcp_ip = (!trusted).then(|| proxy::canonical(peer.ip()));
+    let mut slot = match registry.begin_handshake(tcp_ip, cfg.limits.max_handshakes, per_ip) {
+        Ok(slot) => slot,
+        Err(reason) => return worker.dropped(peer.ip(), reason),
     };
     // Slowloris guard: PROXY header, TLS and the request head within the deadline.
-    let head =
-        monoio::time::timeout(cfg.limits.handshake_timeout, read_head(&live, tcp, peer)).await;
+    let head = monoio::time::timeout(
+        cfg.limits.handshake_timeout,
+        read_head(&live, tcp, peer, &mut slot),
+    )
+    .await;
     let (mut stream, head, early, peer_ip) = match head {
         Err(_) => return worker.dropped(peer.ip(), "handshake_timeout"),
         Ok(Err((ip, reason))) => return worker.dropped(ip, reason),
@@ -114,7 +123,15 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         }
         Ok(Ok(Ok(parts))) => parts,
     };
-    let client = proxy::client_ip(peer_ip, &head, &cfg.server.trusted_proxies);
+    let client = proxy::client_ip(
+        peer_ip,
+        &head,
+        &cfg.server.trusted_proxies,
+        cfg.server.client_ip_header,
+    );
+    if !slot.rebind(client, per_ip) {
+        return worker.dropped(client, "handshake_capacity_ip");
+    }
     if let Some(page) = &live.page {
         let (path, _) = http::split_target(&head.target);
         if path != cfg.server.path && head.method == "GET" {
@@ -170,7 +187,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         Ok(o) => o,
         Err(e) => {
             // The console never opened: the client may retry with the same ticket.
-            registry.release(&ctl, unix_now(), grace);
+            registry.release(&ctl, unix_now(), grace, true);
             return worker
                 .refuse(&mut stream, client, Refusal::Upstream(e))
                 .await;
@@ -184,7 +201,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         .write_all(handshake::response_101(&upgrade.key, protocol))
         .await;
     if res.is_err() {
-        registry.release(&ctl, unix_now(), grace);
+        registry.release(&ctl, unix_now(), grace, true);
         return worker.dropped(client, "browser_gone_before_101");
     }
     drop(slot);
@@ -194,7 +211,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         .await
         .is_err()
     {
-        registry.release(&ctl, unix_now(), grace);
+        registry.release(&ctl, unix_now(), grace, true);
         return worker.dropped(client, "browser_gone_after_101");
     }
     if let Some(phase) = opened.pending.take() {
@@ -214,7 +231,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
                 opened.early = upstream_left;
             }
             Err(reason) => {
-                registry.release(&ctl, unix_now(), grace);
+                registry.release(&ctl, unix_now(), grace, true);
                 let _ = stream.shutdown().await;
                 return worker.dropped(client, reason);
             }
@@ -308,7 +325,6 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
         Some(meter),
     )
     .await;
-    worker.state.registry.release(&ctl, unix_now(), p.grace);
     let duration = started.elapsed();
     core.ended(&ctl.upstream, p.console, out.code, duration);
     // Failures only: a close from a peer, a deliberate end by the relay
@@ -338,6 +354,12 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
         .chain(error.as_deref().map(|e| ("error", V::S(e))))
         .collect::<Vec<_>>(),
     );
+    // Last: the drain exits once no session is live, and must not lose the line above.
+    let grant = crate::registry::grant_allowed(out.code, out.by.as_str());
+    worker
+        .state
+        .registry
+        .release(&ctl, unix_now(), p.grace, grant);
 }
 
 type Head = (Stream, RequestHead, Vec<u8>, IpAddr);
@@ -383,10 +405,23 @@ async fn read_proxy_header(tcp: &mut TcpStream, peer: IpAddr) -> Result<IpAddr, 
 /// PROXY header (if configured), TLS (if configured), then the request
 /// head. Bytes after the head (a client may send its first frames at once)
 /// are returned, not lost.
-async fn read_head(live: &Live, mut tcp: TcpStream, peer: SocketAddr) -> HeadResult {
+async fn read_head(
+    live: &Live,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    slot: &mut HandshakeSlot,
+) -> HeadResult {
     let mut ip = proxy::canonical(peer.ip());
     if live.cfg.server.proxy_protocol {
+        // Only a balancer may say who the client is: from anyone else a
+        // PROXY header would let the client choose its own address.
+        if !proxy::proxy_header_trusted(ip, &live.cfg.server.trusted_proxies) {
+            return Err((ip, "proxy_untrusted"));
+        }
         ip = read_proxy_header(&mut tcp, ip).await.map_err(|r| (ip, r))?;
+        if !slot.rebind(ip, live.cfg.limits.max_handshakes_per_ip) {
+            return Err((ip, "handshake_capacity_ip"));
+        }
     }
     let mut stream = match &live.tls {
         Some(acceptor) => match acceptor.accept(tcp).await {

@@ -63,6 +63,27 @@ const UPSTREAM_MAX: usize = 128;
 pub struct Key {
     id: String,
     hmac: hmac::Key,
+    /// The secret is one anybody can know (see [`is_well_known_secret`]).
+    well_known: bool,
+}
+
+/// SHA-256 of secrets published in this repository's README, configs and
+/// tests, whatever their pattern; the patterns below cover the rest.
+const PUBLISHED: &[[u8; 32]] = &[];
+
+/// True for secrets nobody should sign tickets with: every byte the same
+/// (all-zero included), a run counting up or down by one (the bytes 0..31
+/// of the README, config and test examples; `defghi…`), or a secret
+/// published in this repository ([`PUBLISHED`]).
+pub fn is_well_known_secret(secret: &[u8]) -> bool {
+    let Some(&first) = secret.first() else {
+        return true;
+    };
+    let same = secret.iter().all(|&b| b == first);
+    let up = secret.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
+    let down = secret.windows(2).all(|w| w[1] == w[0].wrapping_sub(1));
+    let digest: [u8; 32] = Sha256::digest(secret).into();
+    same || up || down || PUBLISHED.contains(&digest)
 }
 
 impl Key {
@@ -102,7 +123,14 @@ impl Key {
         Ok(Key {
             id: id.to_owned(),
             hmac: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            well_known: is_well_known_secret(&secret),
         })
+    }
+
+    /// The secret is a sample anybody can know ([`is_well_known_secret`]):
+    /// the config loader refuses such keys.
+    pub fn is_well_known(&self) -> bool {
+        self.well_known
     }
 
     /// The key id, as matched against the `kid` header.

@@ -213,7 +213,11 @@ fn novnc_and_xterm_relay_terminating_tls() {
 #[test]
 fn novnc_through_haproxy_proxy_protocol_v2() {
     let qemu = QemuVnc::start("nexor-haproxy");
-    let relay = qemu_relay(true, &qemu, "proxy_protocol = true");
+    let relay = qemu_relay(
+        true,
+        &qemu,
+        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.3/32\"]",
+    );
     let hap = Haproxy::start(relay.addr, relay.addr, "127.0.0.3", "60s");
     let mut b = Browser::start("haproxy");
     let base = hap.base("relay-1.localhost");
@@ -265,6 +269,8 @@ fn novnc_through_haproxy_proxy_protocol_v2() {
         matches!(s.read(&mut buf), Ok(0) | Err(_)),
         "answered without a PROXY header"
     );
+    // ...and a PROXY header from a peer that is not HAProxy is not believed either.
+    assert!(relay.wait_log("\"reason\":\"proxy_untrusted\""));
 }
 
 /// Browser → nginx → relay → pve-emu (the Proxmox API and vncwebsocket/termproxy) →
@@ -382,63 +388,74 @@ fn idle_console_survives_nginx_read_timeout_with_pings() {
     );
 }
 
-/// `CF-Connecting-IP` decides the client address only when the sender is a trusted
-/// proxy: through nginx to a relay trusting nginx, a ticket bound to the CF address
-/// works; to a relay that does not trust nginx, or sent straight to it, it is refused.
+/// Which header names the client is configuration, and the shipped nginx config clears
+/// a browser's own: through nginx to a relay trusting nginx, a browser sending
+/// `CF-Connecting-IP`, `Forwarded`, `X-Real-IP` or `X-Forwarded-For` naming another
+/// address stays 127.0.0.1 — a ticket bound to the claimed address is refused (403), one
+/// bound to its real address works. Even a relay told to read `cf-connecting-ip` never
+/// sees the browser's own (nginx clears it).
 #[test]
-fn cf_connecting_ip_believed_only_from_trusted_proxies() {
+fn cf_connecting_ip_through_nginx_is_ignored() {
     let cf = "203.0.113.7";
-    let trusting = RelayBuilder::new(false)
-        .server("trusted_proxies = [\"127.0.0.1/32\"]")
-        .upstream("echo", "kind = \"demo\"")
-        .start();
-    let distrusting = RelayBuilder::new(false)
-        .upstream("echo", "kind = \"demo\"")
-        .start();
-    let n_trust = Nginx::start(trusting.addr, "60s");
-    let n_dist = Nginx::start(distrusting.addr, "60s");
-    let bound = |r: &Relay| {
+    let relay_with = |extra: &str| {
+        RelayBuilder::new(false)
+            .server(&format!("trusted_proxies = [\"127.0.0.1/32\"]\n{extra}"))
+            .upstream("echo", "kind = \"demo\"")
+            .start()
+    };
+    let xff = relay_with("");
+    let cfr = relay_with("client_ip_header = \"cf-connecting-ip\"");
+    let n_xff = Nginx::start(xff.addr, "60s");
+    let n_cf = Nginx::start(cfr.addr, "60s");
+    let bound = |r: &Relay, ip: &str| {
         let mut c = Relay::claims("echo", Console::Term);
-        c.ip = Some(cf.into());
+        c.ip = Some(ip.into());
         r.sign(&c)
     };
-    let hdr = [("CF-Connecting-IP", cf)];
-    assert_eq!(wss_status(n_trust.addr(), &bound(&trusting), &hdr), 101);
+    let forwarded = format!("for={cf}");
+    let spoofs = [
+        ("CF-Connecting-IP", cf),
+        ("Forwarded", forwarded.as_str()),
+        ("X-Real-IP", cf),
+        ("X-Forwarded-For", cf),
+    ];
+    for h in spoofs {
+        assert_eq!(
+            wss_status(n_xff.addr(), &bound(&xff, cf), &[h]),
+            403,
+            "{h:?}"
+        );
+        assert_eq!(
+            wss_status(n_cf.addr(), &bound(&cfr, cf), &[h]),
+            403,
+            "{h:?}"
+        );
+    }
+    // The browser's real address (nginx's X-Forwarded-For) works, spoofed headers or not.
     assert_eq!(
-        wss_status(
-            n_trust.addr(),
-            &bound(&trusting),
-            &[("CF-Connecting-IP", "198.51.100.9")]
-        ),
-        403
+        wss_status(n_xff.addr(), &bound(&xff, "127.0.0.1"), &spoofs),
+        101
     );
-    assert_eq!(
-        wss_status(n_trust.addr(), &bound(&trusting), &[]),
-        403,
-        "without the header the client is 127.0.0.1"
-    );
-    assert_eq!(wss_status(n_dist.addr(), &bound(&distrusting), &hdr), 403);
-    // Straight to the relay (plain ws, no proxy at all): the header is ignored.
-    let mut req = distrusting.upgrade_request(
-        &format!("/console?ticket={}", bound(&distrusting)),
-        &format!("CF-Connecting-IP: {cf}\r\n"),
-    );
-    let (status, ..) = distrusting.raw(&req);
-    assert_eq!(status, 403);
-    req.clear();
-    let logs = trusting.logs();
+    for r in [&xff, &cfr] {
+        let logs = r.logs();
+        assert!(
+            !logs.contains(&format!("\"client\":\"{cf}\"")),
+            "the spoofed address became the client: {logs}"
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || refused(r, 403) == spoofs.len()),
+            "{}",
+            r.logs()
+        );
+    }
     assert!(
-        logs.lines()
+        eventually(Duration::from_secs(5), || xff
+            .logs()
+            .lines()
             .any(|l| l.contains("\"event\":\"session_start\"")
-                && l.contains(&format!("\"client\":\"{cf}\""))),
-        "{logs}"
-    );
-    assert!(
-        eventually(Duration::from_secs(5), || refused(&trusting, 403) == 2
-            && refused(&distrusting, 403) == 2),
-        "{}\n{}",
-        trusting.logs(),
-        distrusting.logs()
+                && l.contains("\"client\":\"127.0.0.1\""))),
+        "{}",
+        xff.logs()
     );
 }
 
@@ -463,6 +480,8 @@ fn reconnect_with_same_ticket_within_grace_only() {
     );
     b.open("re-1", &url);
     b.wait_event("re-1", "connect", CONNECT);
+    // The page took the ticket out of its URL once read (history.replaceState).
+    assert_eq!(b.eval("re-1", "location.href.includes('ticket')"), false);
     // Single use: the same ticket in a second browser while the first is live.
     b.open("re-2", &url);
     assert_eq!(wait_disconnect(&mut b, "re-2"), ["disconnect-error"]);
@@ -478,8 +497,10 @@ fn reconnect_with_same_ticket_within_grace_only() {
     let ev = wait_disconnect(&mut b, "re-1");
     assert!(ev[0] == "connect" && ev.len() == 2, "{ev:?}");
     nginx.restart();
+    // A reload (no ticket in the URL any more) reconnects: the tab kept it.
     b.reload("re-1");
     b.wait_event("re-1", "connect", CONNECT);
+    assert_eq!(b.eval("re-1", "location.href.includes('ticket')"), false);
     let took = dropped.elapsed();
     assert!(
         took < Duration::from_secs(6),
@@ -597,7 +618,7 @@ fn scale_out_two_relays_behind_haproxy() {
     let mk = |aud: &str| {
         RelayBuilder::new(true)
             .server(&page_config())
-            .server("proxy_protocol = true")
+            .server("proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]")
             .tickets(&format!("audience = \"{aud}\""))
             .upstream("qemu", &tcp_upstream(qemu.vnc))
             .start()

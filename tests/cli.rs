@@ -15,15 +15,45 @@ fn relay_cmd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_nexor-relay"))
 }
 
-/// The shipped example, next to the certificate files it names.
+/// The shipped example's key line, commented out: no key ships.
+const KEY_LINE: &str = "  # { id = \"k1\", secret = \"<base64 of 32 random bytes>\" },";
+
+fn shipped_example() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/relay.toml")).unwrap()
+}
+
+/// 32 random bytes in base64, as `openssl rand -base64 32` makes them.
+fn random_secret() -> String {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// The shipped example with its key line filled in as the operator does,
+/// next to the certificate files it names; and the secret.
 fn example_dir() -> tempfile::TempDir {
+    example_dir_with_key().0
+}
+
+fn example_dir_with_key() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/relay.toml")).unwrap();
+    let secret = random_secret();
+    let text = shipped_example();
+    assert!(text.contains(KEY_LINE));
+    let text = text.replacen(
+        KEY_LINE,
+        &format!("  {{ id = \"k1\", secret = \"{secret}\" }},"),
+        1,
+    );
     std::fs::write(dir.path().join("relay.toml"), text).unwrap();
     std::fs::write(dir.path().join("cert.pem"), &certs().leaf_pem).unwrap();
     std::fs::write(dir.path().join("key.pem"), &certs().key_pem).unwrap();
-    dir
+    (dir, secret)
 }
 
 fn run(args: &[&str]) -> (i32, String, String) {
@@ -37,7 +67,7 @@ fn run(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn check_config_accepts_the_shipped_example() {
-    let dir = example_dir();
+    let (dir, secret) = example_dir_with_key();
     let cfg = dir.path().join("relay.toml");
     let (code, out, err) = run(&["check-config", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
@@ -46,12 +76,55 @@ fn check_config_accepts_the_shipped_example() {
         "{out}"
     );
     // No secret in what check-config prints.
-    assert!(!out.contains("AAECAwQF") && !err.contains("AAECAwQF"));
+    assert!(!out.contains(&secret[..12]) && !err.contains(&secret[..12]));
+}
+
+#[test]
+fn no_well_known_key_can_sign_tickets() {
+    // As shipped: no key, and the error says how to make one.
+    let (dir, _) = example_dir_with_key();
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(&cfg, shipped_example()).unwrap();
+    let (code, _, err) = run(&["check-config", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("tickets.keys") && err.contains("openssl rand -base64 32"),
+        "{err}"
+    );
+    // Every sample an operator could copy: refused by `serve`, `check-config`
+    // and `ticket mint`, naming the key id, never showing the secret.
+    for sample in [
+        // The bytes 0..31: the old README and config example.
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoOEhYaHiImKi4yNjo+QkZKT",
+    ] {
+        let text = shipped_example().replacen(
+            KEY_LINE,
+            &format!("  {{ id = \"portal-7\", secret = \"{sample}\" }},"),
+            1,
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let c = cfg.to_str().unwrap();
+        for args in [
+            &["check-config", "-c", c][..],
+            &["serve", "-c", c][..],
+            &["ticket", "mint", "-c", c, "--upstream", "lab"][..],
+        ] {
+            let (code, out, err) = run(args);
+            assert_eq!(code, 2, "{args:?}: {out}{err}");
+            assert!(
+                err.contains("tickets.keys[0].secret") && err.contains("`portal-7`"),
+                "{args:?}: {err}"
+            );
+            assert!(!err.contains(&sample[..12]) && !out.contains(&sample[..12]));
+        }
+    }
 }
 
 #[test]
 fn check_config_errors_name_the_key() {
-    let dir = example_dir();
+    let (dir, secret) = example_dir_with_key();
     let cfg = dir.path().join("relay.toml");
     let base = std::fs::read_to_string(&cfg).unwrap();
     for (from, to, key) in [
@@ -79,7 +152,7 @@ fn check_config_errors_name_the_key() {
         let (code, _, err) = run(&["check-config", "-c", cfg.to_str().unwrap()]);
         assert_eq!(code, 2, "{to}");
         assert!(err.contains(key), "{to}: {err}");
-        assert!(!err.contains("AAECAwQF"), "{err}");
+        assert!(!err.contains(&secret[..12]), "{err}");
     }
 }
 

@@ -828,7 +828,7 @@ fn hostile_relay(echo: &Server, proxy: bool) -> Relay {
         .limits("max_frame = \"64KiB\"\nhandshake_timeout = \"2s\"")
         .upstream("t", &format!("kind = \"tcp\"\naddr = \"{}\"", echo.addr));
     if proxy {
-        b = b.server("proxy_protocol = true");
+        b = b.server("proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]");
     }
     b.start()
 }

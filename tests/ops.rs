@@ -278,7 +278,8 @@ fn revoke_by_jti_sub_and_vm_closes_with_1008() {
     );
 }
 
-const K2: &str = "ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoOEhYaHiImKi4yNjo+QkZKT";
+/// A second random key (sample keys such as a counting run are refused).
+const K2: &str = "uXq0k9Dw4cJH1t6WgkYy0m8rV3bLp7aZsE2nQfN5xTo=";
 
 fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};

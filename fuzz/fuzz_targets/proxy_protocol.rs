@@ -6,16 +6,17 @@
 //! `Ok(None)` or exactly the full input's result (errors and headers are
 //! stable as more bytes arrive).
 //!
-//! client_ip: never panics; an untrusted peer is returned as is (IPv4-mapped
-//! normalised); otherwise the answer is the peer or an address written in
-//! the forwarding headers.
+//! client_ip: never panics; an untrusted peer, or no configured header, is
+//! returned as is (IPv4-mapped normalised); otherwise the answer is the peer
+//! or an address written in the configured header — never one from another
+//! forwarding header.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use nexor_relay::config::Cidr;
+use nexor_relay::config::{Cidr, ClientIpHeader};
 use nexor_relay::http::{Header, RequestHead};
 use nexor_relay::proxy::{canonical, client_ip, parse, ProxyHeader, V2_MAX_LEN};
 
@@ -82,7 +83,17 @@ struct Input {
     proxies: Vec<(bool, [u8; 16], u8)>,
     proxy_text: Vec<String>,
     headers: Vec<(u8, Value)>,
+    /// `[server] client_ip_header`: none, or one of the four.
+    which: u8,
 }
+
+const KINDS: [Option<ClientIpHeader>; 5] = [
+    None,
+    Some(ClientIpHeader::XForwardedFor),
+    Some(ClientIpHeader::Forwarded),
+    Some(ClientIpHeader::CfConnectingIp),
+    Some(ClientIpHeader::XRealIp),
+];
 
 fn ip(v6: bool, b: [u8; 16]) -> IpAddr {
     if v6 {
@@ -149,17 +160,26 @@ fn check_client_ip(u: &mut Unstructured<'_>) {
             })
             .collect(),
     };
-    let got = client_ip(peer, &head, &proxies);
+    let which = KINDS[usize::from(inp.which) % KINDS.len()];
+    let got = client_ip(peer, &head, &proxies, which);
     let trusted = proxies.iter().any(|c| c.contains(canonical(peer)));
-    if !trusted {
-        assert_eq!(got, canonical(peer), "untrusted peer replaced");
+    let Some(which) = which.filter(|_| trusted) else {
+        assert_eq!(got, canonical(peer), "peer replaced without a trusted header");
         return;
-    }
+    };
     let mut cands = vec![canonical(peer)];
-    for h in &head.headers {
+    for h in head
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(which.name()))
+    {
         candidates(&h.value, &mut cands);
     }
-    assert!(cands.contains(&got), "{got} is neither the peer nor in the headers");
+    assert!(
+        cands.contains(&got),
+        "{got} is neither the peer nor in the {} header",
+        which.name()
+    );
 }
 
 fuzz_target!(|data: &[u8]| {

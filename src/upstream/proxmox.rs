@@ -66,6 +66,16 @@ pub fn pct(s: &str) -> String {
     out
 }
 
+/// A ticket's `node` and `vmid` as Proxmox names them: a node is a host
+/// name label (`[A-Za-z0-9-]{1,63}`), a VM id is 100..=999999999. Checked
+/// before any API call, so a claim can never reshape the API path (which
+/// percent-encodes its segments as well).
+pub fn valid_vm(node: &str, vmid: u64) -> bool {
+    (1..=63).contains(&node.len())
+        && node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && (100..=999_999_999).contains(&vmid)
+}
+
 /// Parses the JSON answer of vncproxy/termproxy: `port` as number or
 /// string; `password` if present; `ticket` never split on `:`.
 pub fn parse_console_ticket(body: &[u8]) -> Result<ConsoleTicket, &'static str> {
@@ -384,6 +394,9 @@ pub async fn open(
     let (Some(node), Some(vmid)) = (c.node.as_deref(), c.vmid) else {
         return Err(UpstreamError::Api("ticket_without_vm"));
     };
+    if !valid_vm(node, vmid) {
+        return Err(UpstreamError::Api("ticket_bad_vm"));
+    }
     let _gate = match c.console {
         Console::Vnc => Some(gates.acquire(crate::registry::vm_key(c)).await),
         Console::Term => None,
@@ -532,6 +545,25 @@ mod tests {
             body_len(Some("-1")),
             Err(UpstreamError::Api("proxmox_bad_response"))
         ));
+    }
+
+    #[test]
+    fn proxmox_claims_are_node_names_and_vm_ids() {
+        assert!(valid_vm("pve-a", 100) && valid_vm(&"a".repeat(63), 999_999_999));
+        for (node, vmid) in [
+            ("pve-a", 99),
+            ("pve-a", 1_000_000_000),
+            ("", 101),
+            (&*"a".repeat(64), 101),
+            ("..", 101),
+            ("pve-a/qemu/1", 101),
+            ("pve%2Fa", 101),
+            ("pve_a", 101),
+            ("pve a", 101),
+            ("pvé", 101),
+        ] {
+            assert!(!valid_vm(node, vmid), "{node:?} {vmid}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use nexor_relay::ws::{handshake, mask};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 pub const KEY_ID: &str = "k1";
-pub const KEY_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub const KEY_B64: &str = "+Zk/OZaZj71MopmacevP/LMU28iqsoxSXd0O+BzYJv0=";
 pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub fn now() -> u64 {
@@ -363,7 +363,8 @@ impl Relay {
             .unwrap_or_default();
         write!(
             c,
-            "{method} {target} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\n\r\n"
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\n\r\n",
+            self.admin.expect("admin listener")
         )
         .unwrap();
         let (status, head, rest) = read_response_head(&mut c);
