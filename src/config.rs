@@ -433,7 +433,7 @@ pub enum Upstream {
     },
     /// The built-in test-pattern screen and echo terminal.
     Demo,
-    /// A Proxmox VE node or cluster (PROXMOX.md).
+    /// A Proxmox VE node or cluster (docs/proxmox.md).
     Proxmox(Box<Proxmox>),
 }
 
@@ -467,13 +467,13 @@ pub struct Proxmox {
     /// API call, websocket and console login, each (then 504).
     pub connect_timeout: Duration,
     /// Force the browser's RFB shared flag to 1 so one viewer cannot
-    /// disconnect the others (PROXMOX.md §6.4).
+    /// disconnect the others (docs/proxmox.md §6.4).
     pub force_shared: bool,
 }
 
 impl Proxmox {
     /// Where a console of `node` is opened: the POST and its websocket go
-    /// to the same host (PROXMOX.md §2.3).
+    /// to the same host (docs/proxmox.md §2.3).
     pub fn endpoint(&self, node: &str) -> &WsUrl {
         self.nodes.get(node).unwrap_or(&self.api)
     }

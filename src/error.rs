@@ -1,5 +1,5 @@
 //! Why a connection got no 101: one enum with the side at fault, mapped in
-//! one place to the HTTP status of DESIGN.md §2, a stable label for logs and
+//! one place to the HTTP status of docs/design.md §2, a stable label for logs and
 //! metrics, and a one-line body that leaks nothing (no upstream address, no
 //! credential, no ticket).
 

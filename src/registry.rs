@@ -132,7 +132,7 @@ impl SessionCtl {
     }
 }
 
-/// The VM identity of DESIGN.md §2: `upstream/node/vmid`.
+/// The VM identity of docs/design.md §2: `upstream/node/vmid`.
 pub fn vm_key(c: &Claims) -> String {
     format!(
         "{}/{}/{}",
@@ -901,7 +901,7 @@ mod tests {
 
 /// Per-VM serialisation across all cores: each `vncproxy` call resets the
 /// VM's one VNC password, so "vncproxy → websocket → RFB login" of two
-/// consoles of one VM must not interleave (PROXMOX.md §10, §12).
+/// consoles of one VM must not interleave (docs/proxmox.md §10, §12).
 #[derive(Default)]
 pub struct VmGates {
     inner: Mutex<HashMap<String, Gate>>,

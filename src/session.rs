@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Every step before the 101 can refuse with the exact status of
-//! DESIGN.md §2; the upstream is connected before the browser hears 101.
+//! docs/design.md §2; the upstream is connected before the browser hears 101.
 //! Each session logs one line at start and one at its end; refusals log
 //! their reason and the client address. Tickets are never logged: the
 //! audit key is the SHA-256 of the `jti`.

@@ -129,7 +129,7 @@ pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, String> {
 }
 
 /// Checks only the leaf certificate, by SHA-256 of its DER, as Proxmox
-/// pins node certificates (PROXMOX.md §8) — or, for `nexor-relay
+/// pins node certificates (docs/proxmox.md §8) — or, for `nexor-relay
 /// fingerprint`, records it. The handshake signature is verified either
 /// way, so only the holder of that certificate's key passes.
 #[derive(Debug)]

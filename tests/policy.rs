@@ -1,4 +1,4 @@
-//! Ticket and session policy (DESIGN.md §2) through the real relay:
+//! Ticket and session policy (docs/design.md §2) through the real relay:
 //! single use and the reconnect grant, limits per VM / user / relay,
 //! lifetime and idle closes, origin, audience and IP binding, and the
 //! client IP behind PROXY protocol and trusted proxies.

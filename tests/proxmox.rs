@@ -1,5 +1,5 @@
 //! The `proxmox` upstream end to end: the real relay → `pve-emu` (the
-//! Proxmox emulator, PROXMOX.md to the byte) → a real QEMU whose VNC
+//! Proxmox emulator, docs/proxmox.md to the byte) → a real QEMU whose VNC
 //! password the emulator sets over QMP, and QEMU's monitor as the
 //! termproxy text backend. The test command builds `pve-emu` first and
 //! installs QEMU.

@@ -1,5 +1,5 @@
 //! The pveproxy side: one thread per TLS connection, API token authentication,
-//! the vncproxy/termproxy POSTs and the vncwebsocket upgrade (PROXMOX.md §1–§5, §12).
+//! the vncproxy/termproxy POSTs and the vncwebsocket upgrade (docs/proxmox.md §1–§5, §12).
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;

@@ -1,5 +1,5 @@
 //! Configuration (command line), shared state and the one-shot backend port table
-//! (ports 5900..=5999 per emulator, PROXMOX.md §3.1, §3.3).
+//! (ports 5900..=5999 per emulator, docs/proxmox.md §3.1, §3.3).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -72,7 +72,7 @@ usage: pve-emu [options]
   --cert FILE --key FILE     PEM certificate/key (default: self-signed localhost/127.0.0.1)
   --token 'USER@REALM!ID=SECRET'   accepted API token (repeatable)
   --auth-delay-ms N          delay of 401 answers (default 3000)
-  --format new|old           response/ticket format (default new, see PROXMOX.md §3.1)
+  --format new|old           response/ticket format (default new, see docs/proxmox.md §3.1)
   --port-as-string           `port` as a JSON string
   --node NAME                serve only this node name (default: any)
   --vnc-socket VMID=PATH     QEMU VNC unix socket (else a built-in RFB server)

@@ -1,4 +1,4 @@
-//! What runs behind a one-shot port (PROXMOX.md §3.3, §4, §5.2):
+//! What runs behind a one-shot port (docs/proxmox.md §3.3, §4, §5.2):
 //! * VNC with a `--vnc-socket`: QMP `set_password` + `expire_password +30` like
 //!   `qm vncproxy`, then the bytes of QEMU's real VNC unix socket.
 //! * VNC without one: a built-in RFB 3.8 server (VNC auth, DES with the bit-reversed

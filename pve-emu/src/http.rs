@@ -1,4 +1,4 @@
-//! Minimal HTTP/1.1 server side in the style of pveproxy (PROXMOX.md §1, §12):
+//! Minimal HTTP/1.1 server side in the style of pveproxy (docs/proxmox.md §1, §12):
 //! 5 s header/body timeout, no chunked bodies (501), ≤ 512 KiB bodies, pveproxy's
 //! `decode_urlencoded` quirks, and its response header set.
 

@@ -1,6 +1,6 @@
 //! `pve-emu`: a Proxmox VE console API emulator (pveproxy :8006 for the console
 //! endpoints) used by nexor-relay's tests. It is deliberately independent of the relay's
-//! code: it is the other side that catches the relay's bugs. See PROXMOX.md §11.
+//! code: it is the other side that catches the relay's bugs. See docs/proxmox.md §11.
 //!
 //! Start: `pve-emu --listen 127.0.0.1:0 --token 'relay@pve!console=SECRET'`; it prints
 //! `pve-emu listening on 127.0.0.1:PORT fingerprint AB:CD:...` and serves until killed.

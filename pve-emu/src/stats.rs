@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
-/// A framing violation of PROXMOX.md §2.2 by the client (each one drops the connection).
+/// A framing violation of docs/proxmox.md §2.2 by the client (each one drops the connection).
 #[derive(Clone, Copy, Debug)]
 pub enum Violation {
     /// Client frame without the mask bit.

@@ -1,4 +1,4 @@
-//! VNC tickets (PROXMOX.md §3.2, §12): `PVEVNC:%08X::base64(sig)` where the signature
+//! VNC tickets (docs/proxmox.md §3.2, §12): `PVEVNC:%08X::base64(sig)` where the signature
 //! (HMAC-SHA256 here instead of RSA) covers `PVEVNC:TIME:authid:/vms/VMID[:PORT]`.
 
 use base64::Engine;

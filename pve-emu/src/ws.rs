@@ -1,4 +1,4 @@
-//! pveproxy's websocket_proxy (PROXMOX.md §2.2): strict client framing (masked, FIN=1,
+//! pveproxy's websocket_proxy (docs/proxmox.md §2.2): strict client framing (masked, FIN=1,
 //! RSV=0, ≤ 128 KiB, opcodes 1/2/8/9/10), pong on ping, never a close frame or ping
 //! from the server, upstream bytes sent as 0x82 frames cut at random sizes.
 

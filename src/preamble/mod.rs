@@ -1,14 +1,14 @@
 //! Proxmox console preambles: the login steps the relay performs itself, on
-//! the upstream leg, before it splices the two legs (DESIGN.md §3
+//! the upstream leg, before it splices the two legs (docs/design.md §3
 //! "Preambles before the splice").
 //!
 //! The browser never sees a Proxmox ticket or VNC password: the relay holds
 //! them, logs in upstream, and only then lets bytes through unchanged.
 //!
-//! * [`rfb::VncPreamble`] — Proxmox VNC (PROXMOX.md §6.4): the relay is the
+//! * [`rfb::VncPreamble`] — Proxmox VNC (docs/proxmox.md §6.4): the relay is the
 //!   RFB client upstream (VNC Authentication, DES, §6.2) and an RFB server
 //!   offering security type None to the browser (noVNC).
-//! * [`term::TermPreamble`] — termproxy (PROXMOX.md §5.2): the relay sends
+//! * [`term::TermPreamble`] — termproxy (docs/proxmox.md §5.2): the relay sends
 //!   `<user>:<ticket>\n` and swallows the `OK`.
 //!
 //! Both are pure state machines (sans-io, like rustls or quinn-proto): the
@@ -110,7 +110,7 @@ pub enum PreambleError {
     /// offered.
     BrowserBadSecurityType(u8),
     /// termproxy did not answer the auth line with `OK`: it closes without a
-    /// reply when the ticket is refused (PROXMOX.md §5.2). The bytes it sent
+    /// reply when the ticket is refused (docs/proxmox.md §5.2). The bytes it sent
     /// instead (empty if it closed).
     TermAuthFailed {
         /// What came instead of `OK`, sanitised.

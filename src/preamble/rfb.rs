@@ -1,8 +1,8 @@
-//! Proxmox VNC preamble (PROXMOX.md §6.4): the relay terminates the RFB
+//! Proxmox VNC preamble (docs/proxmox.md §6.4): the relay terminates the RFB
 //! security phase on both legs, so the browser never sees the VNC password.
 //!
 //! Upstream (QEMU or vncterm behind pveproxy) the relay is the RFB client and
-//! logs in with VNC Authentication (RFC 6143 §7.2.2, PROXMOX.md §6.2).
+//! logs in with VNC Authentication (RFC 6143 §7.2.2, docs/proxmox.md §6.2).
 //! Downstream it is an RFB server offering only security type None (RFC 6143
 //! §7.2.1), which noVNC accepts. After both security phases the two RFB
 //! streams line up: the browser's ClientInit goes upstream, the upstream's
@@ -37,7 +37,7 @@
 //! ```
 //!
 //! > QEMU's default share policy `allow-exclusive` lets a shared-flag 0
-//! > client disconnect all other viewers (PROXMOX.md §6.4)
+//! > client disconnect all other viewers (docs/proxmox.md §6.4)
 //!
 //! hence `force_shared`.
 //!
@@ -71,7 +71,7 @@ const MAX_PHASE: usize = 1024;
 /// Reason sent to a 3.8 browser that chose a type we did not offer.
 const BAD_SECURITY_REASON: &[u8] = b"security type not offered";
 
-/// The DES key of VNC Authentication for `password` (PROXMOX.md §6.2):
+/// The DES key of VNC Authentication for `password` (docs/proxmox.md §6.2):
 /// `key[i] = bitreverse8(pw[i])` for the first 8 bytes, zero-padded. Bytes
 /// past the eighth do not matter.
 pub fn vnc_des_key(password: &[u8]) -> [u8; 8] {
@@ -82,7 +82,7 @@ pub fn vnc_des_key(password: &[u8]) -> [u8; 8] {
     key
 }
 
-/// The 16-byte answer to a VNC Authentication challenge (PROXMOX.md §6.2):
+/// The 16-byte answer to a VNC Authentication challenge (docs/proxmox.md §6.2):
 /// `DES-ECB(key, challenge[0..8]) ‖ DES-ECB(key, challenge[8..16])` with
 /// the key of [`vnc_des_key`].
 pub fn vnc_auth_response(password: &[u8], challenge: &[u8; 16]) -> [u8; 16] {
@@ -309,7 +309,7 @@ impl VncPreamble {
     }
 
     /// True once the upstream's SecurityResult was OK. The per-VM
-    /// "websocket connect → RFB login" lock (PROXMOX.md §12) can be released
+    /// "websocket connect → RFB login" lock (docs/proxmox.md §12) can be released
     /// here, before the browser has finished.
     pub fn upstream_authenticated(&self) -> bool {
         self.up == Up::Authenticated
@@ -522,7 +522,7 @@ mod tests {
 
     /// The §6.2 test challenge 00 01 .. 0f.
     const CHALLENGE: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
-    /// DES response for `password` to [`CHALLENGE`] (PROXMOX.md §6.2).
+    /// DES response for `password` to [`CHALLENGE`] (docs/proxmox.md §6.2).
     const RESPONSE: &str = "b866924125c8eebb9debc1db61c538e2";
     const V38: &[u8] = b"RFB 003.008\n";
     const V37: &[u8] = b"RFB 003.007\n";

@@ -1,4 +1,4 @@
-//! Proxmox termproxy preamble (PROXMOX.md §5.2): the relay logs in to
+//! Proxmox termproxy preamble (docs/proxmox.md §5.2): the relay logs in to
 //! termproxy itself, so xterm.js never sees the ticket.
 //!
 //! ```text
@@ -15,7 +15,7 @@
 //! So anything but `OK` first, or a close before it, is a refused login.
 //! Browser bytes are passed through byte for byte (never re-split: a
 //! termproxy message header split across reads desynchronises its parser,
-//! PROXMOX.md §12), so the glue should send the held bytes in one frame.
+//! docs/proxmox.md §12), so the glue should send the held bytes in one frame.
 
 use std::fmt;
 

@@ -67,7 +67,7 @@ use super::{Mode, Outcome, Settings, Side, CLOSE_GRACE};
 
 /// Room in front of a raw upstream read for the frame header (2 + 8 bytes).
 pub const HEADROOM: usize = 10;
-/// pveproxy's payload cap (PROXMOX.md §2.2).
+/// pveproxy's payload cap (docs/proxmox.md §2.2).
 pub const PVE_MAX_PAYLOAD: u64 = 128 * 1024;
 /// The payload of the relay's keepalive pings.
 const PING_PAYLOAD: &[u8] = b"nexor";
@@ -733,7 +733,7 @@ impl Core {
         match (self.mode, from) {
             (Mode::Proxmox, LegId::Browser) => {
                 // pveproxy half-closes on a close frame and never answers
-                // it (PROXMOX.md §2.2): pass it on, answer the browser.
+                // it (docs/proxmox.md §2.2): pass it on, answer the browser.
                 self.queue_close(LegId::Upstream, raw.to_vec());
                 self.queue_close(LegId::Browser, control_frame(OpCode::Close, &code2, false));
                 self.finish();

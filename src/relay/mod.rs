@@ -64,7 +64,7 @@ pub enum Mode {
     Frames,
     /// Raw byte stream upstream (TCP console, in-process demo).
     Bytes,
-    /// pveproxy's websocket (PROXMOX.md §2.2): as Frames, except that
+    /// pveproxy's websocket (docs/proxmox.md §2.2): as Frames, except that
     /// browser frames it would die on (fragments, payloads over 128 KiB)
     /// are re-cut into complete binary frames, and it never sends or
     /// answers close frames.

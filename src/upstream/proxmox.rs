@@ -1,6 +1,6 @@
 //! `kind = "proxmox"`: a VM console on Proxmox VE, opened with the relay's
 //! API token so the browser never sees Proxmox's credentials or tickets
-//! (PROXMOX.md, to the byte).
+//! (docs/proxmox.md, to the byte).
 //!
 //! ```text
 //! 1 POST /api2/json/nodes/{node}/{qemu|lxc}/{vmid}/{vncproxy|termproxy}
@@ -42,7 +42,7 @@ pub const PVE_MAX_PAYLOAD: u64 = 128 * 1024;
 /// The largest API answer read (a vncproxy answer is ~2 KiB with its CA).
 const MAX_API_RESPONSE: usize = 256 * 1024;
 
-/// What step 1 returns (PROXMOX.md §3.1, §5.1).
+/// What step 1 returns (docs/proxmox.md §3.1, §5.1).
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConsoleTicket {
     pub port: u16,
@@ -53,7 +53,7 @@ pub struct ConsoleTicket {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters: Proxmox
-/// tickets carry `+ / = : & # %` (PROXMOX.md §1).
+/// tickets carry `+ / = : & # %` (docs/proxmox.md §1).
 pub fn pct(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
@@ -140,7 +140,7 @@ fn body_len(value: Option<&str>) -> Result<Option<usize>, UpstreamError> {
 }
 
 /// Reads one HTTP response to EOF or Content-Length (pveproxy's 401 has
-/// neither body nor length: read to EOF, PROXMOX.md §12).
+/// neither body nor length: read to EOF, docs/proxmox.md §12).
 async fn read_response(stream: &mut Stream) -> Result<(u16, Vec<u8>), UpstreamError> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut head: Option<(u16, usize, Option<usize>)> = None;
@@ -194,7 +194,7 @@ pub async fn console_ticket(
     let guest = guest_path(c);
     let (what, body) = match (c.console, guest) {
         // Old versions return a usable `password` only with generate-password
-        // (PROXMOX.md §3.1); the LXC endpoint refuses that parameter (§12).
+        // (docs/proxmox.md §3.1); the LXC endpoint refuses that parameter (§12).
         (Console::Vnc, "qemu") => ("vncproxy", "websocket=1&generate-password=1"),
         (Console::Vnc, _) => ("vncproxy", "websocket=1"),
         (Console::Term, _) => ("termproxy", ""),
@@ -453,7 +453,7 @@ pub async fn open(
                 let inc = match reader.next(&mut ws).await {
                     Ok(i) if !i.close => i,
                     _ => {
-                        // termproxy refuses a login by closing (PROXMOX.md §5.2).
+                        // termproxy refuses a login by closing (docs/proxmox.md §5.2).
                         let e = term
                             .on_upstream_eof()
                             .err()

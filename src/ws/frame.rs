@@ -231,7 +231,7 @@ impl fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
-/// Close codes (RFC 6455 §7.4.1, and the relay's own in DESIGN.md §2).
+/// Close codes (RFC 6455 §7.4.1, and the relay's own in docs/design.md §2).
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;

@@ -13,7 +13,7 @@ use crate::http::{Headers, RequestHead, ResponseHead};
 
 /// §1.3: appended to the key before hashing.
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-/// The subprotocol prefix that carries a ticket (DESIGN.md §2).
+/// The subprotocol prefix that carries a ticket (docs/design.md §2).
 pub const TICKET_PROTOCOL_PREFIX: &str = "nexor.ticket.";
 /// The real subprotocol the relay selects when a client offers it.
 pub const BINARY: &str = "binary";
@@ -92,7 +92,7 @@ pub struct Upgrade {
 }
 
 impl Upgrade {
-    /// The subprotocol to select: `binary` when offered (DESIGN.md §2),
+    /// The subprotocol to select: `binary` when offered (docs/design.md §2),
     /// otherwise none (the relay cannot translate other encodings).
     pub fn selected_protocol(&self) -> Option<&'static str> {
         self.protocols.iter().any(|p| p == BINARY).then_some(BINARY)
@@ -428,7 +428,7 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     #[test]
     fn checks_the_upstream_101() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        // pveproxy's exact answer (PROXMOX.md §2.1), lowercase `upgrade`.
+        // pveproxy's exact answer (docs/proxmox.md §2.1), lowercase `upgrade`.
         let ok =
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\
 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: binary\r\n\r\n";

@@ -1,5 +1,5 @@
 //! Test support for the Proxmox side: a real QEMU (VNC with `password=on`, QMP and a
-//! human monitor on unix sockets) and the `pve-emu` emulator binary (PROXMOX.md §11).
+//! human monitor on unix sockets) and the `pve-emu` emulator binary (docs/proxmox.md §11).
 //!
 //! `pve-emu` is a separate workspace package, so `CARGO_BIN_EXE_pve-emu` is not
 //! available here: the test command must build it first, e.g.
