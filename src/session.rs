@@ -274,7 +274,29 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     };
     // The relay phase is its own task, so everything the handshake held
     // (head, ticket, config, upstream dial) is freed for the session's life.
-    monoio::spawn(relay_phase(worker.clone(), phase));
+    // Behind the panic net: a panic ends this session, not the worker.
+    crate::server::spawn(relay_phase(worker.clone(), phase));
+}
+
+/// A session's registry slots, released when the relay phase ends, even
+/// by a panic unwinding through it: no slot (VM, user, live ticket) leaks
+/// and a drain never waits for a session that is gone. A panic grants no
+/// reconnect.
+struct Slots {
+    worker: Rc<Worker>,
+    ctl: Arc<crate::registry::SessionCtl>,
+    grace: u64,
+    grant: Option<bool>,
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        let grant = self.grant.unwrap_or(false);
+        self.worker
+            .state
+            .registry
+            .release(&self.ctl, unix_now(), self.grace, grant);
+    }
 }
 
 /// What a session keeps once it relays.
@@ -294,6 +316,12 @@ struct RelayPhase {
 /// Relays a session to its end, with its audit lines and metrics.
 async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
     let ctl = p.ctl;
+    let mut slots = Slots {
+        worker: worker.clone(),
+        ctl: ctl.clone(),
+        grace: p.grace,
+        grant: None,
+    };
     let jti_hash = hex(&ctl.jti_hash);
     let core = worker.state.metrics.core(worker.id);
     core.opened(&ctl.upstream, p.console, p.connect_time);
@@ -354,12 +382,9 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
         .chain(error.as_deref().map(|e| ("error", V::S(e))))
         .collect::<Vec<_>>(),
     );
-    // Last: the drain exits once no session is live, and must not lose the line above.
-    let grant = crate::registry::grant_allowed(out.code, out.by.as_str());
-    worker
-        .state
-        .registry
-        .release(&ctl, unix_now(), p.grace, grant);
+    // Last (as `slots` drops): the drain exits once no session is live,
+    // and must not lose the line above.
+    slots.grant = Some(crate::registry::grant_allowed(out.code, out.by.as_str()));
 }
 
 type Head = (Stream, RequestHead, Vec<u8>, IpAddr);

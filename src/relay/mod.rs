@@ -187,18 +187,25 @@ impl Shared {
                 Some(r)
             }
             Err(_) => {
-                self.panicked.set(true);
-                if let Ok(mut c) = self.core.try_borrow_mut() {
-                    c.panicked();
-                }
-                if let Some(m) = &self.meter {
-                    m.metrics.core(m.core).session_panic();
-                }
-                self.done.fire();
-                self.wake.notify();
+                self.on_panic();
                 None
             }
         }
+    }
+
+    /// A panic in the core or a pump: the session ends (1011 `panic`).
+    fn on_panic(&self) {
+        if self.panicked.replace(true) {
+            return;
+        }
+        if let Ok(mut c) = self.core.try_borrow_mut() {
+            c.panicked();
+        }
+        if let Some(m) = &self.meter {
+            m.metrics.core(m.core).session_panic();
+        }
+        self.done.fire();
+        self.wake.notify();
     }
 
     fn lock(&self, leg: LegId) -> &WriterLock {
@@ -282,6 +289,20 @@ pub fn run(
     )
 }
 
+/// Spawns a pump behind the panic net: a panic in the glue (the core's own
+/// are caught in [`Shared::core`]) ends the session as a core panic does.
+fn spawn_pump(
+    pump: impl Future<Output = ()> + 'static,
+    s: &Rc<Shared>,
+) -> monoio::task::JoinHandle<()> {
+    let s = s.clone();
+    monoio::spawn(async move {
+        if crate::server::CatchPanic::new(pump).await.is_err() {
+            s.on_panic();
+        }
+    })
+}
+
 /// Spawns the two pumps and returns the main task's future.
 fn run_shared(
     s: Rc<Shared>,
@@ -291,8 +312,11 @@ fn run_shared(
     upstream_early: Vec<u8>,
     ctl: Option<Arc<SessionCtl>>,
 ) -> impl Future<Output = Outcome> {
-    let up = monoio::spawn(pump(s.clone(), LegId::Browser, browser, browser_early));
-    let down = monoio::spawn(pump(s.clone(), LegId::Upstream, upstream, upstream_early));
+    let up = spawn_pump(pump(s.clone(), LegId::Browser, browser, browser_early), &s);
+    let down = spawn_pump(
+        pump(s.clone(), LegId::Upstream, upstream, upstream_early),
+        &s,
+    );
     main(s, up, down, ctl)
 }
 
