@@ -399,7 +399,9 @@ impl TlsReader {
     /// Reads plaintext onto the end of `dst`'s `Vec`, at most its room.
     /// `Ok(0)` is the end: close_notify, or the peer closing TCP.
     ///
-    /// Cancel-safe: between awaits every byte is in rustls or held here.
+    /// Dropping it while it waits on the socket keeps the plaintext and the
+    /// held TLS bytes; only what that one socket read brought is lost (the
+    /// pump drops a read only when the session ends).
     pub async fn read(&mut self, dst: ReadBuf) -> BufResult<usize, ReadBuf> {
         let (begin, end) = (dst.begin(), dst.end());
         let mut vec = dst.into_inner();
