@@ -44,6 +44,10 @@
 //! them). The walk keeps its offset between calls and the glue drops the
 //! walked prefix once per read, so control frames cost O(their size).
 //!
+//! [`Decoder`] is the same walk on its own: the Proxmox preamble
+//! (src/upstream/proxmox.rs) reads its frames with it, so frames are
+//! decoded in one place.
+//!
 //! Dead peers: a relay ping starts a clock on its leg ([`Settings::pong_timeout`]);
 //! any byte read from that leg stops it (a pong is bytes, and so is any
 //! traffic: a peer that talks is alive). The clock starts when the ping is
@@ -645,8 +649,12 @@ impl Core {
         self.set_phase(Phase::Done);
     }
 
+    /// Waits for the peers' answers, unless neither leg can say anything
+    /// more (both read sides over): then there is nothing to wait for.
     fn begin_closing(&mut self, now: Instant) {
-        if self.phase == Phase::Open {
+        if self.dirs[0].stopped && self.dirs[1].stopped {
+            self.finish();
+        } else if self.phase == Phase::Open {
             self.set_phase(Phase::Closing(now + CLOSE_GRACE));
         }
     }

@@ -54,6 +54,8 @@ pub const LARGE_BUF: usize = 64 * 1024;
 /// How long a relay-sent close waits for the peer's close before teardown,
 /// and how long the relay waits for a writer to reach a frame boundary.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// The main task's wake-up when the session has no deadline at all.
+const IDLE_WAKE: Duration = Duration::from_secs(86_400);
 
 /// How the upstream leg is spoken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,15 +249,18 @@ async fn write_controls(s: &Shared, leg: LegId, guard: &mut WriterGuard) -> bool
 }
 
 /// Runs a session from the two handshaken legs to its end. `ctl` lets
-/// other cores close it (replace, revoke, drain).
-pub async fn run(
+/// other cores close it (replace, revoke, drain). Must be called on the
+/// session's runtime: the pumps are spawned at once, so that the returned
+/// future (held for the session's life) holds only what the main task
+/// needs, not the legs.
+pub fn run(
     browser: Leg,
     upstream: Leg,
     mode: Mode,
     settings: Settings,
     ctl: Option<Arc<SessionCtl>>,
     meter: Option<Meter>,
-) -> Outcome {
+) -> impl Future<Output = Outcome> {
     let s = Rc::new(Shared {
         core: RefCell::new(Core::new(mode, settings, Instant::now())),
         locks: [
@@ -275,19 +280,30 @@ pub async fn run(
         upstream.early,
         ctl,
     )
-    .await
 }
 
-async fn run_shared(
+/// Spawns the two pumps and returns the main task's future.
+fn run_shared(
     s: Rc<Shared>,
     browser: Reader,
     browser_early: Vec<u8>,
     upstream: Reader,
     upstream_early: Vec<u8>,
     ctl: Option<Arc<SessionCtl>>,
-) -> Outcome {
+) -> impl Future<Output = Outcome> {
     let up = monoio::spawn(pump(s.clone(), LegId::Browser, browser, browser_early));
     let down = monoio::spawn(pump(s.clone(), LegId::Upstream, upstream, upstream_early));
+    main(s, up, down, ctl)
+}
+
+/// The session's main task: the timer, control requests, the relay's own
+/// frames, the end.
+async fn main(
+    s: Rc<Shared>,
+    up: monoio::task::JoinHandle<()>,
+    down: monoio::task::JoinHandle<()>,
+    ctl: Option<Arc<SessionCtl>>,
+) -> Outcome {
     let mut request_seen = false;
 
     loop {
@@ -307,20 +323,16 @@ async fn run_shared(
             break;
         };
         if phase == Phase::Done {
-            // Last frames (closes) out, each bounded, then tear down.
-            for leg in [LegId::Browser, LegId::Upstream] {
-                if want[leg as usize] {
-                    if let Ok(mut g) = monoio::time::timeout(CLOSE_GRACE, s.lock(leg).lock()).await
-                    {
-                        Box::pin(write_controls(&s, leg, &mut g)).await;
-                    }
-                }
-            }
+            // Boxed, as every rare path here: the main future is held for
+            // the session's life, so it keeps only the idle wait.
+            Box::pin(last_frames(&s, want)).await;
             break;
         }
         let now = Instant::now();
+        // A plain Sleep (640 bytes), not one wrapped in `maybe`, which
+        // would hold it twice; without a deadline, wake daily and look.
         let sleep =
-            maybe(deadline.map(|at| monoio::time::sleep(at.saturating_duration_since(now))));
+            monoio::time::sleep(deadline.map_or(IDLE_WAKE, |at| at.saturating_duration_since(now)));
         let request = maybe(ctl.as_deref().filter(|_| !request_seen).map(|c| c.wait()));
         monoio::select! {
             g = maybe(want[0].then(|| s.lock(LegId::Browser).lock())) => {
@@ -345,6 +357,17 @@ async fn run_shared(
     Box::pin(teardown(&s)).await;
     let out = s.core.borrow().outcome();
     out
+}
+
+/// Last frames (closes) out, each bounded.
+async fn last_frames(s: &Shared, want: [bool; 2]) {
+    for leg in [LegId::Browser, LegId::Upstream] {
+        if want[leg as usize] {
+            if let Ok(mut g) = monoio::time::timeout(CLOSE_GRACE, s.lock(leg).lock()).await {
+                write_controls(s, leg, &mut g).await;
+            }
+        }
+    }
 }
 
 /// After the pumps stopped: the goodbye after a panic, then FIN both legs.

@@ -522,6 +522,17 @@ fn closes_go_end_to_end_per_mode() {
             summary(&sim.outcome()),
             (4000, "close", Side::Upstream, None)
         );
+        // The browser closed; the upstream drops TCP instead of answering:
+        // neither leg can say more, so no grace period is waited out.
+        let c = masked(OpCode::Close, &close_payload(1000, ""));
+        let mut sim = feed(Mode::Frames, settings(), seed, &c, b"");
+        assert!(matches!(sim.core.phase(), Phase::Closing(_)));
+        sim.core.on_read_end(LegId::Upstream, ReadEnd::Eof, sim.now);
+        assert_eq!(sim.core.phase(), Phase::Done);
+        assert_eq!(
+            summary(&sim.outcome()),
+            (1000, "close", Side::Browser, None)
+        );
         // Proxmox: a browser close is passed on and answered by the relay.
         let c = masked(OpCode::Close, &close_payload(1000, "bye"));
         let sim = feed(Mode::Proxmox, settings(), seed, &c, b"");
@@ -993,5 +1004,56 @@ fn the_preamble_decoder_walks_like_the_pump() {
         assert!(dec.at_boundary() && buf.is_empty());
         assert_eq!(got, payloads, "seed {seed}");
         assert_eq!(last_ping, ping, "seed {seed}");
+    }
+}
+
+/// Garbage and half-valid frames on both legs, in every mode: the core
+/// never panics, never writes more than it read plus its own few frames,
+/// and whatever it wrote to a WebSocket peer parses as frames.
+#[test]
+fn hostile_bytes_never_panic_and_output_stays_bounded() {
+    for seed in 0..3000 {
+        let mode = [Mode::Frames, Mode::Bytes, Mode::Proxmox][seed as usize % 3];
+        let mut s = settings();
+        s.max_frame = 4096;
+        let mut sim = Sim::new(mode, s, seed);
+        let mut wires = [Vec::new(), Vec::new()];
+        for wire in wires.iter_mut() {
+            for _ in 0..sim.rng.below(20) {
+                let n = sim.rng.below(200) as usize;
+                let mut f = if sim.rng.chance(50) {
+                    let op = OpCode::from_u8(sim.rng.below(16) as u8);
+                    let key = sim
+                        .rng
+                        .chance(70)
+                        .then(|| (sim.rng.next() as u32).to_be_bytes());
+                    let payload = sim.rng.bytes(n);
+                    frame(sim.rng.chance(80), op, &payload, key)
+                } else {
+                    sim.rng.bytes(n)
+                };
+                if sim.rng.chance(10) && !f.is_empty() {
+                    let i = sim.rng.below(f.len() as u64) as usize;
+                    f[i] ^= 1 << sim.rng.below(8);
+                }
+                wire.extend_from_slice(&f);
+            }
+        }
+        let input = wires[0].len() + wires[1].len();
+        sim.inbox = wires;
+        sim.run();
+        let at = sim.now + CLOSE_GRACE;
+        sim.timer(at);
+        sim.run();
+        let out = sim.outbox[0].len() + sim.outbox[1].len();
+        // Each raw read becomes a frame (one byte read: a 2-byte header).
+        assert!(
+            out <= 3 * input + 4 * 139,
+            "seed {seed}: {out} out of {input}"
+        );
+        parse_all(&sim.outbox[0]);
+        if mode != Mode::Bytes {
+            parse_all(&sim.outbox[1]);
+        }
     }
 }
