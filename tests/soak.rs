@@ -202,6 +202,49 @@ fn raise_nofile() {
 }
 
 // ---- upstreams ------------------------------------------------------------------------
+//
+// Like `Server::tcp_echo`/`ws_echo`, but an idle connection waits the whole
+// soak (sessions wait for each other after the upgrade), not 15 s.
+
+fn tcp_echo() -> Server {
+    Server::start(|mut tcp| {
+        let _ = tcp.set_read_timeout(Some(DEADLINE));
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match tcp.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tcp.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn ws_echo() -> Server {
+    Server::start(|tcp| {
+        let _ = tcp.set_read_timeout(Some(DEADLINE));
+        let Ok(mut ws) = tungstenite::accept(Conn::Plain(tcp)) else {
+            return;
+        };
+        loop {
+            match ws.read() {
+                Ok(m @ tungstenite::Message::Binary(_)) => {
+                    if ws.send(m).is_err() {
+                        return;
+                    }
+                }
+                Ok(tungstenite::Message::Close(_)) => {
+                    let _ = ws.flush();
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
 
 /// Writes the 4 MiB burst at connect, then holds the connection until the
 /// relay closes it.
@@ -617,8 +660,8 @@ fn soak_wss_sessions_of_four_shapes_on_busy_cores_lose_nothing() {
     raise_nofile();
     let spin = Spinners::start(DEADLINE + Duration::from_secs(60));
 
-    let tcp_echo = Server::tcp_echo();
-    let ws_echo = Server::ws_echo(false);
+    let tcp_echo = tcp_echo();
+    let ws_echo = ws_echo();
     let tcp_b = tcp_burst();
     let wss_b = wss_burst();
     let dir = tempfile::tempdir().unwrap();
@@ -789,30 +832,18 @@ relay_rss_kib={rss0}->{peak_kib} spinner_cpu_s={spin_cpu:.1}",
 /// frame), while its audit line said 1000 "close" by the browser. Here the
 /// upstream never answers, so it happens every time: the browser's close
 /// must still be answered with a close frame, 1000.
-#[test]
-fn browser_close_is_answered_when_the_upstream_never_answers_it() {
+/// Sends data and a close 1000 from a wss browser through a relay whose
+/// upstream (`ws_manual`) `upstream` handles; returns how the browser's
+/// close was answered: `Ok(Some(code))` for a close frame.
+fn close_answer(upstream: impl FnOnce(TcpStream) + Send + 'static) -> Result<Option<u16>, String> {
     let (up, sockets) = Server::ws_manual();
     let relay = RelayBuilder::new(true)
-        .upstream(
-            "mute",
-            &format!("kind = \"ws\"\nurl = \"ws://{}/\"", up.addr),
-        )
+        .upstream("u", &format!("kind = \"ws\"\nurl = \"ws://{}/\"", up.addr))
         .start();
-    let t = relay.ticket("mute");
+    let t = relay.ticket("u");
     let (mut ws, _) = relay.ws(&format!("/console?ticket={t}"), &[]).unwrap();
-    // The upstream reads everything (the forwarded close too) and says nothing.
-    let (mut upstream, _) = sockets.recv_timeout(IO_TIMEOUT).unwrap();
-    let drain = thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        let mut got = Vec::new();
-        while let Ok(n) = upstream.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-        got
-    });
+    let (sock, _) = sockets.recv_timeout(IO_TIMEOUT).unwrap();
+    let handler = thread::spawn(move || upstream(sock));
     ws.send(tungstenite::Message::binary(vec![7u8; 1000]))
         .unwrap();
     ws.close(Some(tungstenite::protocol::CloseFrame {
@@ -827,18 +858,66 @@ fn browser_close_is_answered_when_the_upstream_never_answers_it() {
             Err(e) => break Err(e.to_string()),
         }
     };
+    drop(ws);
+    handler.join().unwrap();
+    answer
+}
+
+/// Reads frames until the browser's close arrives (the data first).
+fn read_until_close(tcp: &mut TcpStream) {
+    let mut pending = Vec::new();
+    let f = read_frame(tcp, &mut pending).unwrap();
+    assert_eq!((f.opcode, f.payload.len()), (2, 1000));
+    let f = read_frame(tcp, &mut pending).unwrap();
+    assert_eq!(close_code(&f), Some(1000), "the browser's close, forwarded");
+}
+
+/// What the soak saw (`bench/`'s soak on io_uring, about 0.2 % of the `wss`
+/// burst sessions, and once in a while here): the browser's close forwarded
+/// upstream, no answer from there within the relay's close grace, and the
+/// relay tore the session down without answering the browser's close (TLS
+/// close_notify, no close frame) while its audit line said 1000 "close" by
+/// the browser. Here the upstream never answers, so it happens every time.
+#[test]
+fn browser_close_is_answered_when_the_upstream_never_answers_it() {
+    let answer = close_answer(|mut tcp| {
+        read_until_close(&mut tcp);
+        // Says nothing, holds the connection a while.
+        thread::sleep(Duration::from_secs(6));
+    });
     assert_eq!(
         answer,
         Ok(Some(1000)),
         "the browser's close was not answered with a close frame"
     );
-    // The upstream got the data and the browser's close, byte for byte.
-    drop(ws);
-    drop(relay);
-    let got = drain.join().unwrap();
-    let mut pending = got;
-    let f = read_frame(&mut io::empty(), &mut pending).unwrap();
-    assert_eq!((f.opcode, f.payload.len()), (2, 1000));
-    let f = read_frame(&mut io::empty(), &mut pending).unwrap();
-    assert_eq!(close_code(&f), Some(1000));
+}
+
+/// The same when the upstream resets its connection instead of answering
+/// (what a server that drops a socket with unread bytes does).
+#[test]
+fn browser_close_is_answered_when_the_upstream_resets_instead() {
+    let answer = close_answer(|mut tcp| {
+        read_until_close(&mut tcp);
+        socket2::SockRef::from(&tcp)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(tcp); // RST
+    });
+    assert_eq!(
+        answer,
+        Ok(Some(1000)),
+        "the browser's close was not answered with a close frame"
+    );
+}
+
+/// And when it answers and closes at once (tungstenite's way): the answer
+/// reaches the browser.
+#[test]
+fn browser_close_is_answered_when_the_upstream_answers_and_closes_at_once() {
+    let answer = close_answer(|mut tcp| {
+        read_until_close(&mut tcp);
+        write_frame(&mut tcp, true, 8, &1000u16.to_be_bytes(), false);
+        drop(tcp); // FIN right after the answer
+    });
+    assert_eq!(answer, Ok(Some(1000)));
 }
