@@ -671,7 +671,9 @@ fn soak_wss_sessions_of_four_shapes_on_busy_cores_lose_nothing() {
     // side at once, a debug build): the soak is about what happens after.
     let slow = "connect_timeout = \"60s\"";
     let relay = RelayBuilder::new(true)
-        .limits("handshake_timeout = \"60s\"")
+        // 256 browsers from one address at once: the per-IP handshake cap
+        // (64 by default) would refuse most of them before the soak began.
+        .limits("handshake_timeout = \"60s\"\nmax_handshakes_per_ip = 1024")
         .upstream(
             "tcp-echo",
             &format!("kind = \"tcp\"\naddr = \"{}\"\n{slow}", tcp_echo.addr),

@@ -240,6 +240,11 @@ impl Peer {
             env.minter.secret_b64()
         )?;
         c.push_str(admin);
+        // The generator is thousands of clients from eight loopback
+        // addresses; a relay in production sees one address per client.
+        // The per-IP handshake cap (64 by default) would measure the
+        // generator, not the relay.
+        c.push_str("[limits]\nmax_handshakes_per_ip = 4096\n");
         let mut ups = vec![
             Up::WsEcho,
             Up::WsSink,
