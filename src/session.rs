@@ -353,6 +353,10 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
         Some(meter),
     )
     .await;
+    #[cfg(debug_assertions)]
+    if let Some(d) = crate::upstream::demo::fault::session_end_delay() {
+        monoio::time::sleep(d).await;
+    }
     let duration = started.elapsed();
     core.ended(&ctl.upstream, p.console, out.code, duration);
     // Failures only: a close from a peer, a deliberate end by the relay

@@ -137,7 +137,8 @@ async fn tick(
 /// `NEXOR_TEST_FAULTS=1`: a browser line holding [`fault::PANIC`] makes
 /// this session's backend task panic (caught by the net); one holding
 /// [`fault::KILL_WORKER`] starts a task *outside* the net that panics, so
-/// its worker thread dies (what an unguarded spawn would do).
+/// its worker thread dies (what an unguarded spawn would do); and a delay
+/// before a session's `session_end` line ([`fault::session_end_delay`]).
 #[cfg(debug_assertions)]
 pub mod fault {
     pub const PANIC: &[u8] = b"nexor-test-fault:panic";
@@ -145,8 +146,22 @@ pub mod fault {
     /// In the panic message, which must never reach a log line.
     pub const SECRET_IN_MESSAGE: &str = "fault-secret-6b1d2e";
 
+    /// `NEXOR_TEST_FAULTS` is a comma-separated list: `1` arms the
+    /// browser-line faults above, `slow-session-end` the delay below.
+    fn has(fault: &str) -> bool {
+        std::env::var("NEXOR_TEST_FAULTS").is_ok_and(|v| v.split(',').any(|f| f == fault))
+    }
+
     fn armed() -> bool {
-        std::env::var_os("NEXOR_TEST_FAULTS").is_some_and(|v| v == "1")
+        has("1")
+    }
+
+    /// With `slow-session-end`, a session waits this long between its end
+    /// and its `session_end` audit line: a drain that exited as soon as the
+    /// session's slots were gone would lose the line if the slots were
+    /// released first.
+    pub fn session_end_delay() -> Option<std::time::Duration> {
+        has("slow-session-end").then(|| std::time::Duration::from_millis(300))
     }
 
     fn holds(input: &[u8], needle: &[u8]) -> bool {

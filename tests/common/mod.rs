@@ -173,6 +173,8 @@ pub struct RelayBuilder {
     pub limits: String,
     pub admin: String,
     pub upstreams: String,
+    /// Environment for the relay process only (debug-build test faults).
+    pub env: Vec<(String, String)>,
 }
 
 impl RelayBuilder {
@@ -184,7 +186,14 @@ impl RelayBuilder {
             limits: String::new(),
             admin: String::new(),
             upstreams: String::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for this relay process only.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     pub fn server(mut self, s: &str) -> Self {
@@ -244,7 +253,7 @@ impl RelayBuilder {
         cfg.push_str(&self.upstreams);
         let path = dir.path().join("relay.toml");
         std::fs::write(&path, &cfg).unwrap();
-        Relay::spawn(dir, &path, self.tls)
+        Relay::spawn(dir, &path, self.tls, &self.env)
     }
 }
 
@@ -263,8 +272,14 @@ pub struct Relay {
 }
 
 impl Relay {
-    fn spawn(dir: tempfile::TempDir, config: &std::path::Path, tls: bool) -> Relay {
+    fn spawn(
+        dir: tempfile::TempDir,
+        config: &std::path::Path,
+        tls: bool,
+        env: &[(String, String)],
+    ) -> Relay {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nexor-relay"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("serve")
             .arg("-c")
             .arg(config)
