@@ -761,13 +761,18 @@ impl Core {
         }
     }
 
-    /// `leg` vanished (EOF, read or write error) without a close frame.
-    /// `e` is None only for a console that really closed.
-    fn leg_gone(&mut self, leg: LegId, e: Option<SessionError>, now: Instant) {
+    /// Nothing more is written to `leg`, nor expected from it.
+    fn mark_dead(&mut self, leg: LegId) {
         let o = &mut self.out[leg.i()];
         o.sent_close = true;
         o.dead = true;
         o.pong_due = None;
+    }
+
+    /// `leg` vanished (EOF, read or write error) without a close frame.
+    /// `e` is None only for a console that really closed.
+    fn leg_gone(&mut self, leg: LegId, e: Option<SessionError>, now: Instant) {
+        self.mark_dead(leg);
         match leg {
             LegId::Browser => {
                 self.record(1006, "browser_gone", Side::Browser, e);
@@ -813,10 +818,7 @@ impl Core {
     /// with 1011 and end now.
     fn pong_timeout(&mut self, leg: LegId) {
         let e = Some(err(leg, "pong_timeout", None));
-        let o = &mut self.out[leg.i()];
-        o.sent_close = true;
-        o.dead = true;
-        o.pong_due = None;
+        self.mark_dead(leg);
         match leg {
             LegId::Browser => {
                 self.record(1006, "pong_timeout", Side::Browser, e);

@@ -470,15 +470,10 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
                     break;
                 }
                 Next::Forward { range, count } => {
-                    if guard.is_none() {
-                        let Some(g) = take_writer(&s, to).await else {
-                            return;
-                        };
-                        guard = Some(g);
-                        if s.core(|c| c.closed(to)).unwrap_or(true) {
-                            // The relay's close just went out: nothing after it.
-                            continue;
-                        }
+                    match hold_writer(&s, to, &mut guard).await {
+                        None => return,
+                        Some(false) => continue,
+                        Some(true) => {}
                     }
                     let Some(g) = guard.as_mut() else { return };
                     let Some((res, slice)) = or_done(&s.done, g.write_all(buf.slice(range))).await
@@ -489,14 +484,10 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
                     (res, count)
                 }
                 Next::Header { bytes, len } => {
-                    if guard.is_none() {
-                        let Some(g) = take_writer(&s, to).await else {
-                            return;
-                        };
-                        guard = Some(g);
-                        if s.core(|c| c.closed(to)).unwrap_or(true) {
-                            continue;
-                        }
+                    match hold_writer(&s, to, &mut guard).await {
+                        None => return,
+                        Some(false) => continue,
+                        Some(true) => {}
                     }
                     let Some(g) = guard.as_mut() else { return };
                     let h = bytes[..len as usize].to_vec();
@@ -555,6 +546,19 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
             }
         }
     }
+}
+
+/// Makes sure the pump holds the writer of `to` for its next write. None:
+/// stop the pump. `Some(false)`: the relay's close just went out on that
+/// leg, so nothing may follow it (skip this write).
+async fn hold_writer(s: &Shared, to: LegId, guard: &mut Option<WriterGuard>) -> Option<bool> {
+    if guard.is_none() {
+        *guard = Some(take_writer(s, to).await?);
+        if s.core(|c| c.closed(to)).unwrap_or(true) {
+            return Some(false);
+        }
+    }
+    Some(true)
 }
 
 /// Takes the writer of `leg` at a frame boundary, writing the relay's own
