@@ -975,3 +975,21 @@ fn an_upstream_reset_under_a_blocked_write_is_upstream_write() {
     assert_eq!(end["reason"], "upstream_gone");
     error_metric(&relay, "upstream_write");
 }
+
+// Every class of `metrics::ERROR_CLASSES`, and where a real session provokes it:
+// browser_eof, browser_reset, browser_protocol, browser_pong_timeout,
+// upstream_eof, upstream_reset, upstream_protocol, upstream_pong_timeout:
+// `every_failure_has_an_audit_error_and_a_metric`; browser_tls:
+// `a_tls_error_from_the_browser_is_browser_tls`; upstream_tls:
+// `a_tls_error_from_the_upstream_is_upstream_tls`; browser_write and
+// upstream_write: the two `*_under_a_blocked_write_*` tests (see `gridlock`).
+// Not provoked through sockets, on purpose:
+// * `panic`: a panic in the pump's core needs a bug; the release binary has
+//   no fault that plants one (`NEXOR_TEST_FAULTS` panics the demo backend,
+//   whose session then ends by its upstream closing: tests/ops.rs). The
+//   in-memory core test in src/relay/tests.rs (its `panic_after` hook is
+//   `cfg(test)`) is the proof: 1011 `panic` to both legs, the class and
+//   `nexor_session_panics_total`.
+// * `other`: no session path yields it (src/relay/core.rs names every error
+//   from the list); it is the metric's bucket for an unknown class, tested
+//   in src/metrics.rs.
