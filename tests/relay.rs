@@ -819,3 +819,177 @@ fn a_tls_error_from_the_browser_is_browser_tls() {
         "{m}"
     );
 }
+
+// ---- the remaining classes: upstream_tls, browser_write, upstream_write ----
+
+fn error_metric(relay: &Relay, class: &str) {
+    let (_, m) = relay.admin_request("GET", "/metrics", None);
+    let line = format!("nexor_session_errors_total{{class=\"{class}\"}} 1");
+    assert!(m.contains(&line), "{line}\n{m}");
+}
+
+#[test]
+fn a_tls_error_from_the_upstream_is_upstream_tls() {
+    // A wss console that completes the TLS and WebSocket handshakes, then,
+    // once the browser has its 101 (before it, the relay would still be in
+    // its upstream handshake: a 502), sends an application-data record no
+    // key can open.
+    let (go, went) = std::sync::mpsc::channel::<()>();
+    let went = std::sync::Mutex::new(went);
+    let up = Server::start(move |tcp| {
+        let c = rustls::ServerConnection::new(server_tls()).unwrap();
+        let conn = Conn::ServerTls(Box::new(rustls::StreamOwned::new(c, tcp)));
+        let Ok(mut ws) = tungstenite::accept(conn) else {
+            return;
+        };
+        let Conn::ServerTls(s) = ws.get_mut() else {
+            unreachable!()
+        };
+        if went.lock().unwrap().recv_timeout(IO_TIMEOUT).is_err() {
+            return;
+        }
+        let sock = &mut s.sock;
+        if sock
+            .write_all(&[0x17, 0x03, 0x03, 0x00, 0x20])
+            .and_then(|_| sock.write_all(&[0x55; 0x20]))
+            .is_err()
+        {
+            return;
+        }
+        // Hold the connection until the relay drops it.
+        let mut b = [0u8; 1024];
+        while matches!(sock.read(&mut b), Ok(n) if n > 0) {}
+    });
+    let relay = relay_with(
+        false,
+        &[(
+            "wss",
+            format!(
+                "kind = \"ws\"\nurl = \"wss://127.0.0.1:{}/\"\nfingerprint = \"{}\"",
+                up.addr.port(),
+                leaf_fingerprint()
+            ),
+        )],
+    );
+    let (mut c, mut p) = open_raw(&relay, "wss");
+    go.send(()).unwrap();
+    assert_eq!(read_close(&mut c, &mut p), Some(1011));
+    let end = nth_end(&relay, 1);
+    check_end(&end, 1011, Some("upstream_tls"));
+    assert_eq!(end["reason"], "upstream_gone");
+    error_metric(&relay, "upstream_tls");
+}
+
+/// A raw TCP console that hands each accepted connection to the test.
+fn tcp_manual() -> (Server, std::sync::mpsc::Receiver<std::net::TcpStream>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let s = Server::start(move |tcp| {
+        let _ = tx.lock().unwrap().send(tcp);
+    });
+    (s, rx)
+}
+
+/// A tcp session whose two ends both send and neither reads.
+fn gridlocked() -> (Server, Relay, Conn, Vec<u8>, std::net::TcpStream) {
+    let (srv, conns) = tcp_manual();
+    // No pings: nothing but the test's own moves ends the session.
+    let relay = RelayBuilder::new(false)
+        .server("ping_interval = \"0s\"")
+        .upstream("up", &format!("kind = \"tcp\"\naddr = \"{}\"", srv.addr))
+        .start();
+    let (c, p) = open_raw(&relay, "up");
+    let up = conns.recv_timeout(IO_TIMEOUT).unwrap();
+    gridlock(&c, &up);
+    (srv, relay, c, p, up)
+}
+
+/// Floods both legs, reading nothing from either, until neither takes a
+/// byte more for half a second. The relay forwards each direction with a
+/// pump that writes all it read before it reads again; with both peers
+/// full, each pump is parked in a write to a leg that will never drain and
+/// neither has a read pending. A reset of either end can then only surface
+/// as that parked write failing: `browser_write` or `upstream_write`. (A
+/// pending read would see the reset first and make it `*_reset`; that is
+/// why a merely idle session cannot provoke a write class.)
+fn gridlock(browser: &Conn, upstream: &std::net::TcpStream) {
+    const STALL: Duration = Duration::from_millis(500);
+    let frame = frame_bytes(true, 2, &pattern(16 * 1024, 7), true);
+    let raw = pattern(64 * 1024, 9);
+    let b = browser.tcp();
+    b.set_nonblocking(true).unwrap();
+    upstream.set_nonblocking(true).unwrap();
+    let (mut bpos, mut upos) = (0, 0);
+    let start = std::time::Instant::now();
+    let mut last = start;
+    let push =
+        |mut w: &std::net::TcpStream, data: &[u8], pos: &mut usize| match w.write(&data[*pos..]) {
+            Ok(n) => {
+                *pos = (*pos + n) % data.len();
+                n > 0
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("flood: {e}"),
+        };
+    loop {
+        let moved_b = push(b, &frame, &mut bpos);
+        let moved_u = push(upstream, &raw, &mut upos);
+        if moved_b || moved_u {
+            last = std::time::Instant::now();
+        } else if last.elapsed() >= STALL {
+            break;
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(start.elapsed() < IO_TIMEOUT, "the relay never stalled");
+    }
+    b.set_nonblocking(false).unwrap();
+    upstream.set_nonblocking(false).unwrap();
+}
+
+#[test]
+fn a_browser_reset_under_a_blocked_write_is_browser_write() {
+    let (_srv, relay, c, _, up) = gridlocked();
+    socket2::SockRef::from(c.tcp())
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+    let end = nth_end(&relay, 1);
+    check_end(&end, 1006, Some("browser_write"));
+    assert_eq!(end["reason"], "browser_gone");
+    error_metric(&relay, "browser_write");
+    drop(up);
+}
+
+#[test]
+fn an_upstream_reset_under_a_blocked_write_is_upstream_write() {
+    let (_srv, relay, mut c, mut p, up) = gridlocked();
+    socket2::SockRef::from(&up)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(up);
+    // The browser drains the flood and finds the relay's close after it.
+    assert_eq!(read_close(&mut c, &mut p), Some(1011));
+    let end = nth_end(&relay, 1);
+    check_end(&end, 1011, Some("upstream_write"));
+    assert_eq!(end["reason"], "upstream_gone");
+    error_metric(&relay, "upstream_write");
+}
+
+// Every class of `metrics::ERROR_CLASSES`, and where a real session provokes it:
+// browser_eof, browser_reset, browser_protocol, browser_pong_timeout,
+// upstream_eof, upstream_reset, upstream_protocol, upstream_pong_timeout:
+// `every_failure_has_an_audit_error_and_a_metric`; browser_tls:
+// `a_tls_error_from_the_browser_is_browser_tls`; upstream_tls:
+// `a_tls_error_from_the_upstream_is_upstream_tls`; browser_write and
+// upstream_write: the two `*_under_a_blocked_write_*` tests (see `gridlock`).
+// Not provoked through sockets, on purpose:
+// * `panic`: a panic in the pump's core needs a bug; the release binary has
+//   no fault that plants one (`NEXOR_TEST_FAULTS` panics the demo backend,
+//   whose session then ends by its upstream closing: tests/ops.rs). The
+//   in-memory core test in src/relay/tests.rs (its `panic_after` hook is
+//   `cfg(test)`) is the proof: 1011 `panic` to both legs, the class and
+//   `nexor_session_panics_total`.
+// * `other`: no session path yields it (src/relay/core.rs names every error
+//   from the list); it is the metric's bucket for an unknown class, tested
+//   in src/metrics.rs.
