@@ -227,7 +227,7 @@ pub fn serve(
                     "second stop signal: exiting now",
                     &[("sessions", V::N(state.registry.live().len() as u64))],
                 );
-                std::process::exit(1);
+                exit(&state, 1, Duration::from_secs(1));
             }
             _ => {
                 draining = true;
@@ -237,7 +237,7 @@ pub fn serve(
                     .spawn(move || {
                         if catch_unwind(AssertUnwindSafe(|| drain(&state))).is_err() {
                             // Asked to stop: stop, without the grace.
-                            std::process::exit(1);
+                            exit(&state, 1, Duration::from_secs(1));
                         }
                     });
             }
@@ -335,7 +335,15 @@ fn drain(state: &State) {
         "drained",
         &[("closed_at_deadline", V::N(left.len() as u64))],
     );
-    std::process::exit(0);
+    exit(state, 0, log::FLUSH_TIMEOUT);
+}
+
+/// Exits once the queued audit and log lines are written (the last `session_end`
+/// lines must not be lost), waiting at most `flush` for each stalled reader.
+fn exit(state: &State, code: i32, flush: Duration) -> ! {
+    state.audit.flush(flush);
+    log::flush(flush);
+    std::process::exit(code);
 }
 
 fn worker_main(
@@ -486,6 +494,8 @@ pub fn install_panic_hook() {
                 ("location", V::S(&at)),
             ],
         );
+        // The thread (maybe the process) ends next: let the line out first.
+        log::flush(Duration::from_secs(1));
     }));
 }
 

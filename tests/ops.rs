@@ -603,3 +603,170 @@ fn a_dead_worker_fails_healthz() {
         "{logs}"
     );
 }
+
+/// A relay whose stdout (the audit trail) is a pipe nobody reads: its stderr is
+/// read, its stdout handed back unread. The queue is made small
+/// (`NEXOR_TEST_LOG_QUEUE`, debug builds) so a few hundred lines overflow it.
+fn relay_with_stalled_stdout(
+    echo: &Server,
+) -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    std::process::ChildStdout,
+    tempfile::TempDir,
+) {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n\
+         [tickets]\nkeys = [{{ id = \"{KEY_ID}\", secret = \"{KEY_B64}\" }}]\nmax_ttl = \"120s\"\n\
+         [limits]\nhandshakes_per_ip = 10000\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.t]\nkind = \"tcp\"\naddr = \"{}\"\n",
+        echo.addr
+    );
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nexor-relay"))
+        .env("NEXOR_TEST_LOG_QUEUE", "64")
+        .args(["serve", "-c"])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if l.contains("\"msg\":\"listening\"") {
+                let _ = tx.send(l);
+            }
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20)).expect("listening");
+    let field = |name: &str| -> std::net::SocketAddr {
+        line.split(&format!("\"{name}\":\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+    };
+    (child, field("addr"), field("admin"), stdout, dir)
+}
+
+/// Logs and audit never block a worker: with stdout a pipe nobody reads, 300
+/// sessions are still admitted and relayed; the lines that did not fit are
+/// counted in `nexor_log_lines_dropped_total{stream="audit"}`, and once the pipe is
+/// read again one `lines_dropped` line says how many, and every line is accounted for.
+#[test]
+fn a_stalled_stdout_never_stalls_sessions() {
+    use std::io::{Read, Write};
+    const SESSIONS: u64 = 300;
+    let echo = Server::tcp_echo();
+    let (mut child, addr, admin, mut stdout, _dir) = relay_with_stalled_stdout(&echo);
+    let key = Relay::key();
+    for i in 0..SESSIONS {
+        let t = nexor_relay::ticket::mint(&Relay::claims("t", Console::Vnc), &key);
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            c,
+            "GET /console?ticket={t} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        let (status, head, mut pending) = read_response_head(&mut c);
+        assert_eq!(status, 101, "session {i}: {head}");
+        let data = format!("session {i}").into_bytes();
+        write_frame(&mut c, true, 2, &data, true);
+        let mut got = Vec::new();
+        while got.len() < data.len() {
+            let f = read_frame(&mut c, &mut pending).expect("echo while stdout is stalled");
+            got.extend_from_slice(&f.payload);
+        }
+        assert_eq!(got, data);
+        write_frame(&mut c, true, 8, &[0x03, 0xe8], true);
+        while let Ok(f) = read_frame(&mut c, &mut pending) {
+            if f.opcode == 8 {
+                break;
+            }
+        }
+    }
+    // Every session_end is queued (or dropped) before its slot is released; give the
+    // last ones a moment to be counted, then read the counter.
+    let metric = |admin| {
+        let mut c = std::net::TcpStream::connect(admin).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            c,
+            "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        let _ = c.read_to_string(&mut body);
+        body.lines()
+            .find_map(|l| l.strip_prefix("nexor_log_lines_dropped_total{stream=\"audit\"} "))
+            .unwrap_or_else(|| panic!("the dropped-lines metric in {body}"))
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let dropped = metric(admin);
+    assert!(dropped > 0, "the audit queue never overflowed");
+    // The reader returns: everything queued arrives, then one line with the count.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(&mut stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut events, mut reported) = (0u64, None);
+    while reported.is_none() {
+        let l = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a lines_dropped report once stdout is read");
+        if l.contains("\"event\":\"session_start\"") || l.contains("\"event\":\"session_end\"") {
+            events += 1;
+        }
+        if l.contains("\"event\":\"lines_dropped\"") {
+            assert!(l.contains("\"stream\":\"audit\""), "{l}");
+            let count: u64 = l
+                .split("\"count\":")
+                .nth(1)
+                .and_then(|r| r.split([',', '}']).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{l}"));
+            reported = Some(count);
+        }
+    }
+    assert_eq!(reported, Some(dropped), "the report matches the metric");
+    // Nothing else is lost: what arrived plus what was dropped is every line.
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+        if l.contains("\"event\":\"session_start\"") || l.contains("\"event\":\"session_end\"") {
+            events += 1;
+        }
+    }
+    assert_eq!(events + dropped, 2 * SESSIONS);
+    assert_eq!(
+        metric(admin),
+        dropped,
+        "nothing dropped once the reader is back"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
