@@ -48,13 +48,67 @@ impl Drop for Place {
     }
 }
 
-/// Binds the admin listener and serves it on a thread; returns its address.
-pub fn spawn(addr: SocketAddr, state: Arc<State>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let local = listener.local_addr()?;
+/// How often a relay whose admin port is taken tries to bind it again.
+pub const REBIND_EVERY: Duration = Duration::from_millis(200);
+
+/// Binds the admin listener and serves it on a thread; returns its address
+/// and whether it is bound yet.
+///
+/// Two relays on one host (an upgrade: the new one starts beside the old one,
+/// sharing the console port through `SO_REUSEPORT`, then the old one gets
+/// SIGTERM): the admin port is NOT shared, so a scrape or health check always
+/// reaches one whole relay. When the configured port is taken
+/// (`EADDRINUSE`, a fixed port), the new relay starts anyway, serves
+/// consoles, logs one line, and binds the admin port in the background every
+/// [`REBIND_EVERY`] until the old relay has exited; it logs again when it has
+/// the port. Meanwhile `/metrics`, `/readyz` and `/sessions` answer for the
+/// old, draining relay. Any other bind error fails the start as before.
+pub fn spawn(addr: SocketAddr, state: Arc<State>) -> std::io::Result<(SocketAddr, bool)> {
+    let (listener, bound) = match TcpListener::bind(addr) {
+        Ok(l) => (Some(l), true),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() != 0 => {
+            log::warn(
+                "admin.listen is in use (an older relay still running?): \
+                 serving consoles, binding the admin port once it is free",
+                &[("admin", V::S(&addr.to_string()))],
+            );
+            (None, false)
+        }
+        Err(e) => return Err(e),
+    };
+    let local = match &listener {
+        Some(l) => l.local_addr()?,
+        None => addr,
+    };
     std::thread::Builder::new()
         .name("nexor-admin".into())
         .spawn(move || {
+            let listener = match listener {
+                Some(l) => l,
+                None => loop {
+                    std::thread::sleep(REBIND_EVERY);
+                    match TcpListener::bind(addr) {
+                        Ok(l) => {
+                            log::info(
+                                "admin listening (the port was freed)",
+                                &[("admin", V::S(&addr.to_string()))],
+                            );
+                            break l;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                        Err(e) => {
+                            log::error(
+                                "admin.listen: giving up",
+                                &[
+                                    ("admin", V::S(&addr.to_string())),
+                                    ("error", V::S(&e.to_string())),
+                                ],
+                            );
+                            return;
+                        }
+                    }
+                },
+            };
             let open = Arc::new(AtomicUsize::new(0));
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
@@ -73,7 +127,7 @@ pub fn spawn(addr: SocketAddr, state: Arc<State>) -> std::io::Result<SocketAddr>
                     });
             }
         })?;
-    Ok(local)
+    Ok((local, bound))
 }
 
 fn respond(conn: &mut TcpStream, status: u16, ctype: &str, body: &str) {

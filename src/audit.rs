@@ -5,14 +5,16 @@
 //! and client IP, rate-limited so a flood cannot fill the disk.
 //!
 //! Output: stdout (default), stderr, or a file opened for append and
-//! reopened on SIGHUP (for logrotate).
+//! reopened on SIGHUP (for logrotate). Lines go through a bounded queue to a
+//! writer thread (src/log.rs [`Writer`]): a stalled reader drops and counts lines,
+//! it never stalls a worker.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
-use crate::log::{json_line, V};
+use crate::log::{json_line, Sink, Writer, V};
 
 /// Where audit lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,12 +38,6 @@ impl Output {
     }
 }
 
-enum Sink {
-    Stdout,
-    Stderr,
-    File(File),
-}
-
 struct Window {
     second: u64,
     written: u32,
@@ -49,7 +45,7 @@ struct Window {
 }
 
 pub struct Audit {
-    sink: Mutex<Sink>,
+    writer: Writer,
     refused_per_second: Mutex<u32>,
     window: Mutex<Window>,
 }
@@ -69,7 +65,7 @@ fn open(out: &Output) -> std::io::Result<Sink> {
 impl Audit {
     pub fn new(out: &Output, refused_per_second: u32) -> std::io::Result<Audit> {
         Ok(Audit {
-            sink: Mutex::new(open(out)?),
+            writer: Writer::spawn(1, open(out)?)?,
             refused_per_second: Mutex::new(refused_per_second),
             window: Mutex::new(Window {
                 second: 0,
@@ -82,28 +78,24 @@ impl Audit {
     /// Reopens the output (SIGHUP), e.g. after logrotate moved the file.
     pub fn reopen(&self, out: &Output, refused_per_second: u32) -> std::io::Result<()> {
         let sink = open(out)?;
-        *lock(&self.sink) = sink;
+        self.writer.set_sink(sink);
         *lock(&self.refused_per_second) = refused_per_second;
         Ok(())
     }
 
-    fn write(&self, line: &str) {
-        match &mut *lock(&self.sink) {
-            Sink::Stdout => {
-                let _ = std::io::stdout().lock().write_all(line.as_bytes());
-            }
-            Sink::Stderr => {
-                let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            }
-            Sink::File(f) => {
-                let _ = f.write_all(line.as_bytes());
-            }
-        }
+    fn write(&self, line: String) {
+        self.writer.send(line);
+    }
+
+    /// Waits (at most `timeout`) until every line queued so far is written:
+    /// before a normal exit, so the last `session_end` lines are not lost.
+    pub fn flush(&self, timeout: Duration) {
+        self.writer.flush(timeout);
     }
 
     /// A session event: always written.
     pub fn event(&self, event: &str, fields: &[(&str, V<'_>)]) {
-        self.write(&json_line(&[("event", V::S(event))], fields));
+        self.write(json_line(&[("event", V::S(event))], fields));
     }
 
     /// A refused handshake: at most `refused_per_second` lines a second;
@@ -124,12 +116,12 @@ impl Audit {
             std::mem::take(&mut w.suppressed)
         };
         if suppressed > 0 {
-            self.write(&json_line(
+            self.write(json_line(
                 &[("event", V::S("refused_suppressed"))],
                 &[("count", V::N(suppressed))],
             ));
         }
-        self.write(&json_line(&[("event", V::S("refused"))], fields));
+        self.write(json_line(&[("event", V::S("refused"))], fields));
     }
 }
 
@@ -149,6 +141,7 @@ mod tests {
         }
         a.refused(101, &[("reason", V::S("bad_signature"))]);
         a.event("session_start", &[("sid", V::S("0-1"))]);
+        a.flush(Duration::from_secs(5));
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 6, "{text}");

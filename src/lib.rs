@@ -14,20 +14,27 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+#[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod demo;
 pub mod error;
+#[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod page;
+#[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod preamble;
+#[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod proxy;
+#[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod registry;
 pub mod relay;
 pub mod server;
 pub mod session;
+#[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod ticket;
 pub mod tls;
 pub mod transport;
 pub mod upstream;
+#[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod ws;

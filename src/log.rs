@@ -1,10 +1,21 @@
 //! Log lines on stderr: one JSON object per line, so that journald, Loki or
 //! `jq` read them without a parser of ours. Values are built by callers from
 //! labels, counts and addresses only; secrets never get here.
+//!
+//! No worker ever waits for a reader: log and audit lines go through a bounded
+//! queue ([`Writer`], [`QUEUE_LINES`] lines) to a writer thread per stream. When
+//! the reader stalls (a full stdout/stderr pipe, a slow disk) and the queue is
+//! full, lines are dropped and counted (`nexor_log_lines_dropped_total{stream}`);
+//! once a write gets through again, the writer adds one line saying how many were
+//! dropped. [`flush`] (at exit) waits, boundedly, until what was queued is written.
 
 use std::fmt::Write as _;
+use std::fs::File;
 use std::io::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A JSON value in a log line.
 pub enum V<'a> {
@@ -13,10 +24,186 @@ pub enum V<'a> {
     B(bool),
 }
 
-/// Writes `{"ts":..,"level":..,"msg":..,k:v,..}` to stderr in one write.
+/// Queues `{"ts":..,"level":..,"msg":..,k:v,..}` for stderr (one write); never blocks.
 pub fn line(level: &str, msg: &str, fields: &[(&str, V<'_>)]) {
     let out = json_line(&[("level", V::S(level)), ("msg", V::S(msg))], fields);
-    let _ = std::io::stderr().lock().write_all(out.as_bytes());
+    match log_writer() {
+        Some(w) => w.send(out),
+        // No thread could be started: write in place rather than lose the line.
+        None => {
+            let _ = std::io::stderr().lock().write_all(out.as_bytes());
+        }
+    }
+}
+
+/// Lines a stream's queue holds before new ones are dropped (a few MB at most).
+pub const QUEUE_LINES: usize = 8192;
+
+/// How long [`flush`] waits for a stalled reader before giving up.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The streams, as the metric labels them.
+pub const STREAMS: [&str; 2] = ["log", "audit"];
+static DROPPED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Lines dropped since start, per [`STREAMS`] entry.
+pub fn dropped() -> [(&'static str, u64); 2] {
+    [0, 1].map(|i| (STREAMS[i], DROPPED[i].load(Ordering::Relaxed)))
+}
+
+/// Where a stream's writer thread writes.
+pub enum Sink {
+    Stdout,
+    Stderr,
+    File(File),
+}
+
+impl Sink {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout => std::io::stdout().lock().write_all(line),
+            Sink::Stderr => std::io::stderr().lock().write_all(line),
+            Sink::File(f) => f.write_all(line),
+        }
+    }
+}
+
+enum Msg {
+    Line(String),
+    Sink(Sink),
+    Flush(mpsc::Sender<()>),
+}
+
+/// A bounded queue to one writer thread. Sending never blocks: a full queue
+/// drops the line and counts it.
+pub struct Writer {
+    tx: SyncSender<Msg>,
+    stream: usize,
+}
+
+impl Writer {
+    /// Starts the writer thread for `stream` (an index into [`STREAMS`]).
+    pub fn spawn(stream: usize, sink: Sink) -> std::io::Result<Writer> {
+        let (tx, rx) = mpsc::sync_channel::<Msg>(queue_lines());
+        std::thread::Builder::new()
+            .name(format!("nexor-{}-writer", STREAMS[stream]))
+            .spawn(move || {
+                let mut sink = sink;
+                let mut reported = DROPPED[stream].load(Ordering::Relaxed);
+                loop {
+                    let msg = match rx.recv_timeout(Duration::from_millis(500)) {
+                        Ok(m) => Some(m),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    };
+                    let wrote = match msg {
+                        Some(Msg::Line(l)) => sink.write(l.as_bytes()).is_ok(),
+                        Some(Msg::Sink(s)) => {
+                            sink = s;
+                            true
+                        }
+                        Some(Msg::Flush(done)) => {
+                            let _ = done.send(());
+                            true
+                        }
+                        None => true,
+                    };
+                    // The reader is back (a write got through): say once what was lost.
+                    let now = DROPPED[stream].load(Ordering::Relaxed);
+                    if wrote && now > reported {
+                        let _ = sink.write(dropped_line(stream, now - reported).as_bytes());
+                        reported = now;
+                    }
+                }
+            })?;
+        Ok(Writer { tx, stream })
+    }
+
+    /// Queues `line`; drops and counts it when the queue is full.
+    pub fn send(&self, line: String) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Line(line)) {
+            DROPPED[self.stream].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Replaces the sink after the lines queued before it are written (SIGHUP reopen).
+    /// Waits for room, at most [`FLUSH_TIMEOUT`] (the signal thread, never a worker).
+    pub fn set_sink(&self, sink: Sink) {
+        let _ = self.send_waiting(Msg::Sink(sink));
+    }
+
+    /// Waits until every line queued before this call is written, at most
+    /// `timeout` (a reader that never returns must not keep the process alive).
+    pub fn flush(&self, timeout: Duration) {
+        let (done, wait) = mpsc::channel();
+        let start = std::time::Instant::now();
+        if self.send_waiting(Msg::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(timeout.saturating_sub(start.elapsed()));
+        }
+    }
+
+    fn send_waiting(&self, mut msg: Msg) -> Result<(), ()> {
+        let start = std::time::Instant::now();
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(_)) => return Err(()),
+                Err(TrySendError::Full(m)) if start.elapsed() < FLUSH_TIMEOUT => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(TrySendError::Full(_)) => return Err(()),
+            }
+        }
+    }
+}
+
+/// [`QUEUE_LINES`]; debug builds take `NEXOR_TEST_LOG_QUEUE=N` so a test can fill
+/// the queue with a few hundred lines (tests/ops.rs).
+fn queue_lines() -> usize {
+    #[cfg(debug_assertions)]
+    if let Some(n) = std::env::var("NEXOR_TEST_LOG_QUEUE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return n;
+    }
+    QUEUE_LINES
+}
+
+/// The one line that reports a gap, in the stream's own shape.
+fn dropped_line(stream: usize, count: u64) -> String {
+    let total = DROPPED[stream].load(Ordering::Relaxed);
+    let fields = [
+        ("stream", V::S(STREAMS[stream])),
+        ("count", V::N(count)),
+        ("total", V::N(total)),
+    ];
+    if STREAMS[stream] == "audit" {
+        json_line(&[("event", V::S("lines_dropped"))], &fields)
+    } else {
+        json_line(
+            &[
+                ("level", V::S("warn")),
+                ("msg", V::S("log lines dropped: the reader stalled")),
+            ],
+            &fields,
+        )
+    }
+}
+
+fn log_writer() -> Option<&'static Writer> {
+    static W: OnceLock<Option<Writer>> = OnceLock::new();
+    W.get_or_init(|| Writer::spawn(0, Sink::Stderr).ok())
+        .as_ref()
+}
+
+/// Waits (at most `timeout`) until the log lines queued so far are written.
+pub fn flush(timeout: Duration) {
+    if let Some(w) = log_writer() {
+        w.flush(timeout);
+    }
 }
 
 /// `{"ts":"…",<head>,<fields>}\n` as one string.

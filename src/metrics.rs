@@ -40,6 +40,7 @@ pub const BUILD_INFO: &str = "nexor_build_info";
 pub const SESSION_ERRORS: &str = "nexor_session_errors_total";
 pub const SESSION_PANICS: &str = "nexor_session_panics_total";
 pub const WORKERS_ALIVE: &str = "nexor_workers_alive";
+pub const LOG_DROPPED: &str = "nexor_log_lines_dropped_total";
 
 /// The classes a session that ended without a close frame from either
 /// peer is counted under (the audit's `error` field starts with one).
@@ -412,6 +413,15 @@ impl Metrics {
             "{DRAINING} {}",
             self.draining.load(Ordering::Relaxed) as u8
         );
+        head(
+            &mut o,
+            LOG_DROPPED,
+            "counter",
+            "Log and audit lines dropped because their reader stalled and the queue was full.",
+        );
+        for (stream, n) in crate::log::dropped() {
+            let _ = writeln!(o, "{LOG_DROPPED}{{stream=\"{stream}\"}} {n}");
+        }
         head(&mut o, RELOADS, "counter", "SIGHUP reloads, by result.");
         let _ = writeln!(
             o,

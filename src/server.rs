@@ -10,6 +10,12 @@
 //! * SIGTERM / SIGINT: drain — new upgrades get 503, `/readyz` 503, live
 //!   sessions continue until `drain_timeout`, then close with 1001; exit 0.
 //!   A second signal exits at once with status 1.
+//! * Upgrades (two relays on one host): the new relay starts beside the old
+//!   one on the same console port (`SO_REUSEPORT`); its admin listener waits
+//!   for the port (src/admin.rs [`crate::admin::spawn`]). When the draining
+//!   relay sees another process listening on its console port, it hands new
+//!   connections over instead of answering 503: it shuts its listeners, so the
+//!   kernel gives every new connection to the successor ([`drain`]).
 //!
 //! Panics: monoio polls every task on its worker thread and catches no
 //! panic (monoio 0.2.4 `task/harness.rs`, `poll_future`), so one panicking
@@ -34,7 +40,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -93,6 +99,8 @@ pub struct State {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub audit: Arc<Audit>,
+    /// Set when a drain handed the console port to a successor ([`drain`]).
+    handed_over: AtomicBool,
 }
 
 impl State {
@@ -101,8 +109,10 @@ impl State {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Whether new upgrades get 503. Not after a handover: the listeners are
+    /// shut, and a handshake they accepted just before is served, not refused.
     pub fn draining(&self) -> bool {
-        self.metrics.draining.load(Ordering::Relaxed)
+        self.metrics.draining.load(Ordering::Relaxed) && !self.handed_over.load(Ordering::Relaxed)
     }
 }
 
@@ -159,9 +169,15 @@ pub fn serve(
         registry: Arc::new(Registry::new()),
         metrics: Arc::new(Metrics::new(workers)),
         audit: Arc::new(audit),
+        handed_over: AtomicBool::new(false),
     });
     let listeners = bind(listen, workers).map_err(|e| format!("server.listen {listen}: {e}"))?;
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    // Duplicates of the listening sockets, to hand the port over when draining.
+    let mut handover: Vec<std::net::TcpListener> = listeners
+        .iter()
+        .filter_map(|l| l.try_clone().ok())
+        .collect();
     let admin_addr = match admin {
         Some(a) => Some(
             crate::admin::spawn(a, state.clone()).map_err(|e| format!("admin.listen {a}: {e}"))?,
@@ -196,8 +212,9 @@ pub fn serve(
     }
     let live = state.live();
     let admin_s = admin_addr
-        .map(|a| a.to_string())
+        .map(|(a, _)| a.to_string())
         .unwrap_or_else(|| "off".into());
+    let admin_pending = admin_addr.is_some_and(|(_, bound)| !bound);
     log::info(
         "listening",
         &[
@@ -206,6 +223,7 @@ pub fn serve(
             ("workers", V::N(threads.len() as u64)),
             ("path", V::S(&live.cfg.server.path)),
             ("admin", V::S(&admin_s)),
+            ("admin_pending", V::B(admin_pending)),
             ("nofile", V::N(nofile.unwrap_or(0))),
         ],
     );
@@ -227,17 +245,18 @@ pub fn serve(
                     "second stop signal: exiting now",
                     &[("sessions", V::N(state.registry.live().len() as u64))],
                 );
-                std::process::exit(1);
+                exit(&state, 1, Duration::from_secs(1));
             }
             _ => {
                 draining = true;
                 let state = state.clone();
+                let handover = std::mem::take(&mut handover);
                 let _ = std::thread::Builder::new()
                     .name("nexor-drain".into())
                     .spawn(move || {
-                        if catch_unwind(AssertUnwindSafe(|| drain(&state))).is_err() {
+                        if catch_unwind(AssertUnwindSafe(|| drain(&state, handover))).is_err() {
                             // Asked to stop: stop, without the grace.
-                            std::process::exit(1);
+                            exit(&state, 1, Duration::from_secs(1));
                         }
                     });
             }
@@ -307,14 +326,33 @@ fn reload(state: &State, path: Option<&PathBuf>) {
 
 /// SIGTERM: 503 for new upgrades; live sessions until `drain_timeout`,
 /// then 1001; exit 0 when none is left.
-fn drain(state: &State) {
-    state.metrics.draining.store(true, Ordering::Relaxed);
+///
+/// When another process listens on the same console port (a new relay started
+/// for an upgrade), new connections are handed to it instead: the listeners
+/// (`handover`, duplicates of the workers' sockets) are shut, which takes them
+/// out of the `SO_REUSEPORT` group, so the kernel sends every new connection to
+/// the successor. Connections already queued on a shut listener are reset by
+/// Linux unless `net.ipv4.tcp_migrate_req = 1` (then it moves them to the
+/// successor); set that sysctl for a handover that cannot lose one.
+fn drain(state: &State, handover: Vec<std::net::TcpListener>) {
     let timeout = state.live().cfg.server.drain_timeout;
+    let successor = handover
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .is_some_and(|a| listeners_on_port(a.port()) > handover.len());
+    state.handed_over.store(successor, Ordering::Relaxed);
+    state.metrics.draining.store(true, Ordering::Relaxed);
+    if successor {
+        for l in &handover {
+            let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Both);
+        }
+    }
     log::info(
         "draining",
         &[
             ("sessions", V::N(state.registry.live().len() as u64)),
             ("timeout_ms", V::N(timeout.as_millis() as u64)),
+            ("handed_over", V::B(successor)),
         ],
     );
     let start = Instant::now();
@@ -335,7 +373,37 @@ fn drain(state: &State) {
         "drained",
         &[("closed_at_deadline", V::N(left.len() as u64))],
     );
-    std::process::exit(0);
+    exit(state, 0, log::FLUSH_TIMEOUT);
+}
+
+/// Exits once the queued audit and log lines are written (the last `session_end`
+/// lines must not be lost), waiting at most `flush` for each stalled reader.
+fn exit(state: &State, code: i32, flush: Duration) -> ! {
+    state.audit.flush(flush);
+    log::flush(flush);
+    std::process::exit(code);
+}
+
+/// TCP sockets in LISTEN state on `port` in this network namespace, every process
+/// counted (/proc/net/tcp and tcp6); 0 where /proc cannot be read.
+#[allow(clippy::disallowed_methods)] // glue: reads /proc, once, at SIGTERM
+fn listeners_on_port(port: u16) -> usize {
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|text| {
+            text.lines()
+                .skip(1)
+                .filter(|l| {
+                    let mut f = l.split_whitespace();
+                    let local = f.nth(1).unwrap_or("");
+                    let state = f.nth(1).unwrap_or("");
+                    local.ends_with(&want) && state == "0A"
+                })
+                .count()
+        })
+        .sum()
 }
 
 fn worker_main(
@@ -395,6 +463,11 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
         match listener.accept().await {
             Ok((tcp, peer)) => {
                 spawn(session::handle(worker.clone(), tcp, peer));
+            }
+            Err(_) if worker.state.metrics.draining.load(Ordering::Relaxed) => {
+                // Handed over (the listener was shut): nothing more to accept;
+                // this worker's sessions run on until the drain ends them.
+                monoio::time::sleep(Duration::from_secs(3600)).await;
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the
@@ -486,6 +559,8 @@ pub fn install_panic_hook() {
                 ("location", V::S(&at)),
             ],
         );
+        // The thread (maybe the process) ends next: let the line out first.
+        log::flush(Duration::from_secs(1));
     }));
 }
 

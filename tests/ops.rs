@@ -2,7 +2,9 @@
 //! audit trail field by field, revoke by each selector, SIGHUP with 1,000
 //! live sessions, a bad config on SIGHUP, drain on SIGTERM, and the panic
 //! net: a panicking session task ends only itself; a dead worker fails
-//! `/healthz` (debug builds, whose demo backend has test faults).
+//! `/healthz` (debug builds, whose demo backend has test faults); a stdout
+//! nobody reads never stalls a session (the log queue drops and counts); an
+//! upgrade beside the old relay refuses no one.
 
 mod common;
 
@@ -602,4 +604,405 @@ fn a_dead_worker_fails_healthz() {
         logs.contains(&format!("\"thread\":\"nexor-w{worker}\"")),
         "{logs}"
     );
+}
+
+/// A relay whose stdout (the audit trail) is a pipe nobody reads: its stderr is
+/// read, its stdout handed back unread. The queue is made small
+/// (`NEXOR_TEST_LOG_QUEUE`, debug builds) so a few hundred lines overflow it.
+fn relay_with_stalled_stdout(
+    echo: &Server,
+) -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    std::process::ChildStdout,
+    tempfile::TempDir,
+) {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n\
+         [tickets]\nkeys = [{{ id = \"{KEY_ID}\", secret = \"{KEY_B64}\" }}]\nmax_ttl = \"120s\"\n\
+         [limits]\nhandshakes_per_ip = 10000\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.t]\nkind = \"tcp\"\naddr = \"{}\"\n",
+        echo.addr
+    );
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nexor-relay"))
+        .env("NEXOR_TEST_LOG_QUEUE", "64")
+        .args(["serve", "-c"])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if l.contains("\"msg\":\"listening\"") {
+                let _ = tx.send(l);
+            }
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20)).expect("listening");
+    let field = |name: &str| -> std::net::SocketAddr {
+        line.split(&format!("\"{name}\":\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+    };
+    (child, field("addr"), field("admin"), stdout, dir)
+}
+
+/// Logs and audit never block a worker: with stdout a pipe nobody reads, 300
+/// sessions are still admitted and relayed; the lines that did not fit are
+/// counted in `nexor_log_lines_dropped_total{stream="audit"}`, and once the pipe is
+/// read again one `lines_dropped` line says how many, and every line is accounted for.
+#[test]
+fn a_stalled_stdout_never_stalls_sessions() {
+    use std::io::{Read, Write};
+    const SESSIONS: u64 = 300;
+    let echo = Server::tcp_echo();
+    let (mut child, addr, admin, mut stdout, _dir) = relay_with_stalled_stdout(&echo);
+    let key = Relay::key();
+    for i in 0..SESSIONS {
+        let t = nexor_relay::ticket::mint(&Relay::claims("t", Console::Vnc), &key);
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            c,
+            "GET /console?ticket={t} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        let (status, head, mut pending) = read_response_head(&mut c);
+        assert_eq!(status, 101, "session {i}: {head}");
+        let data = format!("session {i}").into_bytes();
+        write_frame(&mut c, true, 2, &data, true);
+        let mut got = Vec::new();
+        while got.len() < data.len() {
+            let f = read_frame(&mut c, &mut pending).expect("echo while stdout is stalled");
+            got.extend_from_slice(&f.payload);
+        }
+        assert_eq!(got, data);
+        write_frame(&mut c, true, 8, &[0x03, 0xe8], true);
+        while let Ok(f) = read_frame(&mut c, &mut pending) {
+            if f.opcode == 8 {
+                break;
+            }
+        }
+    }
+    // Every session_end is queued (or dropped) before its slot is released; give the
+    // last ones a moment to be counted, then read the counter.
+    let metric = |admin| {
+        let mut c = std::net::TcpStream::connect(admin).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            c,
+            "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        let _ = c.read_to_string(&mut body);
+        body.lines()
+            .find_map(|l| l.strip_prefix("nexor_log_lines_dropped_total{stream=\"audit\"} "))
+            .unwrap_or_else(|| panic!("the dropped-lines metric in {body}"))
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let dropped = metric(admin);
+    assert!(dropped > 0, "the audit queue never overflowed");
+    // The reader returns: everything queued arrives, then one line with the count.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(&mut stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut events, mut reported) = (0u64, None);
+    while reported.is_none() {
+        let l = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a lines_dropped report once stdout is read");
+        if l.contains("\"event\":\"session_start\"") || l.contains("\"event\":\"session_end\"") {
+            events += 1;
+        }
+        if l.contains("\"event\":\"lines_dropped\"") {
+            assert!(l.contains("\"stream\":\"audit\""), "{l}");
+            let count: u64 = l
+                .split("\"count\":")
+                .nth(1)
+                .and_then(|r| r.split([',', '}']).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{l}"));
+            reported = Some(count);
+        }
+    }
+    assert_eq!(reported, Some(dropped), "the report matches the metric");
+    // Nothing else is lost: what arrived plus what was dropped is every line.
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+        if l.contains("\"event\":\"session_start\"") || l.contains("\"event\":\"session_end\"") {
+            events += 1;
+        }
+    }
+    assert_eq!(events + dropped, 2 * SESSIONS);
+    assert_eq!(
+        metric(admin),
+        dropped,
+        "nothing dropped once the reader is back"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A relay from a config file, both outputs collected; waits for "listening".
+struct Proc {
+    child: std::process::Child,
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Proc {
+    fn start(config: &std::path::Path) -> Proc {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nexor-relay"))
+            .args(["serve", "-c"])
+            .arg(config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    let mut g = logs.lock().unwrap();
+                    g.push_str(&l);
+                    g.push('\n');
+                }
+            });
+        }
+        let p = Proc { child, logs };
+        assert!(
+            p.wait_log("\"msg\":\"listening\"", Duration::from_secs(20)),
+            "relay did not start: {}",
+            p.logs()
+        );
+        p
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        eventually(timeout, || self.logs().contains(needle))
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One console through `addr`: the upgrade (must be 101) and one echo.
+fn console(
+    addr: std::net::SocketAddr,
+    key: &Key,
+) -> Result<(std::net::TcpStream, Vec<u8>), String> {
+    use std::io::Write;
+    let t = nexor_relay::ticket::mint(&Relay::claims("t", Console::Vnc), key);
+    let mut c = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET /console?ticket={t} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    let (status, head, mut pending) =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_response_head(&mut c)))
+            .map_err(|_| "no response head (connection dropped)".to_string())?;
+    if status != 101 {
+        return Err(format!("refused: {head}"));
+    }
+    echo_once(&mut c, &mut pending)?;
+    Ok((c, pending))
+}
+
+fn echo_once(c: &mut std::net::TcpStream, pending: &mut Vec<u8>) -> Result<(), String> {
+    let data = pattern(64, rand_u64() as u8);
+    write_frame(c, true, 2, &data, true);
+    let mut got = Vec::new();
+    while got.len() < data.len() {
+        let f = read_frame(c, pending).map_err(|e| format!("echo: {e}"))?;
+        if f.opcode != 2 {
+            return Err(format!("echo: frame {:?} {:?}", f.opcode, close_code(&f)));
+        }
+        got.extend_from_slice(&f.payload);
+    }
+    (got == data).then_some(()).ok_or("echo differs".into())
+}
+
+/// An upgrade on one host: relay B starts beside relay A with the same config (same
+/// console port through SO_REUSEPORT, same admin port), then A gets SIGTERM. A client
+/// opening consoles all along sees no refusal and no dropped handshake; A's live
+/// consoles keep working until `drain_timeout`; B's admin listener, pending while A
+/// held the port, comes up once A has exited.
+#[test]
+fn upgrade_beside_the_old_relay_refuses_no_one() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    const DRAIN: Duration = Duration::from_secs(3);
+    let echo = Server::tcp_echo();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (addr, admin) = (free(), free());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"{addr}\"\nworkers = 2\ndrain_timeout = \"{}s\"\n\
+             [tickets]\nkeys = [{{ id = \"{KEY_ID}\", secret = \"{KEY_B64}\" }}]\nmax_ttl = \"120s\"\n\
+             [limits]\nhandshakes_per_ip = 100000\n\
+             [admin]\nlisten = \"{admin}\"\n\
+             [upstreams.t]\nkind = \"tcp\"\naddr = \"{}\"\n",
+            DRAIN.as_secs(),
+            echo.addr
+        ),
+    )
+    .unwrap();
+    let mut a = Proc::start(&path);
+    let b = Proc::start(&path);
+    assert!(b.logs().contains("\"admin_pending\":true"), "{}", b.logs());
+    let key = Relay::key();
+    // Consoles opened before the upgrade; some land on A, some on B.
+    let mut held: Vec<_> = (0..16).map(|_| console(addr, &key).unwrap()).collect();
+    // The client that opens consoles continuously (one at a time, each closed after its echo).
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let client = {
+        let (stop, opened, failures, key) =
+            (stop.clone(), opened.clone(), failures.clone(), Relay::key());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match console(addr, &key) {
+                    Ok(_) => {
+                        opened.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => failures.lock().unwrap().push(e),
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let before = opened.load(Ordering::Relaxed);
+    let term = std::time::Instant::now();
+    a.signal("TERM");
+    // Until shortly before drain_timeout every held console still relays.
+    std::thread::sleep(DRAIN - Duration::from_millis(800));
+    for (i, (c, p)) in held.iter_mut().enumerate() {
+        echo_once(c, p).unwrap_or_else(|e| panic!("held console {i} ended early: {e}"));
+    }
+    assert!(
+        term.elapsed() < DRAIN,
+        "the check ran too late to mean anything"
+    );
+    // A exits after its drain; B's admin comes up.
+    let st = eventually(DRAIN + Duration::from_secs(10), || {
+        matches!(a.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(st, "A did not exit: {}", a.logs());
+    assert!(a.logs().contains("\"handed_over\":true"), "{}", a.logs());
+    assert!(
+        b.wait_log(
+            "admin listening (the port was freed)",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        b.logs()
+    );
+    let mut c = std::net::TcpStream::connect(admin).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    {
+        use std::io::Write;
+        write!(
+            c,
+            "GET /readyz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+    }
+    assert_eq!(read_response_head(&mut c).0, 200, "B's /readyz");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    let after = opened.load(Ordering::Relaxed);
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{failures:?}\nA:\n{}\nB:\n{}",
+        a.logs(),
+        b.logs()
+    );
+    assert!(
+        after > before + 20,
+        "the client kept opening consoles ({before} then {after})"
+    );
+    assert!(
+        !a.logs().contains("\"status\":503"),
+        "A refused someone: {}",
+        a.logs()
+    );
+    drop(held);
+}
+
+fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
 }

@@ -2,7 +2,7 @@
 //! Proxmox emulator, docs/proxmox.md to the byte) → a real QEMU whose VNC
 //! password the emulator sets over QMP, and QEMU's monitor as the
 //! termproxy text backend. The test command builds `pve-emu` first and
-//! installs QEMU.
+//! installs QEMU; without either, each test skips with one line.
 
 mod common;
 
@@ -176,6 +176,9 @@ fn assert_no_proxmox_secret(bytes: &[u8]) {
 
 #[test]
 fn vnc_console_reaches_qemu_with_security_none_for_3_3_3_7_3_8() {
+    if skip_without(&["qemu", "pve-emu"]) {
+        return;
+    }
     let qemu = Qemu::start("vm-alpha").unwrap();
     let emu = PveEmu::with_qemu(&qemu, 100, &[]).unwrap();
     let relay = relay_for(&emu, "");
@@ -194,6 +197,9 @@ fn vnc_console_reaches_qemu_with_security_none_for_3_3_3_7_3_8() {
 
 #[test]
 fn old_response_format_and_port_as_string_work() {
+    if skip_without(&["qemu", "pve-emu"]) {
+        return;
+    }
     let qemu = Qemu::start("vm-old").unwrap();
     let emu = PveEmu::with_qemu(&qemu, 100, &["--format", "old", "--port-as-string"]).unwrap();
     let relay = relay_for(&emu, "");
@@ -210,6 +216,9 @@ fn old_response_format_and_port_as_string_work() {
 
 #[test]
 fn terminal_round_trip_through_termproxy() {
+    if skip_without(&["qemu", "pve-emu"]) {
+        return;
+    }
     let qemu = Qemu::start("vm-term").unwrap();
     let emu = PveEmu::with_qemu(&qemu, 100, &[]).unwrap();
     let relay = relay_for(&emu, "");
@@ -237,6 +246,9 @@ fn terminal_round_trip_through_termproxy() {
 
 #[test]
 fn lxc_vnc_path() {
+    if skip_without(&["qemu", "pve-emu"]) {
+        return;
+    }
     let qemu = Qemu::start("ct-101").unwrap();
     let emu = PveEmu::with_qemu(&qemu, 100, &[]).unwrap();
     let relay = relay_for(&emu, "");
@@ -248,6 +260,9 @@ fn lxc_vnc_path() {
 
 #[test]
 fn five_simultaneous_consoles_of_one_vm_all_log_in() {
+    if skip_without(&["qemu", "pve-emu"]) {
+        return;
+    }
     let qemu = Qemu::start("vm-busy").unwrap();
     let emu = PveEmu::with_qemu(&qemu, 100, &[]).unwrap();
     let relay = relay_for(&emu, "");
@@ -280,6 +295,9 @@ fn five_simultaneous_consoles_of_one_vm_all_log_in() {
 
 #[test]
 fn large_and_fragmented_browser_messages_are_recut_for_pveproxy() {
+    if skip_without(&["qemu", "pve-emu"]) {
+        return;
+    }
     let qemu = Qemu::start("vm-paste").unwrap();
     let emu = PveEmu::with_qemu(&qemu, 100, &[]).unwrap();
     let relay = relay_for(&emu, "");
@@ -307,6 +325,9 @@ fn large_and_fragmented_browser_messages_are_recut_for_pveproxy() {
 
 #[test]
 fn every_proxmox_failure_maps_to_its_status() {
+    if skip_without(&["qemu", "pve-emu"]) {
+        return;
+    }
     let qemu = Qemu::start("vm-faults").unwrap();
     let claims = vm_claims(Console::Vnc, Guest::Qemu);
     let cases: &[(&[&str], u16, &str)] = &[
@@ -363,6 +384,9 @@ fn every_proxmox_failure_maps_to_its_status() {
 
 #[test]
 fn a_late_backend_window_is_met_and_mid_stream_close_ends_cleanly() {
+    if skip_without(&["qemu", "pve-emu"]) {
+        return;
+    }
     let qemu = Qemu::start("vm-late").unwrap();
     // The backend waits only 1 s for the websocket: the relay is well within it.
     let emu = PveEmu::with_qemu(&qemu, 100, &["--fault", "late-backend"]).unwrap();
@@ -385,6 +409,9 @@ fn a_late_backend_window_is_met_and_mid_stream_close_ends_cleanly() {
 
 #[test]
 fn a_first_full_update_over_a_megabyte_arrives_whole() {
+    if skip_without(&["qemu", "pve-emu"]) {
+        return;
+    }
     let qemu = Qemu::start("vm-big").unwrap();
     let emu = PveEmu::with_qemu(&qemu, 100, &[]).unwrap();
     let relay = relay_for(&emu, "");
@@ -431,6 +458,9 @@ fn burst_byte(i: u64) -> u8 {
 
 #[test]
 fn a_four_megabyte_burst_after_the_upgrade_arrives_byte_for_byte() {
+    if skip_without(&["qemu", "pve-emu"]) {
+        return;
+    }
     const N: u64 = 4 << 20;
     let token = format!("{TOKEN_ID}={TOKEN_SECRET}");
     let burst = format!("burst={N}");

@@ -825,3 +825,76 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seed as u32) as u8)
         .collect()
 }
+
+// ---- optional tools: skip with one line -------------------------------------------------
+
+/// Whether an optional test dependency is present: `python` (the `websockets` and `jwt`
+/// packages), `qemu`, `pve-emu` (built by `cargo build -p pve-emu`), `chromium` (with
+/// node and playwright-core), `novnc` (the npm assets), `nginx`, `haproxy`.
+/// `NEXOR_TEST_HIDE=qemu,nginx` (or `all`) makes tools look missing, to test the skip path.
+pub fn have(tool: &str) -> bool {
+    let hidden = std::env::var("NEXOR_TEST_HIDE").unwrap_or_default();
+    if hidden.split(',').any(|h| h == tool || h == "all") {
+        return false;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let in_path = |bin: &str| {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .any(|d| d.join(bin).is_file())
+    };
+    let runs = |cmd: &mut Command| {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    match tool {
+        "python" => runs(Command::new("python3").args(["-c", "import websockets, jwt"])),
+        "qemu" => pve::qemu_available(),
+        "pve-emu" => pve::emu_binary().is_file(),
+        "chromium" => {
+            std::path::Path::new("/usr/bin/chromium").is_file()
+                && in_path("node")
+                && root
+                    .join("tests/browser/node_modules/playwright-core")
+                    .is_dir()
+        }
+        "novnc" => ["novnc/core/rfb.js", "xterm/lib/xterm.js"]
+            .iter()
+            .all(|f| root.join("tests/browser/assets").join(f).is_file()),
+        "nginx" | "haproxy" => in_path(tool),
+        other => panic!("unknown optional tool {other:?}"),
+    }
+}
+
+/// True when the calling test must skip because one of `tools` is missing: prints ONE line,
+/// `SKIP <test>: <tools> not found (run scripts/test to install)`, to stderr and appends it
+/// to the file named by `NEXOR_SKIP_LOG` (scripts/test sets it and fails when it is not
+/// empty, so the full suite never passes by skipping). Use: `if skip_without(&[..]) { return; }`.
+pub fn skip_without(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
+    if missing.is_empty() {
+        return false;
+    }
+    let test = thread::current().name().unwrap_or("?").to_string();
+    let line = format!(
+        "SKIP {test}: {} not found (run scripts/test to install)",
+        missing.join(", ")
+    );
+    // Straight to the stderr handle: libtest captures `eprintln!` of passing tests.
+    let _ = writeln!(io::stderr(), "{line}");
+    if let Some(path) = std::env::var_os("NEXOR_SKIP_LOG") {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("NEXOR_SKIP_LOG is writable");
+        writeln!(f, "{line}").expect("NEXOR_SKIP_LOG is writable");
+    }
+    true
+}
