@@ -25,6 +25,7 @@
 //! ends its session (1011 `panic` to both legs, `nexor_session_panics_total`),
 //! never the worker.
 
+#[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod core;
 #[cfg(test)]
 mod tests;
