@@ -28,21 +28,6 @@ fn try_open(relay: &Relay, ticket: &str, extra: &str) -> (u16, Conn, Vec<u8>) {
     (status, c, rest)
 }
 
-/// Waits until no session is live (admin `/sessions`): a session's slots
-/// are released right after its `session_end` audit line.
-fn wait_released(relay: &Relay) {
-    let t = Instant::now();
-    loop {
-        let (status, body) = relay.admin_request("GET", "/sessions", None);
-        assert_eq!(status, 200, "{body}");
-        if body.trim() == "[]" {
-            return;
-        }
-        assert!(t.elapsed() < IO_TIMEOUT, "sessions still live: {body}");
-        sleep(Duration::from_millis(10));
-    }
-}
-
 fn expect_close(c: &mut Conn, pending: &mut Vec<u8>) -> u16 {
     loop {
         let f = read_frame(c, pending).expect("a close frame");
@@ -70,7 +55,7 @@ fn a_ticket_opens_one_session_and_reconnects_from_the_same_ip_within_grace() {
                                         // The network drops the browser (no close frame: 1006).
     drop(conn);
     assert!(relay.wait_log("\"event\":\"session_end\""));
-    wait_released(&relay);
+    relay.wait_released();
     assert!(relay.logs().contains("\"code\":1006"));
     // Reconnect after the drop, past exp, same IP: admitted as a reconnect.
     let (s2, conn2, _) = try_open(&relay, &t, "");
@@ -95,7 +80,7 @@ fn reconnect_from_another_ip_is_refused() {
     assert_eq!(s, 101);
     drop(conn);
     assert!(relay.wait_log("\"event\":\"session_end\""));
-    wait_released(&relay);
+    relay.wait_released();
     assert_eq!(
         try_open(&relay, &t, "X-Forwarded-For: 198.51.100.2\r\n").0,
         403

@@ -70,21 +70,6 @@ fn wait_count(relay: &Relay, needle: &str, n: usize) -> bool {
     false
 }
 
-/// Waits until no session is live (admin `/sessions`): a session's slots
-/// are released right after its `session_end` audit line.
-fn wait_released(relay: &Relay) {
-    let t = Instant::now();
-    loop {
-        let (status, body) = relay.admin_request("GET", "/sessions", None);
-        assert_eq!(status, 200, "{body}");
-        if body.trim() == "[]" {
-            return;
-        }
-        assert!(t.elapsed() < IO_TIMEOUT, "sessions still live: {body}");
-        sleep(Duration::from_millis(10));
-    }
-}
-
 fn close_normally(c: &mut Conn, pending: &mut Vec<u8>, code: u16) {
     write_frame(c, true, 8, &code.to_be_bytes(), true);
     loop {
@@ -215,7 +200,7 @@ fn grants_only_after_abnormal_end() {
         close_normally(&mut conn, &mut p, code);
         drop(conn);
         assert!(wait_count(&relay, "\"event\":\"session_end\"", ends + 1));
-        wait_released(&relay);
+        relay.wait_released();
         assert_eq!(try_open(&relay, &t, "").0, 403, "after {code}");
     }
     // The browser vanishes without a close (a network cut): 1006, a grant.
@@ -225,7 +210,7 @@ fn grants_only_after_abnormal_end() {
     let ends = count(&relay, "\"event\":\"session_end\"");
     drop(conn);
     assert!(wait_count(&relay, "\"event\":\"session_end\"", ends + 1));
-    wait_released(&relay);
+    relay.wait_released();
     let (s, _conn, _) = try_open(&relay, &t, "");
     assert_eq!(s, 101);
     assert!(relay.wait_log("\"reconnect\":true"));
@@ -250,7 +235,7 @@ fn grants_only_after_abnormal_end_lifetime_and_idle_grant_nothing() {
     assert_eq!(close_code(&f), Some(4003));
     drop(conn);
     assert!(relay.wait_log("\"event\":\"session_end\""));
-    wait_released(&relay);
+    relay.wait_released();
     assert_eq!(try_open(&relay, &t, "").0, 403);
 }
 
@@ -296,7 +281,7 @@ fn revoke_voids_pending_grants() {
         let ends = count(&relay, "\"event\":\"session_end\"");
         drop(conn); // 1006: a grant is pending
         assert!(wait_count(&relay, "\"event\":\"session_end\"", ends + 1));
-        wait_released(&relay);
+        relay.wait_released();
         // No session is live; the revoke still voids the grant.
         assert_eq!(revoke(&relay, &q), (200, "{\"revoked\":0}".to_string()));
         assert_eq!(try_open(&relay, &t, "").0, 403, "{q}");

@@ -386,6 +386,21 @@ impl Relay {
         (status, read_body(&mut c, &head, rest))
     }
 
+    /// Waits until no session is live (admin `/sessions`): a session's
+    /// slots are released right after its `session_end` audit line.
+    pub fn wait_released(&self) {
+        let t = Instant::now();
+        loop {
+            let (status, body) = self.admin_request("GET", "/sessions", None);
+            assert_eq!(status, 200, "{body}");
+            if body.trim() == "[]" {
+                return;
+            }
+            assert!(t.elapsed() < IO_TIMEOUT, "sessions still live: {body}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
