@@ -118,6 +118,7 @@ impl Refusal {
             Refusal::RateLimited => "too many connection attempts, retry shortly".into(),
             Refusal::Draining => "relay shutting down, reconnect".into(),
             Refusal::Policy(Denial::Replay) => "ticket refused: already used".into(),
+            Refusal::Policy(Denial::Revoked) => "ticket refused: revoked".into(),
             Refusal::Policy(Denial::Time(t)) => format!("ticket refused: {t}"),
             Refusal::Policy(Denial::CacheFull) => "relay busy, retry shortly".into(),
             Refusal::Policy(_) => "too many console sessions".into(),

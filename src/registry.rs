@@ -147,6 +147,9 @@ pub fn vm_key(c: &Claims) -> String {
 pub enum Denial {
     /// The ticket was used and no reconnect grant applies (403).
     Replay,
+    /// The ticket (its `jti`, `sub` or VM) was revoked: refused until its
+    /// `exp` + `reconnect_grace` (403).
+    Revoked,
     /// A new ticket that is not valid now (401): expired, not yet valid...
     Time(TicketError),
     VmLimit,
@@ -159,7 +162,7 @@ pub enum Denial {
 impl Denial {
     pub fn status(self) -> u16 {
         match self {
-            Denial::Replay => 403,
+            Denial::Replay | Denial::Revoked => 403,
             Denial::Time(e) => e.status(),
             Denial::VmLimit | Denial::UserLimit | Denial::GlobalLimit => 429,
             Denial::CacheFull => 503,
@@ -169,6 +172,7 @@ impl Denial {
     pub fn label(self) -> &'static str {
         match self {
             Denial::Replay => "ticket_used",
+            Denial::Revoked => "ticket_revoked",
             Denial::Time(e) => e.label(),
             Denial::VmLimit => "vm_session_limit",
             Denial::UserLimit => "user_session_limit",
@@ -255,7 +259,8 @@ impl Registry {
         let key = r.claims.replay_key();
         let cap = limits.max_session.as_secs();
         let (deadline, reconnect) = match inner.tickets.get(&key) {
-            Some(e) if e.live.is_some() || e.revoked => return Err(Denial::Replay),
+            Some(e) if e.revoked => return Err(Denial::Revoked),
+            Some(e) if e.live.is_some() => return Err(Denial::Replay),
             Some(e) => match e.dropped_at {
                 Some(at) if e.client == r.client && r.now <= at + r.grace && r.now < e.deadline => {
                     (e.deadline, true)
@@ -867,7 +872,7 @@ mod tests {
             assert_eq!((r.sessions, r.grants), (0, 1), "{sel}");
             assert_eq!(
                 reg.admit(req(&c, "1.1.1.1", 1003), &l).unwrap_err(),
-                Denial::Replay,
+                Denial::Revoked,
                 "{sel}"
             );
         }
@@ -877,7 +882,7 @@ mod tests {
         assert!(r.barred);
         assert_eq!(
             reg.admit(req(&c, "1.1.1.1", 1001), &l).unwrap_err(),
-            Denial::Replay
+            Denial::Revoked
         );
         // A live session: asked to close, and its end grants nothing.
         let c = claims("jti-ffffffffffffffff", "u2", 9);
@@ -894,7 +899,7 @@ mod tests {
         // Past exp + leeway, still barred until exp + grace (1060 + 30).
         assert_eq!(
             reg.admit(req(&c, "1.1.1.1", 1080), &l).unwrap_err(),
-            Denial::Replay
+            Denial::Revoked
         );
     }
 }

@@ -306,6 +306,13 @@ fn revoked_jti_is_refused_until_exp_plus_grace() {
     };
     assert_eq!(revoke(&relay, &format!("jti_sha256={hash}")).0, 200);
     assert_eq!(try_open(&relay, &relay.sign(&b), "").0, 403);
+    // Said as what it is: revoked, not "already used".
+    assert!(
+        relay.wait_log("\"reason\":\"ticket_revoked\""),
+        "{}",
+        relay.logs()
+    );
+    assert!(!relay.logs().contains("ticket_used"), "{}", relay.logs());
     // Other tickets are untouched.
     assert_eq!(try_open(&relay, &relay.ticket("t"), "").0, 101);
 }
