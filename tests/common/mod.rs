@@ -883,7 +883,34 @@ pub fn have(tool: &str) -> bool {
             .iter()
             .all(|f| root.join("tests/browser/assets").join(f).is_file()),
         "nginx" | "haproxy" => in_path(tool),
+        // A writable sysctl (root): the upgrade test sets it for its run.
+        "tcp_migrate_req" => std::fs::OpenOptions::new()
+            .write(true)
+            .open(MIGRATE_REQ)
+            .is_ok(),
         other => panic!("unknown optional tool {other:?}"),
+    }
+}
+
+/// The sysctl that lets the kernel move connections still queued on a
+/// closing SO_REUSEPORT listener to another listener of its group.
+pub const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// `net.ipv4.tcp_migrate_req = 1` while it lives, the old value after: what
+/// the README asks of an operator who upgrades in place, for one test.
+pub struct MigrateReq(String);
+
+impl MigrateReq {
+    pub fn on() -> MigrateReq {
+        let old = std::fs::read_to_string(MIGRATE_REQ).expect("read tcp_migrate_req");
+        std::fs::write(MIGRATE_REQ, "1").expect("set tcp_migrate_req");
+        MigrateReq(old.trim().to_string())
+    }
+}
+
+impl Drop for MigrateReq {
+    fn drop(&mut self) {
+        let _ = std::fs::write(MIGRATE_REQ, &self.0);
     }
 }
 
