@@ -193,19 +193,6 @@ struct Recut {
     header_due: bool,
 }
 
-/// Something met while a run of forwarded bytes was still unwritten: it is
-/// handled once the run is out, so order is kept.
-#[derive(Clone, Copy)]
-enum Held {
-    Control {
-        at: usize,
-        payload_at: usize,
-        end: usize,
-        header: FrameHeader,
-    },
-    Error(FrameError),
-}
-
 /// One direction, named by the leg it reads.
 struct Dir {
     /// None: raw bytes (the upstream of Bytes mode).
@@ -217,7 +204,10 @@ struct Dir {
     pos: usize,
     run: Option<(usize, usize)>,
     recut: Option<Recut>,
-    held: Option<Held>,
+    /// A step met while a run of forwarded bytes was still unwritten (a
+    /// [`Walk::Control`] or [`Walk::Error`]): handed out once the run is
+    /// out, so order is kept.
+    held: Option<Walk>,
     stopped: bool,
     /// Raw mode: the buffered bytes were handed out.
     raw_sent: bool,
@@ -281,29 +271,16 @@ fn control_frame(opcode: OpCode, payload: &[u8], masked: bool) -> Vec<u8> {
 
 impl Core {
     pub fn new(mode: Mode, settings: Settings, now: Instant) -> Core {
-        let up = Dir {
-            tracker: Some(Tracker::new(Sender::Client, settings.max_frame)),
-            unmask: mode == Mode::Bytes,
-            recut_mode: mode == Mode::Proxmox,
-            pos: 0,
-            run: None,
-            recut: None,
-            held: None,
-            stopped: false,
-            raw_sent: false,
-        };
-        let down = Dir {
-            tracker: (mode != Mode::Bytes)
-                .then(|| Tracker::new(Sender::Server, settings.max_frame)),
-            unmask: false,
-            recut_mode: false,
-            pos: 0,
-            run: None,
-            recut: None,
-            held: None,
-            stopped: false,
-            raw_sent: false,
-        };
+        let up = Dir::new(
+            Some(Tracker::new(Sender::Client, settings.max_frame)),
+            mode == Mode::Bytes,
+            mode == Mode::Proxmox,
+        );
+        let down = Dir::new(
+            (mode != Mode::Bytes).then(|| Tracker::new(Sender::Server, settings.max_frame)),
+            false,
+            false,
+        );
         Core {
             mode,
             settings,
@@ -891,28 +868,28 @@ pub enum Walk {
 }
 
 impl Dir {
+    fn new(tracker: Option<Tracker>, unmask: bool, recut_mode: bool) -> Dir {
+        Dir {
+            tracker,
+            unmask,
+            recut_mode,
+            pos: 0,
+            run: None,
+            recut: None,
+            held: None,
+            stopped: false,
+            raw_sent: false,
+        }
+    }
+
     /// Walks on from `pos`. Data is gathered into runs and handed out
     /// before anything that must follow it (a header, a control frame, an
     /// error, the end of the buffer). With `discard`, data is skipped.
     fn walk(&mut self, buf: &mut [u8], discard: bool) -> Walk {
         loop {
             if self.run.is_none() {
-                match self.held.take() {
-                    Some(Held::Error(e)) => return Walk::Error(e),
-                    Some(Held::Control {
-                        at,
-                        payload_at,
-                        end,
-                        header,
-                    }) => {
-                        return Walk::Control {
-                            at,
-                            payload_at,
-                            end,
-                            header,
-                        }
-                    }
-                    None => {}
+                if let Some(step) = self.held.take() {
+                    return step;
                 }
             }
             if let Some(rc) = self.recut.as_mut() {
@@ -949,7 +926,7 @@ impl Dir {
             match tracker.step(&buf[at..end]) {
                 Err(e) => {
                     if let Some(r) = self.run.take() {
-                        self.held = Some(Held::Error(e));
+                        self.held = Some(Walk::Error(e));
                         return Walk::Data(r.0..r.1);
                     }
                     return Walk::Error(e);
@@ -1011,7 +988,7 @@ impl Dir {
                     payload_at,
                 })) => {
                     self.pos += len;
-                    self.held = Some(Held::Control {
+                    self.held = Some(Walk::Control {
                         at,
                         payload_at: at + payload_at,
                         end: at + len,
@@ -1032,17 +1009,7 @@ pub struct Decoder(Dir);
 
 impl Decoder {
     pub fn new(from: Sender, max_frame: u64) -> Decoder {
-        Decoder(Dir {
-            tracker: Some(Tracker::new(from, max_frame)),
-            unmask: true,
-            recut_mode: false,
-            pos: 0,
-            run: None,
-            recut: None,
-            held: None,
-            stopped: false,
-            raw_sent: false,
-        })
+        Decoder(Dir::new(Some(Tracker::new(from, max_frame)), true, false))
     }
 
     /// The next step over `buf` (see [`Walk`]; never `Header`).
