@@ -202,9 +202,21 @@ impl Shared {
         if let Ok(mut c) = self.core.try_borrow_mut() {
             c.panicked();
         }
+        // Every session task runs inside the panic net, where the panic
+        // hook stays quiet and leaves the location: log it here, once.
+        let location = crate::server::take_panic_location();
+        let mut fields = vec![(
+            "location",
+            crate::log::V::S(location.as_deref().unwrap_or("unknown")),
+        )];
         if let Some(m) = &self.meter {
             m.metrics.core(m.core).session_panic();
+            fields.push(("worker", crate::log::V::N(m.core as u64)));
         }
+        crate::log::error(
+            "session panicked: it ended with 1011, the worker goes on",
+            &fields,
+        );
         self.done.fire();
         self.wake.notify();
     }
