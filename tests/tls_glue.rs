@@ -5,8 +5,8 @@
 //! must be clean, and the TLS bytes the glue holds must stay bounded.
 //!
 //! Runs on the driver the environment picks (`MONOIO_FORCE_LEGACY_DRIVER=1`
-//! for epoll). A failing seed is printed; rerun one with
-//! `NEXOR_TLS_SEED=<seed>`.
+//! for epoll). The seeds are fixed, so every run tries the same inputs;
+//! `NEXOR_TLS_SEED=<seed>` tries another.
 
 mod common;
 mod stress;
@@ -249,18 +249,6 @@ fn seeds() -> Vec<u64> {
     }
 }
 
-fn fresh_seed() -> u64 {
-    std::env::var("NEXOR_TLS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap();
-            t.as_nanos() as u64
-        })
-}
-
 #[test]
 fn glue_as_server_delivers_every_byte_both_ways() {
     for seed in seeds() {
@@ -278,8 +266,9 @@ fn glue_as_client_delivers_every_byte_both_ways() {
 #[test]
 fn both_roles_under_cpu_load() {
     let _load = Spinners::start(Duration::from_secs(240));
-    let seed = fresh_seed();
-    eprintln!("seed {seed} (NEXOR_TLS_SEED={seed} reruns it)");
+    // Fixed seeds, as the other cases: CI gives the same inputs every run
+    // (only the scheduling varies, which is what the load is for).
+    let seed = seeds()[0] ^ 0x4c4f4144;
     run(Case::new(seed, 16 << 20, true));
     run(Case::new(seed, 16 << 20, false));
 }
