@@ -30,8 +30,8 @@ use sha2::{Digest, Sha256};
 use crate::http::{self, HeadLimits, Headers};
 use crate::log::{self, V};
 use crate::metrics::Metrics;
-use crate::registry::Revoke;
-use crate::server::State;
+use crate::registry::{JtiHash, Revoke};
+use crate::state::State;
 
 /// How long an admin client may take to send its whole request, and to
 /// take its answer.
@@ -144,7 +144,7 @@ fn respond(conn: &mut TcpStream, status: u16, ctype: &str, body: &str) {
 /// each worker that does not (a thread that died, or one not started yet).
 pub fn health(metrics: &Metrics) -> (u16, String) {
     let dead: Vec<String> = metrics
-        .cores
+        .workers
         .iter()
         .enumerate()
         .filter(|(_, c)| !c.alive.load(Ordering::Relaxed))
@@ -195,7 +195,7 @@ pub fn pct_decode(s: &str) -> String {
 pub fn host_allowed(host: &str, local: SocketAddr, configured: Option<&str>) -> bool {
     let host = host.trim().to_ascii_lowercase();
     let port = local.port();
-    let ip = crate::proxy::canonical(local.ip());
+    let ip = crate::client_addr::canonical(local.ip());
     let own = SocketAddr::new(ip, port).to_string();
     if host == own || host == local.to_string() {
         return true;
@@ -277,7 +277,7 @@ fn serve(mut conn: TcpStream, state: &State) {
                 .map(|c| {
                     serde_json::json!({
                         "id": c.id,
-                        "jti_sha256": crate::session::hex(&c.jti_hash),
+                        "jti_sha256": c.jti_hash.to_string(),
                         "sub": c.sub,
                         "upstream": c.upstream,
                         "vm": c.vm,
@@ -312,8 +312,8 @@ fn serve(mut conn: TcpStream, state: &State) {
             };
             let lower = value.to_ascii_lowercase();
             let sel = match *key {
-                "jti" => Revoke::JtiHash(Sha256::digest(value.as_bytes()).into()),
-                "jti_sha256" => match parse_hash(&lower) {
+                "jti" => Revoke::JtiHash(JtiHash(Sha256::digest(value.as_bytes()).into())),
+                "jti_sha256" => match JtiHash::parse(&lower) {
                     Some(h) => Revoke::JtiHash(h),
                     None if lower.len() >= 16 && lower.bytes().all(|b| b.is_ascii_hexdigit()) => {
                         Revoke::JtiPrefix(&lower)
@@ -343,7 +343,7 @@ fn serve(mut conn: TcpStream, state: &State) {
             // plus the reconnect grace.
             let t = &live.cfg.tickets;
             let grace = t.reconnect_grace.as_secs();
-            let now = crate::session::unix_now();
+            let now = crate::state::unix_now();
             let unseen_until = now
                 .saturating_add(t.policy.max_ttl)
                 .saturating_add(2 * t.policy.leeway)
@@ -369,18 +369,6 @@ fn serve(mut conn: TcpStream, state: &State) {
         }
         _ => respond(&mut conn, 404, "text/plain", "not found\n"),
     }
-}
-
-/// 64 hex digits: a whole SHA-256.
-fn parse_hash(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -420,7 +408,7 @@ mod tests {
         ));
         let v6 = "[::1]:9477".parse().unwrap();
         assert!(host_allowed("[::1]:9477", v6, None));
-        assert!(super::parse_hash(&"ab".repeat(32)).is_some());
-        assert!(super::parse_hash(&"zz".repeat(32)).is_none());
+        assert!(crate::registry::JtiHash::parse(&"ab".repeat(32)).is_some());
+        assert!(crate::registry::JtiHash::parse(&"zz".repeat(32)).is_none());
     }
 }

@@ -6,13 +6,23 @@
 //! one connection:  Tls → Head → Ticket → Upstream → 101 → Relay → Closed
 //! ```
 //!
-//! The protocol logic is pure code over byte slices and a `now` passed in
-//! (`http`, `ws`, `ticket`, `config`, `demo`); sockets, TLS, timers and threads
-//! are thin glue (`server`, `session`, `upstream`, `relay`).
+//! Imports go one way (tests/layout.rs checks it):
+//!
+//! ```text
+//! main → server → {session, admin} → state → {relay, upstream, task, transport, tls}
+//!                                         → pure cores: http, ws, ticket, registry,
+//!                                           client_addr, preamble, demo (+ config's parse)
+//! ```
+//!
+//! The pure cores work on byte slices and a `now` passed in: no socket,
+//! clock, DNS or file (clippy.toml's disallowed-methods, denied below).
+//! Sockets, TLS, timers and threads are thin glue around them.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod audit;
+#[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
+pub mod client_addr;
 pub mod config;
 #[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod demo;
@@ -25,12 +35,12 @@ pub mod page;
 #[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod preamble;
 #[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
-pub mod proxy;
-#[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod registry;
 pub mod relay;
 pub mod server;
 pub mod session;
+pub mod state;
+pub mod task;
 #[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod ticket;
 pub mod tls;

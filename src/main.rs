@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use nexor_relay::config::{parse_duration, Config};
-use nexor_relay::session::unix_now as now;
+use nexor_relay::state::unix_now as now;
 use nexor_relay::ticket::{self, Claims, Console, Guest};
 use nexor_relay::{server, tls};
 

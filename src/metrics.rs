@@ -121,7 +121,7 @@ struct Labelled {
 
 /// One worker's counters.
 #[repr(align(128))]
-pub struct Core {
+pub struct WorkerMetrics {
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     labelled: Mutex<Labelled>,
@@ -139,9 +139,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Core {
-    fn new() -> Core {
-        Core {
+impl WorkerMetrics {
+    fn new() -> WorkerMetrics {
+        WorkerMetrics {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             labelled: Mutex::new(Labelled::default()),
@@ -209,7 +209,7 @@ impl Core {
 
 /// All workers' counters plus process-wide state.
 pub struct Metrics {
-    pub cores: Vec<Core>,
+    pub workers: Vec<WorkerMetrics>,
     pub draining: AtomicBool,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
@@ -218,15 +218,15 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(workers: usize) -> Metrics {
         Metrics {
-            cores: (0..workers.max(1)).map(|_| Core::new()).collect(),
+            workers: (0..workers.max(1)).map(|_| WorkerMetrics::new()).collect(),
             draining: AtomicBool::new(false),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
         }
     }
 
-    pub fn core(&self, id: usize) -> &Core {
-        &self.cores[id.min(self.cores.len() - 1)]
+    pub fn worker(&self, id: usize) -> &WorkerMetrics {
+        &self.workers[id.min(self.workers.len() - 1)]
     }
 
     /// The Prometheus text exposition (format 0.0.4), cores merged.
@@ -237,7 +237,7 @@ impl Metrics {
         let mut refused: BTreeMap<(&'static str, u16), u64> = BTreeMap::new();
         let mut errors: BTreeMap<&'static str, u64> = BTreeMap::new();
         let (mut up, mut down, mut panics, mut alive) = (0u64, 0u64, 0u64, 0u64);
-        for c in &self.cores {
+        for c in &self.workers {
             let l = lock(&c.labelled);
             for (k, v) in &l.opened {
                 *opened.entry(k.clone()).or_default() += v;
@@ -272,7 +272,7 @@ impl Metrics {
             "gauge",
             "One per worker thread, with the I/O driver it runs.",
         );
-        for (i, c) in self.cores.iter().enumerate() {
+        for (i, c) in self.workers.iter().enumerate() {
             let _ = writeln!(
                 o,
                 "{WORKER_INFO}{{worker=\"{i}\",driver=\"{}\"}} 1",
@@ -364,35 +364,37 @@ impl Metrics {
             o,
             "{BYTES}{{direction=\"up\"}} {up}\n{BYTES}{{direction=\"down\"}} {down}"
         );
-        let hist =
-            |o: &mut String, name: &str, help: &str, pick: &dyn Fn(&Core) -> &Histogram<10>| {
-                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
-                let bounds = pick(&self.cores[0]).bounds;
-                let mut cum = 0u64;
-                for (i, b) in bounds.iter().enumerate() {
-                    cum += self
-                        .cores
-                        .iter()
-                        .map(|c| pick(c).counts[i].load(Ordering::Relaxed))
-                        .sum::<u64>();
-                    let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cum}");
-                }
-                let count: u64 = self
-                    .cores
+        let hist = |o: &mut String,
+                    name: &str,
+                    help: &str,
+                    pick: &dyn Fn(&WorkerMetrics) -> &Histogram<10>| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+            let bounds = pick(&self.workers[0]).bounds;
+            let mut cum = 0u64;
+            for (i, b) in bounds.iter().enumerate() {
+                cum += self
+                    .workers
                     .iter()
-                    .map(|c| pick(c).count.load(Ordering::Relaxed))
-                    .sum();
-                let sum: u64 = self
-                    .cores
-                    .iter()
-                    .map(|c| pick(c).sum_us.load(Ordering::Relaxed))
-                    .sum();
-                let _ = writeln!(
-                    o,
-                    "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {}\n{name}_count {count}",
-                    sum as f64 / 1e6
-                );
-            };
+                    .map(|c| pick(c).counts[i].load(Ordering::Relaxed))
+                    .sum::<u64>();
+                let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cum}");
+            }
+            let count: u64 = self
+                .workers
+                .iter()
+                .map(|c| pick(c).count.load(Ordering::Relaxed))
+                .sum();
+            let sum: u64 = self
+                .workers
+                .iter()
+                .map(|c| pick(c).sum_us.load(Ordering::Relaxed))
+                .sum();
+            let _ = writeln!(
+                o,
+                "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {}\n{name}_count {count}",
+                sum as f64 / 1e6
+            );
+        };
         hist(&mut o, SESSION_DURATION, "Session lifetimes.", &|c| {
             &c.duration
         });
@@ -451,19 +453,20 @@ mod tests {
     #[test]
     fn merges_cores_at_render() {
         let m = Metrics::new(2);
-        m.core(0).set_driver("io_uring");
-        m.core(1).set_driver("epoll");
-        m.core(0).opened("pve", "vnc", Duration::from_millis(3));
-        m.core(1).opened("pve", "vnc", Duration::from_millis(30));
-        m.core(1).ended("pve", "vnc", 1000, Duration::from_secs(5));
-        m.core(0).refused("expired", 401);
-        m.core(0).add_bytes(10, 20);
-        m.core(1).add_bytes(1, 2);
-        m.core(0).session_error("upstream_tls");
-        m.core(1).session_error("upstream_tls");
-        m.core(1).session_error("a label a peer made up");
-        m.core(1).session_panic();
-        m.core(0).alive.store(true, Ordering::Relaxed);
+        m.worker(0).set_driver("io_uring");
+        m.worker(1).set_driver("epoll");
+        m.worker(0).opened("pve", "vnc", Duration::from_millis(3));
+        m.worker(1).opened("pve", "vnc", Duration::from_millis(30));
+        m.worker(1)
+            .ended("pve", "vnc", 1000, Duration::from_secs(5));
+        m.worker(0).refused("expired", 401);
+        m.worker(0).add_bytes(10, 20);
+        m.worker(1).add_bytes(1, 2);
+        m.worker(0).session_error("upstream_tls");
+        m.worker(1).session_error("upstream_tls");
+        m.worker(1).session_error("a label a peer made up");
+        m.worker(1).session_panic();
+        m.worker(0).alive.store(true, Ordering::Relaxed);
         let t = m.render();
         for line in [
             "nexor_sessions_live{upstream=\"pve\",console=\"vnc\"} 1",
@@ -491,12 +494,12 @@ mod tests {
     fn close_code_labels_are_bucketed() {
         let m = Metrics::new(1);
         for code in [1000, 1001, 1006, 1008, 1009, 1011, 4001, 4002, 4003] {
-            m.core(0).ended("d", "vnc", code, Duration::from_secs(1));
+            m.worker(0).ended("d", "vnc", code, Duration::from_secs(1));
             assert_eq!(close_code_label(code), code.to_string());
         }
         // A browser picks its close code: 3000..=4999 all land in `other`.
         for code in [1002, 1003, 1005, 3000, 3999, 4000, 4004, 4321, 4999] {
-            m.core(0).ended("d", "vnc", code, Duration::from_secs(1));
+            m.worker(0).ended("d", "vnc", code, Duration::from_secs(1));
         }
         let t = m.render();
         assert!(

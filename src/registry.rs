@@ -81,12 +81,55 @@ impl CloseRequest {
     }
 }
 
+/// SHA-256 of a ticket's `jti`: the key the relay remembers, audits,
+/// lists and revokes by. The `jti` itself is never kept or shown. Its
+/// `Display` (and `Debug`) is the lowercase hex of the hash.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JtiHash(pub [u8; 32]);
+
+impl JtiHash {
+    /// 64 hex digits (either case), as `/sessions` lists them.
+    pub fn parse(hex: &str) -> Option<JtiHash> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(JtiHash(out))
+    }
+
+    /// Is `p` (lowercase hex) a prefix of the hash in hex? No allocation:
+    /// a revoke walks every remembered ticket under the lock.
+    pub fn has_hex_prefix(&self, p: &str) -> bool {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        p.len() <= 64
+            && p.bytes().enumerate().all(|(i, c)| {
+                let b = self.0[i / 2];
+                HEX[usize::from(if i % 2 == 0 { b >> 4 } else { b & 15 })] == c
+            })
+    }
+}
+
+impl std::fmt::Display for JtiHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::fmt::Debug for JtiHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 /// A live session as the rest of the relay sees it.
 #[derive(Debug)]
 pub struct SessionCtl {
     pub id: u64,
     /// SHA-256 of the ticket's `jti`: the audit and revoke key.
-    pub jti_hash: [u8; 32],
+    pub jti_hash: JtiHash,
     pub sub: String,
     /// `upstream/node/vmid`, absent claims left empty.
     pub vm: String,
@@ -209,8 +252,8 @@ struct TicketEntry {
 
 #[derive(Default)]
 struct Inner {
-    tickets: HashMap<[u8; 32], TicketEntry>,
-    purge: BinaryHeap<Reverse<(u64, [u8; 32])>>,
+    tickets: HashMap<JtiHash, TicketEntry>,
+    purge: BinaryHeap<Reverse<(u64, JtiHash)>>,
     live: BTreeMap<u64, Arc<SessionCtl>>,
     per_vm: HashMap<String, BTreeSet<u64>>,
     per_user: HashMap<String, usize>,
@@ -256,7 +299,7 @@ impl Registry {
         let mut g = lock(&self.inner);
         let inner = &mut *g;
         purge(inner, r.now);
-        let key = r.claims.replay_key();
+        let key = JtiHash(r.claims.replay_key());
         let cap = limits.max_session.as_secs();
         let (deadline, reconnect) = match inner.tickets.get(&key) {
             Some(e) if e.revoked => return Err(Denial::Revoked),
@@ -483,7 +526,7 @@ impl Registry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revoke<'a> {
     /// The SHA-256 of one `jti` (from `jti=` or a full `jti_sha256=`).
-    JtiHash([u8; 32]),
+    JtiHash(JtiHash),
     /// A hex prefix of the hash, 16 digits at least (lowercase).
     JtiPrefix(&'a str),
     Sub(&'a str),
@@ -491,25 +534,14 @@ pub enum Revoke<'a> {
 }
 
 impl Revoke<'_> {
-    fn matches(&self, jti_hash: &[u8; 32], sub: &str, vm: &str) -> bool {
+    fn matches(&self, jti_hash: &JtiHash, sub: &str, vm: &str) -> bool {
         match self {
             Revoke::JtiHash(h) => h == jti_hash,
-            Revoke::JtiPrefix(p) => p.len() >= 16 && hex_prefix(jti_hash, p),
+            Revoke::JtiPrefix(p) => p.len() >= 16 && jti_hash.has_hex_prefix(p),
             Revoke::Sub(s) => !s.is_empty() && sub == *s,
             Revoke::Vm(v) => !v.is_empty() && vm == *v,
         }
     }
-}
-
-/// Is `p` (lowercase hex) a prefix of `hash` in hex? No allocation: a
-/// revoke walks every remembered ticket under the lock.
-fn hex_prefix(hash: &[u8; 32], p: &str) -> bool {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    p.len() <= 64
-        && p.bytes().enumerate().all(|(i, c)| {
-            let b = hash[i / 2];
-            HEX[usize::from(if i % 2 == 0 { b >> 4 } else { b & 15 })] == c
-        })
 }
 
 /// What a revoke did.
@@ -853,9 +885,9 @@ mod tests {
 
     #[test]
     fn revoke_voids_grants_and_bars_the_jti() {
-        let h = [0xabu8; 32];
-        assert!(hex_prefix(&h, "abababababababab") && hex_prefix(&h, &"ab".repeat(32)));
-        assert!(!hex_prefix(&h, "abababababababac") && !hex_prefix(&h, &"ab".repeat(33)));
+        let h = JtiHash([0xabu8; 32]);
+        assert!(h.has_hex_prefix("abababababababab") && h.has_hex_prefix(&"ab".repeat(32)));
+        assert!(!h.has_hex_prefix("abababababababac") && !h.has_hex_prefix(&"ab".repeat(33)));
         let reg = Registry::new();
         let l = limits();
         for sel in ["jti", "sub", "vm"] {
@@ -864,7 +896,7 @@ mod tests {
             reg.release(&a.ctl, 1001, 30, true);
             let vm = vm_key(&c);
             let s = match sel {
-                "jti" => Revoke::JtiHash(c.replay_key()),
+                "jti" => Revoke::JtiHash(JtiHash(c.replay_key())),
                 "sub" => Revoke::Sub(&c.sub),
                 _ => Revoke::Vm(&vm),
             };
@@ -878,7 +910,7 @@ mod tests {
         }
         // A jti revoked before its first use: refused until the bar ends.
         let c = claims("jti-eeeeeeeeeeeeeeee", "u1", 8);
-        let r = reg.revoke(&Revoke::JtiHash(c.replay_key()), 1000, 30, 1200);
+        let r = reg.revoke(&Revoke::JtiHash(JtiHash(c.replay_key())), 1000, 30, 1200);
         assert!(r.barred);
         assert_eq!(
             reg.admit(req(&c, "1.1.1.1", 1001), &l).unwrap_err(),
@@ -888,7 +920,7 @@ mod tests {
         let c = claims("jti-ffffffffffffffff", "u2", 9);
         let a = reg.admit(req(&c, "1.1.1.1", 1000), &l).unwrap();
         let r = reg.revoke(
-            &Revoke::JtiPrefix(&crate::session::hex(&c.replay_key())[..16]),
+            &Revoke::JtiPrefix(&JtiHash(c.replay_key()).to_string()[..16]),
             1001,
             30,
             2000,

@@ -14,19 +14,19 @@ use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use monoio::io::AsyncReadRentExt;
 use monoio::net::TcpStream;
 
+use crate::client_addr::{self, ProxyHeader};
 use crate::config::{Config, OriginPolicy};
 use crate::error::Refusal;
 use crate::http::{self, HeadLimits, RequestHead};
 use crate::log::V;
-use crate::proxy::{self, ProxyHeader};
 use crate::registry::{HandshakeSlot, Request};
 use crate::relay::{self, Leg, Meter, Settings};
-use crate::server::{Live, State};
+use crate::state::{unix_now, Live, State};
 use crate::ticket::{self, Claims, Console};
 use crate::transport::Stream;
 use crate::upstream;
@@ -51,7 +51,7 @@ impl Worker {
     async fn refuse(&self, stream: &mut Stream, client: IpAddr, r: Refusal) {
         self.state
             .metrics
-            .core(self.id)
+            .worker(self.id)
             .refused(r.label(), r.status());
         self.state.audit.refused(
             unix_now(),
@@ -71,7 +71,7 @@ impl Worker {
 
     /// A connection dropped without an HTTP answer.
     fn dropped(&self, client: IpAddr, reason: &'static str) {
-        self.state.metrics.core(self.id).refused(reason, 0);
+        self.state.metrics.worker(self.id).refused(reason, 0);
         self.state.audit.refused(
             unix_now(),
             &[
@@ -83,17 +83,6 @@ impl Worker {
     }
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Serves one accepted TCP connection to its end.
 pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
@@ -102,9 +91,9 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let registry = &worker.state.registry;
     // A trusted balancer or proxy is not counted as one client: its
     // connections count against the client it names, once read.
-    let trusted = proxy::proxy_header_trusted(peer.ip(), &cfg.server.trusted_proxies);
+    let trusted = client_addr::proxy_header_trusted(peer.ip(), &cfg.server.trusted_proxies);
     let per_ip = cfg.limits.max_handshakes_per_ip;
-    let tcp_ip = (!trusted).then(|| proxy::canonical(peer.ip()));
+    let tcp_ip = (!trusted).then(|| client_addr::canonical(peer.ip()));
     let mut slot = match registry.begin_handshake(tcp_ip, cfg.limits.max_handshakes, per_ip) {
         Ok(slot) => slot,
         Err(reason) => return worker.dropped(peer.ip(), reason),
@@ -123,7 +112,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         }
         Ok(Ok(Ok(parts))) => parts,
     };
-    let client = proxy::client_ip(
+    let client = client_addr::client_ip(
         peer_ip,
         &head,
         &cfg.server.trusted_proxies,
@@ -275,7 +264,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     // The relay phase is its own task, so everything the handshake held
     // (head, ticket, config, upstream dial) is freed for the session's life.
     // Behind the panic net: a panic ends this session, not the worker.
-    crate::server::spawn(relay_phase(worker.clone(), phase));
+    crate::task::spawn(relay_phase(worker.clone(), phase));
 }
 
 /// A session's registry slots, released when the relay phase ends, even
@@ -322,9 +311,9 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
         grace: p.grace,
         grant: None,
     };
-    let jti_hash = hex(&ctl.jti_hash);
-    let core = worker.state.metrics.core(worker.id);
-    core.opened(&ctl.upstream, p.console, p.connect_time);
+    let jti_hash = ctl.jti_hash.to_string();
+    let counters = worker.state.metrics.worker(worker.id);
+    counters.opened(&ctl.upstream, p.console, p.connect_time);
     worker.state.audit.event(
         "session_start",
         &[
@@ -358,11 +347,11 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
         monoio::time::sleep(d).await;
     }
     let duration = started.elapsed();
-    core.ended(&ctl.upstream, p.console, out.code, duration);
+    counters.ended(&ctl.upstream, p.console, out.code, duration);
     // Failures only: a close from a peer, a deliberate end by the relay
     // and a console that really closed carry no error.
     let error = out.error.as_ref().map(|e| {
-        core.session_error(e.class);
+        counters.session_error(e.class);
         e.to_string()
     });
     worker.state.audit.event(
@@ -411,9 +400,9 @@ async fn read_more(tcp: &mut TcpStream, buf: Vec<u8>, n: usize) -> Result<Vec<u8
 async fn read_proxy_header(tcp: &mut TcpStream, peer: IpAddr) -> Result<IpAddr, &'static str> {
     let mut buf = read_more(tcp, Vec::new(), 8).await?;
     loop {
-        match proxy::parse(&buf) {
+        match client_addr::parse(&buf) {
             Ok(Some((ProxyHeader::Proxied { source }, _))) => {
-                return Ok(proxy::canonical(source.ip()))
+                return Ok(client_addr::canonical(source.ip()))
             }
             Ok(Some((ProxyHeader::Local, _))) => return Ok(peer),
             Err(e) => return Err(e.label()),
@@ -440,11 +429,11 @@ async fn read_head(
     peer: SocketAddr,
     slot: &mut HandshakeSlot,
 ) -> HeadResult {
-    let mut ip = proxy::canonical(peer.ip());
+    let mut ip = client_addr::canonical(peer.ip());
     if live.cfg.server.proxy_protocol {
         // Only a balancer may say who the client is: from anyone else a
         // PROXY header would let the client choose its own address.
-        if !proxy::proxy_header_trusted(ip, &live.cfg.server.trusted_proxies) {
+        if !client_addr::proxy_header_trusted(ip, &live.cfg.server.trusted_proxies) {
             return Err((ip, "proxy_untrusted"));
         }
         ip = read_proxy_header(&mut tcp, ip).await.map_err(|r| (ip, r))?;
@@ -551,7 +540,7 @@ fn admit(
     if let Some(bound) = &claims.ip {
         let ok = bound
             .parse::<IpAddr>()
-            .is_ok_and(|ip| proxy::canonical(ip) == client);
+            .is_ok_and(|ip| client_addr::canonical(ip) == client);
         if !ok {
             return Err(Refusal::WrongIp);
         }

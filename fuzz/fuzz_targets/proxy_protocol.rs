@@ -1,4 +1,4 @@
-//! `proxy::parse` (PROXY protocol v1/v2) and `proxy::client_ip`.
+//! `client_addr::parse` (PROXY protocol v1/v2) and `client_addr::client_ip`.
 //!
 //! parse: consumed ≤ input; a complete header is at most 107 (v1) or
 //! 16 + 1024 (v2) bytes and parses the same from `input[..n]`; every strict
@@ -18,7 +18,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use nexor_relay::config::{Cidr, ClientIpHeader};
 use nexor_relay::http::{Header, RequestHead};
-use nexor_relay::proxy::{canonical, client_ip, parse, ProxyHeader, V2_MAX_LEN};
+use nexor_relay::client_addr::{canonical, client_ip, parse, ProxyHeader, V2_MAX_LEN};
 
 fn check_parse(data: &[u8]) {
     let full = parse(data);

@@ -204,13 +204,13 @@ impl Shared {
         }
         // Every session task runs inside the panic net, where the panic
         // hook stays quiet and leaves the location: log it here, once.
-        let location = crate::server::take_panic_location();
+        let location = crate::task::take_panic_location();
         let mut fields = vec![(
             "location",
             crate::log::V::S(location.as_deref().unwrap_or("unknown")),
         )];
         if let Some(m) = &self.meter {
-            m.metrics.core(m.core).session_panic();
+            m.metrics.worker(m.core).session_panic();
             fields.push(("worker", crate::log::V::N(m.core as u64)));
         }
         crate::log::error(
@@ -310,7 +310,7 @@ fn spawn_pump(
 ) -> monoio::task::JoinHandle<()> {
     let s = s.clone();
     monoio::spawn(async move {
-        if crate::server::CatchPanic::new(pump).await.is_err() {
+        if crate::task::CatchPanic::new(pump).await.is_err() {
             s.on_panic();
         }
     })
@@ -521,7 +521,7 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
                     } else {
                         (0, n)
                     };
-                    m.metrics.core(m.core).add_bytes(up, down);
+                    m.metrics.worker(m.core).add_bytes(up, down);
                 }
             }
             if !s.core(|c| c.mid_frame(from)).unwrap_or(false) {

@@ -3,7 +3,7 @@
 //! console, so the demo exercises the same pump as production.
 //!
 //! The backend's tasks run behind the worker's panic net
-//! ([`crate::server::spawn`]): a panic in a backend ends that session's
+//! ([`crate::task::spawn`]): a panic in a backend ends that session's
 //! backend (its socket closes, so the session ends), never the worker.
 
 use std::cell::RefCell;
@@ -26,7 +26,7 @@ pub fn open(console: Console) -> Result<Opened, UpstreamError> {
         Console::Vnc => Box::new(RfbDemo::default()),
         Console::Term => Box::new(TermDemo::new()),
     };
-    crate::server::spawn(drive(theirs, backend));
+    crate::task::spawn(drive(theirs, backend));
     Ok(Opened {
         stream: Stream::Unix(ours),
         early: Vec::new(),
@@ -54,7 +54,7 @@ async fn drive(stream: UnixStream, backend: Box<dyn Backend>) {
     if !write(&writer, out).await {
         return;
     }
-    let ticker = crate::server::spawn(tick(backend.clone(), writer.clone(), done.clone(), t0));
+    let ticker = crate::task::spawn(tick(backend.clone(), writer.clone(), done.clone(), t0));
     read_loop(reader, &backend, &writer, t0).await;
     done.fire();
     ticker.await;
