@@ -1,4 +1,4 @@
-//! The relay's TLS glue (src/transport.rs) against a plain rustls peer: the
+//! The relay's TLS glue (src/transport/mod.rs) against a plain rustls peer: the
 //! writer runs megabytes ahead of the reader, the glue reads in random
 //! sizes with random pauses (slow, then fast), both directions at once, the
 //! glue as server and as client. Every byte must arrive in order, the end
