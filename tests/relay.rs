@@ -436,20 +436,42 @@ fn refusals_have_their_status_and_leak_nothing() {
         (b"GET /console HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".to_vec(), 426),
         (b"\x00\x01garbage\r\n\r\n".to_vec(), 400),
     ];
+    // Every case runs and every mismatch is reported: one wrong answer
+    // does not hide the others.
+    let mut wrong = Vec::new();
     for (req, want) in cases {
+        let what = String::from_utf8_lossy(&req[..req.len().min(60)]).into_owned();
         let (status, head, mut c, rest) = relay.raw(&req);
-        assert_eq!(status, want, "{}", String::from_utf8_lossy(&req));
-        assert!(head.contains("Connection: close"));
         let body = read_body(&mut c, &head, rest);
-        assert_eq!(body.lines().count(), 1, "{body}");
-        assert!(
-            !body.contains(&good) && !body.contains("127.0.0.1"),
-            "{body}"
-        );
-        if want == 426 && head.contains("Sec-WebSocket-Version") {
-            assert!(head.contains("Sec-WebSocket-Version: 13"));
+        let mut problems = Vec::new();
+        if status != want {
+            problems.push(format!("status {status}, want {want}"));
+        }
+        if !head.contains("Connection: close") {
+            problems.push("no Connection: close".into());
+        }
+        if body.lines().count() != 1 {
+            problems.push(format!("body not one line: {body:?}"));
+        }
+        if body.contains(&good) || body.contains("127.0.0.1") {
+            problems.push(format!("body leaks the ticket or an address: {body:?}"));
+        }
+        if want == 426
+            && head.contains("Sec-WebSocket-Version")
+            && !head.contains("Sec-WebSocket-Version: 13")
+        {
+            problems.push("426 without Sec-WebSocket-Version: 13".into());
+        }
+        if !problems.is_empty() {
+            wrong.push(format!("{what:?}: {}", problems.join("; ")));
         }
     }
+    assert!(
+        wrong.is_empty(),
+        "{} refusals wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
     // The relay is still healthy after all that.
     let (mut ws, _) = relay
         .ws(&format!("/console?ticket={}", relay.ticket("t")), &[])
@@ -482,19 +504,29 @@ fn frame_violations_get_their_close_codes() {
         (frame_bytes(true, 8, &[0x03], true), 1002),
         (frame_bytes(true, 8, &[0x03, 0xed], true), 1002),
     ];
+    // Every case runs; all mismatches are reported together.
+    let mut wrong = Vec::new();
     for (bytes, want) in cases {
+        let what = format!("{:02x?}", &bytes[..bytes.len().min(16)]);
         let (status, _, mut c, mut bp) = relay
             .raw(&relay.upgrade_request(&format!("/console?ticket={}", relay.ticket("t")), ""));
-        assert_eq!(status, 101);
+        if status != 101 {
+            wrong.push(format!("{what}: upgrade got {status}"));
+            continue;
+        }
         let _ = c.write_all(&bytes);
-        let f = read_frame(&mut c, &mut bp).unwrap();
-        assert_eq!(
-            close_code(&f),
-            Some(want),
-            "{:02x?}",
-            &bytes[..bytes.len().min(16)]
-        );
+        match read_frame(&mut c, &mut bp) {
+            Ok(f) if close_code(&f) == Some(want) => {}
+            Ok(f) => wrong.push(format!("{what}: close {:?}, want {want}", close_code(&f))),
+            Err(e) => wrong.push(format!("{what}: no frame ({e}), want close {want}")),
+        }
     }
+    assert!(
+        wrong.is_empty(),
+        "{} frames wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }
 
 #[test]
