@@ -27,6 +27,8 @@ pub mod config;
 #[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod demo;
 pub mod error;
+#[deny(clippy::disallowed_methods)] // pure but for fleet::store (the store's threads)
+pub mod fleet;
 #[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod http;
 pub mod log;

@@ -845,7 +845,7 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 /// Whether an optional test dependency is present: `python` (the `websockets` and `jwt`
 /// packages), `qemu`, `pve-emu` (built by `cargo build -p pve-emu`), `chromium` (with
-/// node and playwright-core), `novnc` (the npm assets), `nginx`, `haproxy`.
+/// node and playwright-core), `novnc` (the npm assets), `nginx`, `haproxy`, `redis-server`.
 /// `NEXOR_TEST_HIDE=qemu,nginx` (or `all`) makes tools look missing, to test the skip path.
 pub fn have(tool: &str) -> bool {
     let hidden = std::env::var("NEXOR_TEST_HIDE").unwrap_or_default();
@@ -882,7 +882,7 @@ pub fn have(tool: &str) -> bool {
         "novnc" => ["novnc/core/rfb.js", "xterm/lib/xterm.js"]
             .iter()
             .all(|f| root.join("tests/browser/assets").join(f).is_file()),
-        "nginx" | "haproxy" => in_path(tool),
+        "nginx" | "haproxy" | "redis-server" => in_path(tool),
         // A writable sysctl (root): the upgrade test sets it for its run.
         "tcp_migrate_req" => std::fs::OpenOptions::new()
             .write(true)

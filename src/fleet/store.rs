@@ -1,0 +1,1027 @@
+//! The store glue: one thread owns the Redis connection (the `redis`
+//! crate's blocking client), another listens on the events channel.
+//! Workers never block on the store: they send a job over a channel and
+//! await a [`Oneshot`] whose waker the store thread wakes. Jobs that arrive
+//! together go out as one pipeline (one round trip for all of them); each
+//! handshake waits for exactly one round trip.
+//!
+//! The store thread also keeps this relay's live sessions (a mirror), so it
+//! can renew their leases every `lease / 3` in one call, and write them
+//! again when the store comes back after an outage (it may have restarted
+//! empty: their tickets must not become usable again, and their counts must
+//! not vanish).
+//!
+//! While the store is unreachable every job fails at once (no queueing
+//! behind a dead connection); the thread reconnects by itself with a
+//! backoff of 100 ms doubling to 2 s.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::{Script, Value};
+
+use super::{
+    decode_admit, decode_revoke, Admit, AdmitArgs, Event, FleetConfig, Item, Keys, ReleaseArgs,
+    Revoked, Selector,
+};
+use crate::log::{self, V};
+use crate::registry::JtiHash;
+
+/// Connect, read and write timeout of a store connection.
+pub const IO_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Jobs sent in one pipeline at most.
+const MAX_BATCH: usize = 256;
+/// Releases kept for a retry while the store is down.
+const MAX_PENDING_RELEASES: usize = 65_536;
+/// Round-trip histogram bounds (seconds).
+const RTT_BUCKETS: [f64; 10] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
+];
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The host name: the default `relay_id`.
+pub fn default_relay_id() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let name: String = name
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "relay".into()
+    } else {
+        name
+    }
+}
+
+// ---- a one-shot reply a monoio task can await -----------------------------------
+
+struct Slot<T> {
+    value: Option<T>,
+    waker: Option<Waker>,
+    /// The receiver is gone: a late value is handed back to the sender.
+    closed: bool,
+}
+
+/// A value sent once from the store thread to a worker (or the admin
+/// thread, which waits with [`Oneshot::wait`]).
+pub struct Oneshot<T> {
+    slot: Arc<(Mutex<Slot<T>>, Condvar)>,
+}
+
+/// The sending half.
+pub struct Sender<T> {
+    slot: Arc<(Mutex<Slot<T>>, Condvar)>,
+}
+
+pub fn oneshot<T>() -> (Sender<T>, Oneshot<T>) {
+    let slot = Arc::new((
+        Mutex::new(Slot {
+            value: None,
+            waker: None,
+            closed: false,
+        }),
+        Condvar::new(),
+    ));
+    (Sender { slot: slot.clone() }, Oneshot { slot })
+}
+
+impl<T> Sender<T> {
+    /// Delivers `v`; gives it back if the receiver was dropped.
+    pub fn send(self, v: T) -> Result<(), T> {
+        let mut g = lock(&self.slot.0);
+        if g.closed {
+            return Err(v);
+        }
+        g.value = Some(v);
+        let w = g.waker.take();
+        drop(g);
+        self.slot.1.notify_all();
+        if let Some(w) = w {
+            w.wake();
+        }
+        Ok(())
+    }
+}
+
+impl<T> Oneshot<T> {
+    /// Blocks (a plain thread, never a worker) for at most `timeout`.
+    pub fn wait(self, timeout: Duration) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(&self.slot.0);
+        loop {
+            if let Some(v) = g.value.take() {
+                return Some(v);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            g = self
+                .slot
+                .1
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+impl<T> Future for Oneshot<T> {
+    type Output = T;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut g = lock(&self.slot.0);
+        match g.value.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                g.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T> Drop for Oneshot<T> {
+    fn drop(&mut self) {
+        lock(&self.slot.0).closed = true;
+    }
+}
+
+// ---- errors and counters ---------------------------------------------------------
+
+/// Why a store call gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// Not connected (down, or reconnecting).
+    Unavailable,
+    /// The store answered something the scripts never return.
+    Protocol,
+}
+
+/// `nexor_fleet_store_*`.
+pub struct Stats {
+    pub up: AtomicBool,
+    pub errors: AtomicU64,
+    rtt_counts: [AtomicU64; 10],
+    rtt_count: AtomicU64,
+    rtt_sum_us: AtomicU64,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        Stats {
+            up: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
+            rtt_counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            rtt_count: AtomicU64::new(0),
+            rtt_sum_us: AtomicU64::new(0),
+        }
+    }
+
+    fn rtt(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = RTT_BUCKETS.iter().position(|b| s <= *b) {
+            self.rtt_counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.rtt_count.fetch_add(1, Ordering::Relaxed);
+        self.rtt_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Prometheus text of the three metrics.
+    pub fn render(&self, o: &mut String) {
+        use std::fmt::Write;
+        let up = u8::from(self.up.load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "# HELP {n} 1 while this relay is connected to the fleet store.\n# TYPE {n} gauge\n{n} {up}",
+            n = super::METRIC_UP
+        );
+        let _ = writeln!(
+            o,
+            "# HELP {n} Failed store connections and calls.\n# TYPE {n} counter\n{n} {}",
+            self.errors.load(Ordering::Relaxed),
+            n = super::METRIC_ERRORS
+        );
+        let n = super::METRIC_RTT;
+        let _ = writeln!(
+            o,
+            "# HELP {n} Fleet store round trips (one pipeline).\n# TYPE {n} histogram"
+        );
+        let mut cum = 0;
+        for (i, b) in RTT_BUCKETS.iter().enumerate() {
+            cum += self.rtt_counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(o, "{n}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        let count = self.rtt_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            o,
+            "{n}_bucket{{le=\"+Inf\"}} {count}\n{n}_sum {}\n{n}_count {count}",
+            self.rtt_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+    }
+}
+
+// ---- the handle the rest of the relay holds --------------------------------------
+
+/// One live session as the store thread remembers it.
+#[derive(Clone)]
+struct Mirror {
+    record: serde_json::Value,
+    grace_ms: u64,
+}
+
+/// An admission waiting for the store, and where its answer goes.
+type AdmitJob = (Box<AdmitArgs>, Sender<Result<Admit, StoreError>>);
+
+enum Job {
+    Admit(Box<AdmitArgs>, Sender<Result<Admit, StoreError>>),
+    Release(Box<ReleaseArgs>),
+    Revoke {
+        sel: Selector,
+        now_ms: u64,
+        grace_ms: u64,
+        unseen_until_ms: u64,
+        reply: Sender<Result<Revoked, StoreError>>,
+    },
+    List(Sender<Result<Vec<serde_json::Value>, StoreError>>),
+    Stop,
+}
+
+/// What the events listener calls: a revoke to apply to this relay's
+/// sessions, or one of its sessions (by id) replaced.
+pub type EventHandler = Box<dyn Fn(Event) + Send + Sync>;
+
+/// The fleet store as the relay sees it.
+pub struct Fleet {
+    pub cfg: FleetConfig,
+    pub relay_id: String,
+    /// `<relay_id>#<incarnation>`.
+    pub node: String,
+    pub keys: Keys,
+    pub stats: Arc<Stats>,
+    tx: Mutex<mpsc::Sender<Job>>,
+    next_sid: AtomicU64,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("redis", &self.cfg.redis)
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u64::from_le_bytes(b)
+}
+
+impl Fleet {
+    /// Starts the store thread and the events listener. Connecting happens
+    /// on the thread: a store that is down at start is only "down".
+    pub fn start(cfg: FleetConfig, on_event: EventHandler) -> Result<Arc<Fleet>, String> {
+        let client = redis::Client::open(cfg.redis.expose())
+            .map_err(|e| format!("fleet.redis: {}", redact(&e.to_string(), &cfg)))?;
+        let relay_id = cfg.relay_id.clone().unwrap_or_else(default_relay_id);
+        let node = super::node_name(&relay_id, random_u64());
+        let keys = Keys::new(&cfg.key_prefix);
+        let stats = Arc::new(Stats::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let mut worker = StoreThread {
+            client: client.clone(),
+            cfg: cfg.clone(),
+            relay_id: relay_id.clone(),
+            node: node.clone(),
+            keys: keys.clone(),
+            stats: stats.clone(),
+            scripts: Scripts::new(),
+            con: None,
+            was_down: false,
+            backoff: Duration::from_millis(100),
+            retry_at: Instant::now(),
+            live: HashMap::new(),
+            pending: VecDeque::new(),
+        };
+        std::thread::Builder::new()
+            .name("nexor-fleet".into())
+            .spawn(move || worker.run(rx))
+            .map_err(|e| format!("fleet: cannot start its thread: {e}"))?;
+        let listener = Listener {
+            client,
+            cfg: cfg.clone(),
+            channel: keys.events(),
+            stop: stop.clone(),
+            on_event,
+        };
+        std::thread::Builder::new()
+            .name("nexor-fleet-events".into())
+            .spawn(move || listener.run())
+            .map_err(|e| format!("fleet: cannot start its thread: {e}"))?;
+        Ok(Arc::new(Fleet {
+            cfg,
+            relay_id,
+            node,
+            keys,
+            stats,
+            tx: Mutex::new(tx),
+            next_sid: AtomicU64::new(0),
+            stop,
+        }))
+    }
+
+    /// A fresh session id for [`AdmitArgs::sid`].
+    pub fn next_sid(&self) -> u64 {
+        self.next_sid.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The member of a session admitted with `args`.
+    pub fn member(&self, args: &AdmitArgs) -> String {
+        super::member(args.now_ms, &self.node, args.sid)
+    }
+
+    fn send(&self, job: Job) -> bool {
+        lock(&self.tx).send(job).is_ok()
+    }
+
+    /// The one round trip of a handshake. Fails at once while the store is
+    /// down. A session admitted by the store after the caller gave up (its
+    /// future dropped) is released again by the store thread.
+    pub fn admit(&self, args: AdmitArgs) -> Oneshot<Result<Admit, StoreError>> {
+        let (tx, rx) = oneshot();
+        if !self.stats.up.load(Ordering::Relaxed) {
+            let _ = tx.send(Err(StoreError::Unavailable));
+            return rx;
+        }
+        if let Err(mpsc::SendError(Job::Admit(_, tx))) =
+            lock(&self.tx).send(Job::Admit(Box::new(args), tx))
+        {
+            let _ = tx.send(Err(StoreError::Unavailable));
+        }
+        rx
+    }
+
+    /// A session ended (fire and forget; retried after an outage).
+    pub fn release(&self, args: ReleaseArgs) {
+        self.send(Job::Release(Box::new(args)));
+    }
+
+    /// A fleet-wide revoke (from the admin thread; blocks it, never a
+    /// worker).
+    pub fn revoke(
+        &self,
+        sel: Selector,
+        now_ms: u64,
+        grace_ms: u64,
+        unseen_until_ms: u64,
+    ) -> Result<Revoked, StoreError> {
+        let (reply, rx) = oneshot();
+        if !self.send(Job::Revoke {
+            sel,
+            now_ms,
+            grace_ms,
+            unseen_until_ms,
+            reply,
+        }) {
+            return Err(StoreError::Unavailable);
+        }
+        rx.wait(4 * IO_TIMEOUT)
+            .unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// Every relay's live sessions (from the admin thread).
+    pub fn list(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        let (reply, rx) = oneshot();
+        if !self.send(Job::List(reply)) {
+            return Err(StoreError::Unavailable);
+        }
+        rx.wait(4 * IO_TIMEOUT)
+            .unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    pub fn up(&self) -> bool {
+        self.stats.up.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.send(Job::Stop);
+    }
+}
+
+/// An error text with the store's password (if any) taken out.
+fn redact(msg: &str, cfg: &FleetConfig) -> String {
+    let url = cfg.redis.expose();
+    let mut out = msg.replace(url, &cfg.redis.redacted());
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            if let Some((_, pass)) = userinfo.split_once(':') {
+                if !pass.is_empty() {
+                    out = out.replace(pass, "***");
+                }
+            }
+        }
+    }
+    out
+}
+
+// ---- the store thread ------------------------------------------------------------
+
+struct Scripts {
+    admit: Script,
+    release: Script,
+    renew: Script,
+    revoke: Script,
+    list: Script,
+    resync: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            admit: Script::new(super::ADMIT_LUA),
+            release: Script::new(super::RELEASE_LUA),
+            renew: Script::new(super::RENEW_LUA),
+            revoke: Script::new(super::REVOKE_LUA),
+            list: Script::new(super::LIST_LUA),
+            resync: Script::new(super::RESYNC_LUA),
+        }
+    }
+
+    fn load(&self, con: &mut redis::Connection) -> redis::RedisResult<()> {
+        for s in [
+            &self.admit,
+            &self.release,
+            &self.renew,
+            &self.revoke,
+            &self.list,
+            &self.resync,
+        ] {
+            s.prepare_invoke().load(con)?;
+        }
+        Ok(())
+    }
+}
+
+struct StoreThread {
+    client: redis::Client,
+    cfg: FleetConfig,
+    relay_id: String,
+    node: String,
+    keys: Keys,
+    stats: Arc<Stats>,
+    scripts: Scripts,
+    con: Option<redis::Connection>,
+    /// The store was unreachable since the last connection: write this
+    /// relay's sessions again once connected.
+    was_down: bool,
+    backoff: Duration,
+    retry_at: Instant,
+    /// This relay's live sessions in the store, by session id.
+    live: HashMap<u64, Mirror>,
+    /// Releases that failed, sent again once the store is back.
+    pending: VecDeque<ReleaseArgs>,
+}
+
+/// Converts a script's reply into [`Item`]s (integers and strings).
+pub fn items(v: &Value) -> Option<Vec<Item>> {
+    let Value::Array(a) = v else { return None };
+    a.iter()
+        .map(|x| match x {
+            Value::Int(i) => Some(Item::Int(*i)),
+            Value::BulkString(b) => Some(Item::Str(String::from_utf8_lossy(b).into_owned())),
+            Value::SimpleString(s) => Some(Item::Str(s.clone())),
+            Value::Okay => Some(Item::Str("OK".into())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn is_noscript(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
+}
+
+impl StoreThread {
+    fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        let renew_every = self.cfg.lease / 3;
+        let mut next_renew = Instant::now();
+        loop {
+            if self.con.is_none() && Instant::now() >= self.retry_at {
+                self.connect();
+                if self.con.is_some() {
+                    next_renew = Instant::now();
+                }
+            }
+            if self.con.is_some() && Instant::now() >= next_renew {
+                self.renew();
+                next_renew = Instant::now() + renew_every;
+            }
+            let wake = if self.con.is_some() {
+                next_renew
+            } else {
+                self.retry_at
+            };
+            let first = match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(j) => j,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            let mut admits = Vec::new();
+            let mut releases = Vec::new();
+            for job in batch {
+                match job {
+                    Job::Stop => return,
+                    Job::Admit(a, tx) => admits.push((a, tx)),
+                    Job::Release(r) => releases.push(*r),
+                    Job::Revoke {
+                        sel,
+                        now_ms,
+                        grace_ms,
+                        unseen_until_ms,
+                        reply,
+                    } => {
+                        let r = self.revoke(&sel, now_ms, grace_ms, unseen_until_ms);
+                        let _ = reply.send(r);
+                    }
+                    Job::List(reply) => {
+                        let _ = reply.send(self.list());
+                    }
+                }
+            }
+            if !admits.is_empty() || !releases.is_empty() {
+                self.pipeline(admits, releases);
+            }
+        }
+    }
+
+    fn connect(&mut self) {
+        let result = self
+            .client
+            .get_connection_with_timeout(IO_TIMEOUT)
+            .and_then(|mut con| {
+                con.set_read_timeout(Some(IO_TIMEOUT))?;
+                con.set_write_timeout(Some(IO_TIMEOUT))?;
+                self.scripts.load(&mut con)?;
+                Ok(con)
+            });
+        match result {
+            Ok(con) => {
+                self.con = Some(con);
+                self.backoff = Duration::from_millis(100);
+                log::info(
+                    "fleet store connected",
+                    &[
+                        ("redis", V::S(&self.cfg.redis.redacted())),
+                        ("node", V::S(&self.node)),
+                    ],
+                );
+                if self.was_down {
+                    self.resync();
+                }
+                if self.con.is_some() {
+                    self.was_down = false;
+                    self.stats.up.store(true, Ordering::Relaxed);
+                    self.retry_pending();
+                }
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    /// A connection or call failed: drop the connection, count it, and
+    /// retry after the backoff.
+    fn failed(&mut self, e: &redis::RedisError) {
+        let was_up = self.stats.up.swap(false, Ordering::Relaxed);
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        if was_up || !self.was_down {
+            log::warn(
+                "fleet store unreachable (retrying)",
+                &[
+                    ("redis", V::S(&self.cfg.redis.redacted())),
+                    ("error", V::S(&redact(&e.to_string(), &self.cfg))),
+                ],
+            );
+        }
+        self.con = None;
+        self.was_down = true;
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
+    }
+
+    fn pipeline(&mut self, admits: Vec<AdmitJob>, releases: Vec<ReleaseArgs>) {
+        let Some(con) = self.con.as_mut() else {
+            for (_, tx) in admits {
+                let _ = tx.send(Err(StoreError::Unavailable));
+            }
+            self.queue_releases(releases);
+            return;
+        };
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut invocations = Vec::with_capacity(admits.len() + releases.len());
+        for (a, _) in &admits {
+            let mut inv = self.scripts.admit.prepare_invoke();
+            for k in a.keys(&self.keys, &self.node) {
+                inv.key(k);
+            }
+            for v in a.argv(&self.keys, &self.relay_id, &self.node) {
+                inv.arg(v);
+            }
+            invocations.push(inv);
+        }
+        for r in &releases {
+            let mut inv = self.scripts.release.prepare_invoke();
+            for k in r.keys(&self.keys, &self.node) {
+                inv.key(k);
+            }
+            for v in r.argv() {
+                inv.arg(v);
+            }
+            invocations.push(inv);
+        }
+        for inv in &invocations {
+            pipe.invoke_script(inv);
+        }
+        let t = Instant::now();
+        let result: redis::RedisResult<Vec<Value>> = pipe.query(con);
+        self.stats.rtt(t.elapsed());
+        let mut replies = match result {
+            Ok(v) if v.len() == invocations.len() => v,
+            Ok(_) => {
+                drop(invocations);
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                for (_, tx) in admits {
+                    let _ = tx.send(Err(StoreError::Protocol));
+                }
+                return;
+            }
+            Err(e) => {
+                drop(invocations);
+                self.failed(&e);
+                for (_, tx) in admits {
+                    let _ = tx.send(Err(StoreError::Unavailable));
+                }
+                self.queue_releases(releases);
+                return;
+            }
+        };
+        // Scripts flushed from the store meanwhile (SCRIPT FLUSH, a
+        // failover): load them and run again exactly the calls that did not
+        // run.
+        if replies.iter().any(is_noscript) {
+            let again: Vec<usize> = (0..replies.len())
+                .filter(|&i| is_noscript(&replies[i]))
+                .collect();
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &i in &again {
+                pipe.invoke_script(&invocations[i]);
+            }
+            let rerun = self
+                .scripts
+                .load(con)
+                .and_then(|_| pipe.query::<Vec<Value>>(con));
+            match rerun {
+                Ok(v) if v.len() == again.len() => {
+                    for (i, r) in again.into_iter().zip(v) {
+                        replies[i] = r;
+                    }
+                }
+                _ => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        drop(invocations);
+        let mut replies = replies.into_iter();
+        for (a, tx) in admits {
+            let reply = replies.next().unwrap_or(Value::Nil);
+            let decoded = items(&reply).and_then(|i| decode_admit(&i));
+            let out = match decoded {
+                Some(d) => Ok(d),
+                None => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    log::warn(
+                        "fleet store: unexpected admission reply",
+                        &[("reply", V::S(&short(&format!("{reply:?}"))))],
+                    );
+                    Err(StoreError::Protocol)
+                }
+            };
+            if let Ok(Admit::Admitted {
+                reconnect,
+                deadline,
+                ..
+            }) = &out
+            {
+                let mut record: serde_json::Value = serde_json::from_str(&super::session_json(
+                    &a,
+                    &self.relay_id,
+                    &self.node,
+                    *reconnect,
+                ))
+                .unwrap_or_default();
+                record["deadline"] = (*deadline).into();
+                record["keep_ms"] = a.keep_ms.into();
+                self.live.insert(
+                    a.sid,
+                    Mirror {
+                        record,
+                        grace_ms: a.grace_ms,
+                    },
+                );
+            }
+            if let Err(Ok(Admit::Admitted { deadline, .. })) = tx.send(out) {
+                // The handshake gave up waiting: undo the admission.
+                let r = ReleaseArgs {
+                    now_ms: now_ms(),
+                    jti: a.jti,
+                    member: super::member(a.now_ms, &self.node, a.sid),
+                    sid: a.sid,
+                    grant: false,
+                    grace_ms: a.grace_ms,
+                    sub: a.sub.clone(),
+                    vm: a.vm.clone(),
+                    client: a.client.clone(),
+                    deadline,
+                    keep_ms: a.keep_ms,
+                };
+                self.pending.push_back(r);
+            }
+        }
+        for (r, reply) in releases.iter().zip(replies) {
+            self.live.remove(&r.sid);
+            if matches!(reply, Value::ServerError(_)) {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if !self.pending.is_empty() {
+            self.retry_pending();
+        }
+    }
+
+    fn queue_releases(&mut self, releases: Vec<ReleaseArgs>) {
+        for r in releases {
+            self.live.remove(&r.sid);
+            if self.pending.len() < MAX_PENDING_RELEASES {
+                self.pending.push_back(r);
+            }
+        }
+    }
+
+    /// Sends the releases that failed (or undoes admissions nobody waited
+    /// for), once connected.
+    fn retry_pending(&mut self) {
+        if self.pending.is_empty() || self.con.is_none() {
+            return;
+        }
+        let releases: Vec<ReleaseArgs> = self.pending.drain(..).collect();
+        for chunk in releases.chunks(MAX_BATCH) {
+            self.pipeline(Vec::new(), chunk.to_vec());
+        }
+    }
+
+    fn renew(&mut self) {
+        let grace = self.grace_ms();
+        let Some(con) = self.con.as_mut() else { return };
+        let lease = self.cfg.lease.as_millis() as u64;
+        let mut inv = self.scripts.renew.prepare_invoke();
+        inv.key(self.keys.sessions(&self.node))
+            .key(self.keys.nodes())
+            .key(self.keys.all())
+            .arg(now_ms())
+            .arg(lease)
+            .arg(grace)
+            .arg(&self.keys.prefix)
+            .arg(&self.node);
+        let t = Instant::now();
+        let r: redis::RedisResult<u64> = inv.invoke(con);
+        self.stats.rtt(t.elapsed());
+        match r {
+            Ok(n) if n as usize == self.live.len() => {}
+            Ok(_) => self.resync(),
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    /// The grace as the renew script needs it: the longest a dead relay's
+    /// session may still be reconnected after its lease. The store keeps a
+    /// ticket entry at least that long past the lease.
+    fn grace_ms(&self) -> u64 {
+        // Admissions carry the configured grace; renewals use the largest
+        // one seen, defaulting to the README's 30 s.
+        self.live
+            .values()
+            .map(|m| m.grace_ms)
+            .max()
+            .unwrap_or(30_000)
+    }
+
+    /// Writes this relay's live sessions again (after an outage: the store
+    /// may have restarted empty).
+    fn resync(&mut self) {
+        let lease = self.cfg.lease.as_millis() as u64;
+        let grace = self.grace_ms();
+        let Some(con) = self.con.as_mut() else { return };
+        let mut inv = self.scripts.resync.prepare_invoke();
+        inv.key(self.keys.sessions(&self.node))
+            .key(self.keys.nodes())
+            .key(self.keys.all())
+            .arg(now_ms())
+            .arg(lease)
+            .arg(grace)
+            .arg(&self.keys.prefix)
+            .arg(&self.node);
+        for m in self.live.values() {
+            inv.arg(m.record.to_string());
+        }
+        let r: redis::RedisResult<u64> = inv.invoke(con);
+        match r {
+            Ok(n) => log::info(
+                "fleet store: live sessions written again",
+                &[("sessions", V::N(n)), ("node", V::S(&self.node))],
+            ),
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn revoke(
+        &mut self,
+        sel: &Selector,
+        now: u64,
+        grace_ms: u64,
+        unseen_until_ms: u64,
+    ) -> Result<Revoked, StoreError> {
+        let Some(con) = self.con.as_mut() else {
+            return Err(StoreError::Unavailable);
+        };
+        let hashes = match sel {
+            Selector::JtiPrefix(p) => {
+                let pattern = self.keys.ticket_pattern(p);
+                let iter: redis::RedisResult<redis::Iter<String>> = redis::cmd("SCAN")
+                    .cursor_arg(0)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .clone()
+                    .iter(con);
+                let found: Result<Vec<JtiHash>, StoreError> = match iter {
+                    Ok(it) => Ok(it
+                        .filter_map(|k| k.ok())
+                        .filter_map(|k| {
+                            k.strip_prefix(&format!("{}t:", self.keys.prefix))
+                                .and_then(JtiHash::parse)
+                        })
+                        .take(100_000)
+                        .collect()),
+                    Err(_) => Err(StoreError::Unavailable),
+                };
+                found?
+            }
+            _ => Vec::new(),
+        };
+        let Some(con) = self.con.as_mut() else {
+            return Err(StoreError::Unavailable);
+        };
+        let (keys, argv) =
+            super::revoke_call(&self.keys, sel, &hashes, now, grace_ms, unseen_until_ms);
+        let mut inv = self.scripts.revoke.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        for a in argv {
+            inv.arg(a);
+        }
+        let t = Instant::now();
+        let r: redis::RedisResult<Value> = inv.invoke(con);
+        self.stats.rtt(t.elapsed());
+        match r {
+            Ok(v) => items(&v)
+                .and_then(|i| decode_revoke(&i))
+                .ok_or(StoreError::Protocol),
+            Err(e) => {
+                self.failed(&e);
+                Err(StoreError::Unavailable)
+            }
+        }
+    }
+
+    fn list(&mut self) -> Result<Vec<serde_json::Value>, StoreError> {
+        let Some(con) = self.con.as_mut() else {
+            return Err(StoreError::Unavailable);
+        };
+        let mut inv = self.scripts.list.prepare_invoke();
+        inv.key(self.keys.nodes())
+            .arg(now_ms())
+            .arg(&self.keys.prefix);
+        let r: redis::RedisResult<Vec<String>> = inv.invoke(con);
+        match r {
+            Ok(v) => Ok(v
+                .iter()
+                .filter_map(|s| serde_json::from_str(s).ok())
+                .collect()),
+            Err(e) => {
+                self.failed(&e);
+                Err(StoreError::Unavailable)
+            }
+        }
+    }
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+// ---- the events listener ---------------------------------------------------------
+
+struct Listener {
+    client: redis::Client,
+    cfg: FleetConfig,
+    channel: String,
+    stop: Arc<AtomicBool>,
+    on_event: EventHandler,
+}
+
+impl Listener {
+    fn run(self) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.listen() {
+                Ok(()) => return,
+                Err(_) => {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Subscribes and hands every event to the handler until the
+    /// connection fails (Err) or the relay stops (Ok).
+    fn listen(&self) -> redis::RedisResult<()> {
+        let mut con = self.client.get_connection_with_timeout(IO_TIMEOUT)?;
+        con.set_write_timeout(Some(IO_TIMEOUT))?;
+        let mut ps = con.as_pubsub();
+        ps.subscribe(&self.channel)?;
+        ps.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let mut idle = Instant::now();
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            match ps.get_message() {
+                Ok(msg) => {
+                    idle = Instant::now();
+                    if let Some(ev) = Event::decode(msg.get_payload_bytes()) {
+                        (self.on_event)(ev);
+                    }
+                }
+                Err(e) if e.is_timeout() => {
+                    // A store that vanished without closing the socket:
+                    // ping it now and then.
+                    if idle.elapsed() > Duration::from_secs(5) {
+                        idle = Instant::now();
+                        ps.ping::<Value>()?;
+                    }
+                }
+                Err(e) => {
+                    let _ = &self.cfg;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
