@@ -255,7 +255,10 @@ fn serve(mut conn: TcpStream, state: &State) {
     let (path, query) = http::split_target(&head.target);
     match (head.method.as_str(), path) {
         ("GET", "/metrics") => {
-            let body = state.metrics.render();
+            let mut body = state.metrics.render();
+            if let Some(f) = &state.fleet {
+                f.stats.render(&mut body);
+            }
             respond(&mut conn, 200, "text/plain; version=0.0.4", &body)
         }
         ("GET", "/healthz") => {
@@ -267,6 +270,21 @@ fn serve(mut conn: TcpStream, state: &State) {
                 respond(&mut conn, 503, "text/plain", "draining\n")
             } else {
                 respond(&mut conn, 200, "text/plain", "ready\n")
+            }
+        }
+        ("GET", "/sessions") if query.is_some_and(|q| q.split('&').any(|p| p == "fleet=1")) => {
+            // Every relay's sessions, from the store.
+            let Some(fleet) = &state.fleet else {
+                return respond(&mut conn, 404, "text/plain", "fleet mode is off\n");
+            };
+            match fleet.list() {
+                Ok(list) => respond(
+                    &mut conn,
+                    200,
+                    "application/json",
+                    &serde_json::Value::Array(list).to_string(),
+                ),
+                Err(_) => respond(&mut conn, 503, "text/plain", "fleet store unavailable\n"),
             }
         }
         ("GET", "/sessions") => {
@@ -349,19 +367,44 @@ fn serve(mut conn: TcpStream, state: &State) {
                 .saturating_add(2 * t.policy.leeway)
                 .saturating_add(grace);
             let r = state.registry.revoke(&sel, now, grace, unseen_until);
+            // Fleet mode: the store bars the tickets for every relay and
+            // tells them all (this one included) to close their sessions.
+            let fleet = state.fleet.as_ref().map(|f| {
+                f.revoke(
+                    crate::fleet::Selector::from_revoke(&sel),
+                    crate::state::unix_ms(),
+                    grace * 1000,
+                    unseen_until * 1000,
+                )
+            });
+            let sessions = match &fleet {
+                Some(Ok(f)) => f.sessions.max(r.sessions),
+                _ => r.sessions,
+            };
             log::info(
                 "revoked",
                 &[
                     ("selector", V::S(key)),
-                    ("sessions", V::N(r.sessions)),
+                    ("sessions", V::N(sessions)),
                     ("grants", V::N(r.grants)),
+                    ("fleet", V::B(matches!(fleet, Some(Ok(_))))),
                 ],
             );
+            if let Some(Err(_)) = fleet {
+                return respond(
+                    &mut conn,
+                    503,
+                    "application/json",
+                    &format!(
+                        "{{\"revoked\":{sessions},\"error\":\"fleet store unavailable: revoked on this relay only\"}}"
+                    ),
+                );
+            }
             respond(
                 &mut conn,
                 200,
                 "application/json",
-                &format!("{{\"revoked\":{}}}", r.sessions),
+                &format!("{{\"revoked\":{sessions}}}"),
             )
         }
         (_, "/metrics" | "/healthz" | "/readyz" | "/sessions" | "/sessions/revoke") => {

@@ -77,6 +77,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     upstreams: BTreeMap<String, RawUpstream>,
+    /// `[fleet]`, parsed by src/fleet/config.rs.
+    fleet: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -186,6 +188,8 @@ pub struct Config {
     pub tickets: Tickets,
     pub limits: Limits,
     pub upstreams: BTreeMap<String, Upstream>,
+    /// `[fleet]`: shared state on a Redis store (None: this relay alone).
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 /// `[server]`.
@@ -901,6 +905,13 @@ impl Config {
                 "at least one [upstreams.<name>] is required",
             ));
         }
+        let fleet = match &raw.fleet {
+            Some(v) => Some(
+                crate::fleet::FleetConfig::parse(v, tickets.policy.audience.is_some())
+                    .map_err(|e| ConfigError::new(e.key, e.message))?,
+            ),
+            None => None,
+        };
         Ok(Config {
             server,
             admin,
@@ -908,6 +919,7 @@ impl Config {
             tickets,
             limits,
             upstreams,
+            fleet,
         })
     }
 

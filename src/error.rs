@@ -121,6 +121,9 @@ impl Refusal {
             Refusal::Policy(Denial::Revoked) => "ticket refused: revoked".into(),
             Refusal::Policy(Denial::Time(t)) => format!("ticket refused: {t}"),
             Refusal::Policy(Denial::CacheFull) => "relay busy, retry shortly".into(),
+            Refusal::Policy(Denial::StoreUnavailable) => {
+                "relay cannot check tickets now, retry shortly".into()
+            }
             Refusal::Policy(_) => "too many console sessions".into(),
             Refusal::Upstream(UpstreamError::Timeout) => "console did not answer in time".into(),
             Refusal::Upstream(_) => "console unavailable".into(),

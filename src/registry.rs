@@ -200,6 +200,9 @@ pub enum Denial {
     GlobalLimit,
     /// The replay cache is full (503).
     CacheFull,
+    /// Fleet mode: the shared store is unreachable and `on_store_error =
+    /// "refuse"` (503).
+    StoreUnavailable,
 }
 
 impl Denial {
@@ -208,7 +211,7 @@ impl Denial {
             Denial::Replay | Denial::Revoked => 403,
             Denial::Time(e) => e.status(),
             Denial::VmLimit | Denial::UserLimit | Denial::GlobalLimit => 429,
-            Denial::CacheFull => 503,
+            Denial::CacheFull | Denial::StoreUnavailable => 503,
         }
     }
 
@@ -221,6 +224,7 @@ impl Denial {
             Denial::UserLimit => "user_session_limit",
             Denial::GlobalLimit => "global_session_limit",
             Denial::CacheFull => "ticket_cache_full",
+            Denial::StoreUnavailable => "fleet_store_unavailable",
         }
     }
 }
@@ -377,6 +381,74 @@ impl Registry {
             ctl,
             lifetime: Duration::from_secs(deadline.saturating_sub(r.now)),
         })
+    }
+
+    /// A session id not used yet (fleet mode: the store admits the session
+    /// under it first, then [`Registry::attach`] records it here).
+    pub fn reserve_id(&self) -> u64 {
+        let mut g = lock(&self.inner);
+        g.next_id += 1;
+        g.next_id
+    }
+
+    /// Records a session the fleet store admitted (its checks and limits
+    /// are the store's): live, counted, its ticket remembered as in use,
+    /// with the store's lifetime `deadline` and `reconnect` flag.
+    pub fn attach(&self, r: Request<'_>, id: u64, deadline: u64, reconnect: bool) -> Admitted {
+        let mut g = lock(&self.inner);
+        let inner = &mut *g;
+        purge(inner, r.now);
+        let key = JtiHash(r.claims.replay_key());
+        let vm = vm_key(r.claims);
+        let ctl = Arc::new(SessionCtl {
+            id,
+            jti_hash: key,
+            sub: r.claims.sub.clone(),
+            vm: vm.clone(),
+            upstream: r.claims.upstream.clone(),
+            client: r.client,
+            started_unix: r.now,
+            reconnect,
+            request: AtomicU32::new(0),
+            waker: Mutex::new(None),
+        });
+        inner.live.insert(id, ctl.clone());
+        inner.per_vm.entry(vm.clone()).or_default().insert(id);
+        *inner.per_user.entry(ctl.sub.clone()).or_default() += 1;
+        let exp_until = r.claims.exp.saturating_add(r.leeway);
+        if inner.tickets.len() < MAX_TICKETS || inner.tickets.contains_key(&key) {
+            let entry = inner.tickets.entry(key).or_insert(TicketEntry {
+                live: None,
+                client: r.client,
+                sub: r.claims.sub.clone(),
+                vm,
+                revoked: false,
+                dropped_at: None,
+                deadline,
+                exp_until,
+                keep_until: exp_until,
+            });
+            entry.live = Some(id);
+            entry.dropped_at = None;
+            entry.client = r.client;
+            entry.deadline = deadline;
+        }
+        Admitted {
+            ctl,
+            lifetime: Duration::from_secs(deadline.saturating_sub(r.now)),
+        }
+    }
+
+    /// Asks live session `id` to close (a replace heard from another
+    /// relay); false if it is not live here.
+    pub fn close(&self, id: u64, why: CloseRequest) -> bool {
+        match lock(&self.inner).live.get(&id) {
+            Some(ctl) => {
+                ctl.request_close(why);
+                true
+            }
+            None => false,
+        }
     }
 
     /// A session ended. Its ticket gets a reconnect grant when `grant` (see

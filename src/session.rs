@@ -22,11 +22,12 @@ use monoio::net::TcpStream;
 use crate::client_addr::{self, ProxyHeader};
 use crate::config::{Config, OriginPolicy};
 use crate::error::Refusal;
+use crate::fleet::admit::FleetSession;
 use crate::http::{self, HeadLimits, RequestHead};
 use crate::log::V;
 use crate::registry::{HandshakeSlot, Request};
 use crate::relay::{self, Leg, Meter, Settings};
-use crate::state::{unix_now, Live, State};
+use crate::state::{unix_ms, unix_now, Live, State};
 use crate::ticket::{self, Claims, Console};
 use crate::transport::Stream;
 use crate::upstream;
@@ -147,22 +148,31 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let now = unix_now();
     let policy = &cfg.tickets.policy;
     let grace = cfg.tickets.reconnect_grace.as_secs();
-    let admitted = registry.admit(
-        Request {
-            claims: &claims,
-            time: claims.check_time(policy, now),
-            client,
-            now,
-            leeway: policy.leeway,
-            grace,
-        },
-        &cfg.limits,
-    );
-    let admitted = match admitted {
+    let request = Request {
+        claims: &claims,
+        time: claims.check_time(policy, now),
+        client,
+        now,
+        leeway: policy.leeway,
+        grace,
+    };
+    let admitted = match &worker.state.fleet {
+        Some(fleet) => crate::fleet::admit::admit(fleet, registry, request, &cfg.limits).await,
+        None => registry.admit(request, &cfg.limits).map(|a| (a, None)),
+    };
+    let (admitted, in_fleet) = match admitted {
         Ok(a) => a,
         Err(d) => return worker.refuse(&mut stream, client, Refusal::Policy(d)).await,
     };
     let ctl = admitted.ctl;
+    // From here every end releases the session's slots, here and in the
+    // fleet store.
+    let release = |grant: bool| {
+        registry.release(&ctl, unix_now(), grace, grant);
+        if let (Some(f), Some(s)) = (&worker.state.fleet, &in_fleet) {
+            s.release(f, &ctl, unix_ms(), grant);
+        }
+    };
     let offered = upgrade.selected_protocol();
     let t_connect = Instant::now();
     let dial = upstream::Dial {
@@ -176,7 +186,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         Ok(o) => o,
         Err(e) => {
             // The console never opened: the client may retry with the same ticket.
-            registry.release(&ctl, unix_now(), grace, true);
+            release(true);
             return worker
                 .refuse(&mut stream, client, Refusal::Upstream(e))
                 .await;
@@ -190,7 +200,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         .write_all(handshake::response_101(&upgrade.key, protocol))
         .await;
     if res.is_err() {
-        registry.release(&ctl, unix_now(), grace, true);
+        release(true);
         return worker.dropped(client, "browser_gone_before_101");
     }
     drop(slot);
@@ -200,7 +210,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         .await
         .is_err()
     {
-        registry.release(&ctl, unix_now(), grace, true);
+        release(true);
         return worker.dropped(client, "browser_gone_after_101");
     }
     if let Some(phase) = opened.pending.take() {
@@ -220,7 +230,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
                 opened.early = upstream_left;
             }
             Err(reason) => {
-                registry.release(&ctl, unix_now(), grace, true);
+                release(true);
                 let _ = stream.shutdown().await;
                 return worker.dropped(client, reason);
             }
@@ -260,6 +270,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             early: opened.early,
         },
         ctl,
+        in_fleet,
     };
     // The relay phase is its own task, so everything the handshake held
     // (head, ticket, config, upstream dial) is freed for the session's life.
@@ -276,15 +287,19 @@ struct Slots {
     ctl: Arc<crate::registry::SessionCtl>,
     grace: u64,
     grant: Option<bool>,
+    in_fleet: Option<FleetSession>,
 }
 
 impl Drop for Slots {
     fn drop(&mut self) {
         let grant = self.grant.unwrap_or(false);
-        self.worker
-            .state
+        let state = &self.worker.state;
+        state
             .registry
             .release(&self.ctl, unix_now(), self.grace, grant);
+        if let (Some(f), Some(s)) = (&state.fleet, &self.in_fleet) {
+            s.release(f, &self.ctl, unix_ms(), grant);
+        }
     }
 }
 
@@ -300,6 +315,7 @@ struct RelayPhase {
     browser: Leg,
     upstream: Leg,
     ctl: Arc<crate::registry::SessionCtl>,
+    in_fleet: Option<FleetSession>,
 }
 
 /// Relays a session to its end, with its audit lines and metrics.
@@ -310,6 +326,7 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
         ctl: ctl.clone(),
         grace: p.grace,
         grant: None,
+        in_fleet: p.in_fleet,
     };
     let jti_hash = ctl.jti_hash.to_string();
     let counters = worker.state.metrics.worker(worker.id);

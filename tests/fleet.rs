@@ -469,3 +469,414 @@ fn futures_block<T>(o: nexor_relay::fleet::store::Oneshot<T>) -> T {
     o.wait(Duration::from_secs(10))
         .expect("no reply from the store thread")
 }
+
+// ---- three relays behind HAProxy round robin -------------------------------------------
+
+/// A fleet: one Redis, `n` relays with the same `[fleet]`, HAProxy in front.
+struct Fleet3 {
+    redis: RedisServer,
+    relays: Vec<Relay>,
+    hap: FleetHaproxy,
+    _echo: Server,
+}
+
+impl Fleet3 {
+    fn start(n: usize, fleet: &str, tickets: &str, limits: &str) -> Fleet3 {
+        let redis = RedisServer::start(false);
+        Self::start_on(redis, n, fleet, tickets, limits)
+    }
+
+    fn start_on(redis: RedisServer, n: usize, fleet: &str, tickets: &str, limits: &str) -> Fleet3 {
+        let echo = Server::ws_echo(false);
+        let up = format!("kind = \"ws\"\nurl = \"ws://{}/\"", echo.addr);
+        let relays: Vec<Relay> = (1..=n)
+            .map(|i| {
+                fleet_relay(
+                    &redis,
+                    &format!("relay-{i}"),
+                    fleet,
+                    tickets,
+                    limits,
+                    &[("echo", up.clone())],
+                )
+            })
+            .collect();
+        let hap = FleetHaproxy::start(&relays.iter().map(|r| r.addr).collect::<Vec<_>>());
+        let f = Fleet3 {
+            redis,
+            relays,
+            hap,
+            _echo: echo,
+        };
+        // Every relay connected to the store before the test starts.
+        for r in &f.relays {
+            assert!(
+                eventually(|| metric(r, "nexor_fleet_store_up") == Some(1.0)),
+                "{}",
+                r.logs()
+            );
+        }
+        f
+    }
+
+    fn ticket(&self) -> (String, String) {
+        let c = Relay::claims("echo", nexor_relay::ticket::Console::Vnc);
+        let h = hash_hex(&c.jti);
+        (self.relays[0].sign(&c), h)
+    }
+
+    /// The index of the relay holding the session with this jti hash.
+    fn holder(&self, jti_sha256: &str) -> Option<usize> {
+        self.relays.iter().position(|r| {
+            r.alive_admin()
+                && r.admin_request("GET", "/sessions", None)
+                    .1
+                    .contains(jti_sha256)
+        })
+    }
+}
+
+trait AdminAlive {
+    fn alive_admin(&self) -> bool;
+}
+
+impl AdminAlive for Relay {
+    fn alive_admin(&self) -> bool {
+        std::net::TcpStream::connect_timeout(&self.admin.unwrap(), Duration::from_millis(200))
+            .is_ok()
+    }
+}
+
+fn hash_hex(jti: &str) -> String {
+    use sha2::Digest;
+    JtiHash(sha2::Sha256::digest(jti.as_bytes()).into()).to_string()
+}
+
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// A metric's value from the relay's `/metrics`.
+fn metric(r: &Relay, name: &str) -> Option<f64> {
+    let (_, body) = r.admin_request("GET", "/metrics", None);
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Audit lines of refused handshakes with this status.
+fn refused(r: &Relay, status: u16) -> usize {
+    r.logs()
+        .lines()
+        .filter(|l| {
+            l.contains("\"event\":\"refused\"") && l.contains(&format!("\"status\":{status},"))
+        })
+        .count()
+}
+
+fn starts(r: &Relay) -> Vec<String> {
+    r.logs()
+        .lines()
+        .filter(|l| l.contains("\"event\":\"session_start\""))
+        .map(String::from)
+        .collect()
+}
+
+/// A console through `addr` (TLS, ticket as subprotocol): the socket after
+/// the 101, or the refusal's status.
+fn open(addr: std::net::SocketAddr, ticket: &str) -> Result<(Conn, Vec<u8>), u16> {
+    let mut c = Conn::connect(addr, true);
+    let req = format!(
+        "GET /console HTTP/1.1\r\nHost: localhost:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+Sec-WebSocket-Protocol: binary, nexor.ticket.{ticket}\r\n\r\n",
+        addr.port()
+    );
+    use std::io::Write;
+    c.write_all(req.as_bytes()).unwrap();
+    c.flush().unwrap();
+    let (status, _, rest) = read_response_head(&mut c);
+    if status == 101 {
+        Ok((c, rest))
+    } else {
+        Err(status)
+    }
+}
+
+/// Sends a binary frame and reads its echo.
+fn echo(c: &mut Conn, pending: &mut Vec<u8>, payload: &[u8]) {
+    write_frame(c, true, 2, payload, true);
+    let f = read_frame(c, pending).expect("echo");
+    assert_eq!((f.opcode, f.payload.as_slice()), (2, payload));
+}
+
+/// Reads frames until a close; its code.
+fn close_code_of(c: &mut Conn, pending: &mut Vec<u8>) -> Option<u16> {
+    loop {
+        match read_frame(c, pending) {
+            Ok(f) if f.opcode == 8 => return common::close_code(&f),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A ticket used on one relay is refused (403) on the other two, and every
+/// relay lists the session.
+#[test]
+fn single_use_across_relays() {
+    if skip_without(&["redis-server", "haproxy"]) {
+        return;
+    }
+    let f = Fleet3::start(3, "", "", "");
+    let (t, h) = f.ticket();
+    let (mut c, mut pending) = open(f.hap.addr(), &t).expect("first use");
+    echo(&mut c, &mut pending, b"hello fleet");
+    let holder = f.holder(&h).expect("a relay holds it");
+    // Round robin: the next three attempts reach every relay once.
+    for _ in 0..3 {
+        assert_eq!(open(f.hap.addr(), &t).err(), Some(403));
+    }
+    for (i, r) in f.relays.iter().enumerate() {
+        if i != holder {
+            assert!(
+                refused(r, 403) >= 1,
+                "relay-{} never refused it: {}",
+                i + 1,
+                r.logs()
+            );
+        }
+    }
+    let total: usize = f.relays.iter().map(|r| starts(r).len()).sum();
+    assert_eq!(total, 1);
+    // Every relay's admin lists the fleet's sessions.
+    for r in &f.relays {
+        let (status, body) = r.admin_request("GET", "/sessions?fleet=1", None);
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let list = v.as_array().unwrap();
+        assert_eq!(list.len(), 1, "{body}");
+        assert_eq!(list[0]["jti_sha256"], h.as_str());
+        assert_eq!(list[0]["relay"], format!("relay-{}", holder + 1));
+    }
+    echo(&mut c, &mut pending, b"still there");
+}
+
+/// SIGKILL the relay carrying a live console: the same ticket reconnects
+/// through HAProxy to another relay within the grace (once the dead relay's
+/// lease ran out), from the same client IP.
+#[test]
+fn killed_relay_console_reconnects_elsewhere() {
+    if skip_without(&["redis-server", "haproxy"]) {
+        return;
+    }
+    let mut f = Fleet3::start(3, "lease = \"2s\"", "reconnect_grace = \"20s\"", "");
+    let (t, h) = f.ticket();
+    let (mut c, mut pending) = open(f.hap.addr(), &t).expect("first use");
+    echo(&mut c, &mut pending, b"before");
+    let holder = f.holder(&h).expect("a relay holds it");
+    f.relays[holder].signal("KILL");
+    assert_eq!(f.relays[holder].wait_exit(Duration::from_secs(5)), None);
+    let killed = Instant::now();
+    // The browser sees its connection drop.
+    assert!(close_code_of(&mut c, &mut pending).is_none());
+    // It reconnects as noVNC would, every 500 ms, through the balancer.
+    let mut refusals = 0;
+    let (mut c, mut pending) = loop {
+        match open(f.hap.addr(), &t) {
+            Ok(v) => break v,
+            Err(s) => {
+                assert!(s == 403 || s == 503, "status {s}");
+                refusals += 1;
+                assert!(killed.elapsed() < Duration::from_secs(15), "no reconnect");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
+    let took = killed.elapsed();
+    echo(&mut c, &mut pending, b"after");
+    let now_at = f.holder(&h).expect("a relay holds it again");
+    assert_ne!(now_at, holder);
+    let s = starts(&f.relays[now_at]);
+    assert!(s.last().unwrap().contains("\"reconnect\":true"), "{s:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?} ({refusals} refusals)"
+    );
+    // Still single use: a second browser gets nothing.
+    assert_eq!(open(f.hap.addr(), &t).err(), Some(403));
+}
+
+/// `max_sessions_per_vm = 1` across relays: `reject` refuses the second
+/// session wherever it lands (429); `replace` closes the first with 4001 on
+/// the relay that holds it.
+#[test]
+fn per_vm_reject_and_replace_across_relays() {
+    if skip_without(&["redis-server", "haproxy"]) {
+        return;
+    }
+    let f = Fleet3::start(3, "", "", "max_sessions_per_vm = 1");
+    let (t1, h1) = f.ticket();
+    let (mut c1, mut p1) = open(f.hap.addr(), &t1).expect("first");
+    let at = f.holder(&h1).unwrap();
+    for _ in 0..3 {
+        assert_eq!(open(f.hap.addr(), &f.ticket().0).err(), Some(429));
+    }
+    echo(&mut c1, &mut p1, b"first still here");
+    drop(f);
+
+    let f = Fleet3::start(
+        3,
+        "",
+        "",
+        "max_sessions_per_vm = 1\non_vm_limit = \"replace\"",
+    );
+    let (t1, h1) = f.ticket();
+    let (mut c1, mut p1) = open(f.hap.addr(), &t1).expect("first");
+    let first_at = f.holder(&h1).unwrap();
+    let (t2, h2) = f.ticket();
+    let (mut c2, mut p2) = open(f.hap.addr(), &t2).expect("second");
+    let second_at = f.holder(&h2).unwrap();
+    assert_ne!(first_at, second_at, "round robin put both on one relay");
+    let t = Instant::now();
+    assert_eq!(close_code_of(&mut c1, &mut p1), Some(4001));
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    echo(&mut c2, &mut p2, b"second works");
+    let _ = at;
+}
+
+/// `POST /sessions/revoke` on another relay's admin closes the session
+/// (1008) within 1 s, and the ticket stays refused.
+#[test]
+fn revoke_through_another_relay_closes_the_session() {
+    if skip_without(&["redis-server", "haproxy"]) {
+        return;
+    }
+    let f = Fleet3::start(3, "", "", "");
+    let (t, h) = f.ticket();
+    let (mut c, mut pending) = open(f.hap.addr(), &t).expect("first use");
+    let at = f.holder(&h).unwrap();
+    let via = (at + 2) % 3;
+    let t0 = Instant::now();
+    let (status, body) =
+        f.relays[via].admin_request("POST", &format!("/sessions/revoke?jti_sha256={h}"), None);
+    assert_eq!((status, body.as_str()), (200, "{\"revoked\":1}"));
+    assert_eq!(close_code_of(&mut c, &mut pending), Some(1008));
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    // Revoked, fleet-wide: no reconnect anywhere.
+    for _ in 0..3 {
+        assert_eq!(open(f.hap.addr(), &t).err(), Some(403));
+    }
+    // A jti revoked before its first use: refused on every relay.
+    let (t2, h2) = f.ticket();
+    let (status, _) =
+        f.relays[0].admin_request("POST", &format!("/sessions/revoke?jti_sha256={h2}"), None);
+    assert_eq!(status, 200);
+    for _ in 0..3 {
+        assert_eq!(open(f.hap.addr(), &t2).err(), Some(403));
+    }
+    assert!(f
+        .relays
+        .iter()
+        .all(|r| r.logs().contains("\"reason\":\"ticket_revoked\"")));
+}
+
+/// Redis stops: new handshakes get 503 and live consoles keep flowing. It
+/// starts again (empty): new consoles work, and the live console's ticket
+/// is still used (the relays wrote their sessions again).
+#[test]
+fn store_down_refuses_new_and_live_keep_flowing() {
+    if skip_without(&["redis-server", "haproxy"]) {
+        return;
+    }
+    let mut f = Fleet3::start(3, "lease = \"3s\"", "", "");
+    let (t, _) = f.ticket();
+    let (mut c, mut pending) = open(f.hap.addr(), &t).expect("first use");
+    f.redis.kill();
+    for _ in 0..3 {
+        assert_eq!(open(f.hap.addr(), &f.ticket().0).err(), Some(503));
+    }
+    for r in &f.relays {
+        assert!(eventually(|| metric(r, "nexor_fleet_store_up") == Some(0.0)));
+        assert!(metric(r, "nexor_fleet_store_errors_total").unwrap() >= 1.0);
+        assert!(
+            r.logs().contains("\"reason\":\"fleet_store_unavailable\""),
+            "{}",
+            r.logs()
+        );
+    }
+    echo(&mut c, &mut pending, b"live while the store is down");
+    f.redis.start_again();
+    assert!(eventually(|| f
+        .relays
+        .iter()
+        .all(|r| metric(r, "nexor_fleet_store_up") == Some(1.0))));
+    for _ in 0..3 {
+        let (mut c2, mut p2) =
+            open(f.hap.addr(), &f.ticket().0).expect("new console after restart");
+        echo(&mut c2, &mut p2, b"new");
+    }
+    for _ in 0..3 {
+        assert_eq!(open(f.hap.addr(), &t).err(), Some(403));
+    }
+    echo(&mut c, &mut pending, b"live after the store came back");
+}
+
+/// `on_store_error = "local"` with `[tickets] audience`: while Redis is
+/// down the relay decides alone, tickets for it keep working, once each.
+#[test]
+fn local_mode_with_audience_serves_while_store_down() {
+    if skip_without(&["redis-server", "haproxy"]) {
+        return;
+    }
+    let mut f = Fleet3::start(
+        1,
+        "on_store_error = \"local\"",
+        "audience = \"relay-1\"",
+        "",
+    );
+    let ticket = |f: &Fleet3| {
+        let mut c = Relay::claims("echo", nexor_relay::ticket::Console::Vnc);
+        c.aud = Some("relay-1".into());
+        f.relays[0].sign(&c)
+    };
+    f.redis.kill();
+    assert!(eventually(
+        || metric(&f.relays[0], "nexor_fleet_store_up") == Some(0.0)
+    ));
+    let t = ticket(&f);
+    let (mut c, mut pending) = open(f.hap.addr(), &t).expect("served locally");
+    echo(&mut c, &mut pending, b"local");
+    assert_eq!(open(f.hap.addr(), &t).err(), Some(403));
+    // Without audience the config is refused, naming the key.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nexor-relay"))
+        .args(["check-config", "-c"])
+        .arg(write_config(
+            "[fleet]\nredis = \"redis://127.0.0.1:1/0\"\non_store_error = \"local\"\n",
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("fleet.on_store_error"), "{err}");
+}
+
+fn write_config(extra: &str) -> std::path::PathBuf {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let p = dir.join("relay.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[tickets]\nkeys = [{{ id = \"{KEY_ID}\", secret = \"{KEY_B64}\" }}]\n[upstreams.d]\nkind = \"demo\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    p
+}

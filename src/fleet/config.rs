@@ -24,7 +24,7 @@ impl RedisUrl {
     /// `unix://`.
     pub fn parse(s: &str) -> Result<RedisUrl, String> {
         let s = s.trim();
-        if redis::parse_redis_url(s).is_none() {
+        if redis::parse_redis_url(s).is_none() || redis::Client::open(s).is_err() {
             return Err(format!(
                 "`{}` is not a Redis URL (redis://host:6379/0, rediss://… for TLS, redis+unix:///path)",
                 RedisUrl(s.to_string())

@@ -28,7 +28,10 @@
 //! relay.
 
 pub mod config;
-// Glue: the client library on threads of its own.
+// Glue: admission through the store, and the client library on threads of
+// its own.
+#[allow(clippy::disallowed_methods)]
+pub mod admit;
 #[allow(clippy::disallowed_methods)]
 pub mod store;
 
