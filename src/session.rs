@@ -19,14 +19,14 @@ use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::io::AsyncReadRentExt;
 use monoio::net::TcpStream;
 
 use crate::client_addr::{self, ProxyHeader};
 use crate::config::Config;
-use crate::error::{Dropped, Refusal, UpstreamError};
+use crate::error::{Dropped, Refusal};
 use crate::http::{self, HeadError, HeadLimits, RequestHead};
 use crate::log::V;
 use crate::registry::{Admission, Admit, HandshakeSlot, SessionCtl, Slots};
@@ -131,40 +131,12 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         Err(r) => return worker.refuse(&mut stream, client, r).await,
     };
     drop(head);
-    let t_connect = Instant::now();
-    let opened = match dial(&worker.state, &live, &admission).await {
-        Ok(o) => o,
-        Err(e) => {
-            // The console never opened: the slots go first (the ticket may
-            // be retried at once), then the answer.
-            drop(admission);
-            return worker
-                .refuse(&mut stream, client, Refusal::Upstream(e))
-                .await;
-        }
+    let ready = match connect(&worker.state, &live, &mut stream, admission, early, slot).await {
+        Ok(ready) => ready,
+        Err(Stop::Refuse(r)) => return worker.refuse(&mut stream, client, r).await,
+        Err(Stop::Drop(why)) => return worker.dropped(client, why),
     };
-    if upgrade(&mut stream, &admission, &opened).await.is_err() {
-        drop(admission);
-        return worker.dropped(client, Dropped::BrowserGoneBefore101);
-    }
-    drop(slot);
-    let (opened, early) = match preamble(&mut stream, opened, early, cfg).await {
-        Ok(v) => v,
-        Err(why) => {
-            drop(admission);
-            return worker.dropped(client, why);
-        }
-    };
-    let phase = RelayPhase::new(
-        &worker,
-        cfg,
-        client,
-        t_connect.elapsed(),
-        admission,
-        stream,
-        opened,
-        early,
-    );
+    let phase = RelayPhase::new(&worker, cfg, client, ready, stream);
     // The relay phase is its own task, so everything the handshake held
     // (head, ticket, config, upstream dial) is freed for the session's life.
     // Behind the panic net: a panic ends this session, not the worker.
@@ -365,22 +337,67 @@ fn admit(
     state.registry.admit(head, at, cfg)
 }
 
+/// Why a connection that was admitted ends before it relays.
+enum Stop {
+    /// Answered with an HTTP status (the upstream's 502/504).
+    Refuse(Refusal),
+    /// Closed without an answer (after the 101, or the browser is gone).
+    Drop(Dropped),
+}
+
+/// An admitted session whose console is open and whose browser has its 101.
+struct Ready {
+    admission: Admission,
+    opened: Opened,
+    /// The browser's bytes after the preamble, for the pump.
+    early: Vec<u8>,
+    /// From admission to ready.
+    connect_time: Duration,
+}
+
+/// Stages: dial, 101, preamble. On a failure `admission` drops here, so
+/// its slots are released (the ticket may be retried at once) before the
+/// caller answers; the handshake slot is let go after the 101.
+async fn connect(
+    state: &State,
+    live: &Live,
+    stream: &mut Stream,
+    admission: Admission,
+    early: Vec<u8>,
+    slot: HandshakeSlot,
+) -> Result<Ready, Stop> {
+    let t_connect = Instant::now();
+    let opened = dial(state, live, &admission).await.map_err(Stop::Refuse)?;
+    upgrade(stream, &admission, &opened)
+        .await
+        .map_err(|()| Stop::Drop(Dropped::BrowserGoneBefore101))?;
+    drop(slot);
+    let (opened, early) = preamble(stream, opened, early, &live.cfg)
+        .await
+        .map_err(Stop::Drop)?;
+    Ok(Ready {
+        admission,
+        opened,
+        early,
+        connect_time: t_connect.elapsed(),
+    })
+}
+
 /// Stage: the upstream leg, before the browser's 101.
-async fn dial(state: &State, live: &Live, a: &Admission) -> Result<Opened, UpstreamError> {
+async fn dial(state: &State, live: &Live, a: &Admission) -> Result<Opened, Refusal> {
     let cfg = &live.cfg;
     let name = &a.claims.upstream;
-    // admission checked that the upstream exists; a reload in between
-    // cannot remove it from this `cfg`, which admission read.
-    let Some(up) = cfg.upstreams.get(name) else {
-        return Err(UpstreamError::Connect);
-    };
+    // Admission checked it in this same `cfg`.
+    let up = cfg.upstreams.get(name).ok_or(Refusal::UnknownUpstream)?;
     let dial = upstream::Dial {
         connectors: &live.connectors,
         gates: &state.registry.gates,
         limits: head_limits(cfg),
         max_frame: cfg.limits.max_frame,
     };
-    upstream::open(name, up, &dial, a.upgrade.selected_protocol(), &a.claims).await
+    upstream::open(name, up, &dial, a.upgrade.selected_protocol(), &a.claims)
+        .await
+        .map_err(Refusal::Upstream)
 }
 
 /// Stage: the 101, with the subprotocol the upstream selected (frames) or
@@ -440,7 +457,7 @@ struct RelayPhase {
     sid: String,
     console: &'static str,
     client: String,
-    connect_time: std::time::Duration,
+    connect_time: Duration,
     settings: Settings,
     mode: relay::Mode,
     browser: Leg,
@@ -452,21 +469,24 @@ struct RelayPhase {
 impl RelayPhase {
     /// Stage: the two legs and the session's settings; the head, ticket
     /// and upstream dial are let go here.
-    #[allow(clippy::too_many_arguments)]
     fn new(
         worker: &Worker,
         cfg: &Config,
         client: IpAddr,
-        connect_time: std::time::Duration,
-        admission: Admission,
+        ready: Ready,
         stream: Stream,
-        opened: Opened,
-        early: Vec<u8>,
     ) -> RelayPhase {
         let n = worker.started.get() + 1;
         worker.started.set(n);
-        let Admission { claims, slots, .. } = admission;
-        let mut slots = slots;
+        let Ready {
+            admission,
+            opened,
+            early,
+            connect_time,
+        } = ready;
+        let Admission {
+            claims, mut slots, ..
+        } = admission;
         slots.relaying();
         let console = match claims.console {
             Console::Vnc => "vnc",

@@ -26,9 +26,12 @@
 //!   session is named in [`Session::replaced`] for the caller to close (4001);
 //! * handshake counters: per client IP per second, and in flight per client IP.
 //!
+//! [`admit`] is three steps: [`screen`] (route, draining, rate: ledger),
+//! [`verify`] (the head and the ticket: no ledger) and [`book`] (ledger).
 //! No lock, waker or clock here: src/registry holds the ledger behind one
-//! mutex, asks the sessions the ledger names to close, and releases a
-//! session's slots when its guard drops. Tests: src/admission/tests.rs.
+//! mutex taken for the two ledger steps, asks the sessions the ledger
+//! names to close, and releases a session's slots when its guard drops.
+//! Tests: src/admission/tests.rs.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -206,13 +209,30 @@ pub struct Session {
 }
 
 /// Decides one upgrade request: `Ok` counts the session in `ledger`, and
-/// the caller must [`Ledger::release`] it when it ends.
+/// the caller must [`Ledger::release`] it when it ends. Three steps, so a
+/// shared ledger is locked for the two short ones only (src/registry runs
+/// the same three): [`screen`], [`verify`], [`book`].
 pub fn admit(
     head: &RequestHead,
     at: Admit,
     cfg: &Config,
     ledger: &mut Ledger,
 ) -> Result<Admitted, Refusal> {
+    let query = screen(head, at, cfg, ledger)?;
+    let verified = verify(head, query, at, cfg)?;
+    book(verified, at, cfg, ledger)
+}
+
+/// Step 1, before any work on the request: the route (404), draining
+/// (503) and the per-IP handshake rate (429: every attempt counts, so a
+/// flood of bad tickets is slowed before their signatures are checked).
+/// The request's query.
+pub fn screen<'h>(
+    head: &'h RequestHead,
+    at: Admit,
+    cfg: &Config,
+    ledger: &mut Ledger,
+) -> Result<Option<&'h str>, Refusal> {
     let (path, query) = http::split_target(&head.target);
     if path != cfg.server.path {
         return Err(Refusal::NotFound);
@@ -225,6 +245,26 @@ pub fn admit(
             return Err(Refusal::RateLimited);
         }
     }
+    Ok(query)
+}
+
+/// A request whose upgrade and ticket passed [`verify`].
+#[derive(Debug)]
+pub struct Verified {
+    pub upgrade: Upgrade,
+    pub claims: Claims,
+}
+
+/// Step 2, no ledger: the upgrade (400/426), the Origin (403), one ticket
+/// (400/401), its signature and audience (401/403), its IP binding (403)
+/// and upstream (403). The time check waits for [`book`], which knows
+/// whether a reconnect grant lets an expired ticket through.
+pub fn verify(
+    head: &RequestHead,
+    query: Option<&str>,
+    at: Admit,
+    cfg: &Config,
+) -> Result<Verified, Refusal> {
     let upgrade = handshake::check_upgrade(head).map_err(Refusal::Handshake)?;
     if !origin_allowed(
         &cfg.server.origins,
@@ -234,8 +274,6 @@ pub fn admit(
         return Err(Refusal::Origin);
     }
     let token = one_ticket(query, upgrade.ticket.as_deref())?;
-    // Signature and claims now; the time check in the ledger, which knows
-    // whether a reconnect grant lets an expired ticket through.
     let t = &cfg.tickets;
     let claims = ticket::verify_signature(token, &t.keys).map_err(Refusal::Ticket)?;
     claims.check_audience(&t.policy).map_err(Refusal::Ticket)?;
@@ -250,10 +288,23 @@ pub fn admit(
     if !cfg.upstreams.contains_key(&claims.upstream) {
         return Err(Refusal::UnknownUpstream);
     }
+    Ok(Verified { upgrade, claims })
+}
+
+/// Step 3, the ledger ([`Ledger::open`]): revoked, used or granted (403),
+/// the ticket's time for a new one (401), the cache (503), the limits (429
+/// or replace).
+pub fn book(
+    v: Verified,
+    at: Admit,
+    cfg: &Config,
+    ledger: &mut Ledger,
+) -> Result<Admitted, Refusal> {
+    let t = &cfg.tickets;
     let session = ledger.open(
         Request {
-            claims: &claims,
-            time: claims.check_time(&t.policy, at.now),
+            claims: &v.claims,
+            time: v.claims.check_time(&t.policy, at.now),
             client: at.client,
             now: at.now,
             leeway: t.policy.leeway,
@@ -262,8 +313,8 @@ pub fn admit(
         &cfg.limits,
     )?;
     Ok(Admitted {
-        upgrade,
-        claims,
+        upgrade: v.upgrade,
+        claims: v.claims,
         session,
     })
 }

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use crate::admission;
 pub use crate::admission::{
     grant_allowed, vm_key, Admit, CloseRequest, JtiHash, Ledger, Revoke, Revoked, SessionId,
     MAX_TICKETS,
@@ -193,18 +194,23 @@ impl Registry {
         }
     }
 
-    /// Decides a request ([`crate::admission::admit`]); an admitted one is
-    /// counted until its [`Slots`] drop. Sessions it replaces are asked to
-    /// close (4001).
+    /// Decides a request as [`admission::admit`] does, with the lock held
+    /// for its two ledger steps only (not for the signature check); an
+    /// admitted one is counted until its [`Slots`] drop. Sessions it
+    /// replaces are asked to close (4001).
     pub fn admit(
         self: &Arc<Self>,
         head: &RequestHead,
         at: Admit,
         cfg: &Config,
     ) -> Result<Admission, Refusal> {
+        let query = admission::screen(head, at, cfg, &mut lock(&self.shared).ledger)?;
+        let verified = admission::verify(head, query, at, cfg)?;
+        // Booked and listed under one lock: a revoke or replace that sees
+        // the session in the ledger finds its control here.
         let mut g = lock(&self.shared);
         let shared = &mut *g;
-        let a = crate::admission::admit(head, at, cfg, &mut shared.ledger)?;
+        let a = admission::book(verified, at, cfg, &mut shared.ledger)?;
         for id in &a.session.replaced {
             if let Some(ctl) = shared.sessions.get(id) {
                 ctl.request_close(CloseRequest::Replaced);

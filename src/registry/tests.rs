@@ -182,3 +182,40 @@ fn handshake_slots_in_all_and_per_ip() {
     );
     assert_eq!(reg.handshakes.load(Ordering::Acquire), 0);
 }
+
+#[test]
+fn the_wrapper_answers_as_admit_does() {
+    let mut cfg = config();
+    cfg.limits.handshakes_per_ip = Some(3);
+    let reg = Arc::new(Registry::new(clock));
+    let mut ledger = Ledger::new();
+    let c = claims(1, "u1", 100);
+    let mut bad = claims(2, "u1", 100);
+    bad.upstream = "nowhere".into();
+    let heads = [head(&c), head(&c), head(&bad), head(&claims(3, "u1", 1))];
+    let (mut got, mut held) = (Vec::new(), Vec::new());
+    for h in &heads {
+        // Admitted sessions stay held, as live ones are.
+        let shared = reg.admit(h, at(NOW), &cfg).map(|a| held.push(a));
+        let pure = admission::admit(h, at(NOW), &cfg, &mut ledger).map(|_| ());
+        assert_eq!(shared, pure);
+        got.push(shared.err().map(|r| r.label()));
+    }
+    assert_eq!(
+        got,
+        [
+            None,
+            Some("ticket_used"),
+            Some("unknown_upstream"),
+            Some("handshake_rate")
+        ]
+    );
+    let draining = Admit {
+        draining: true,
+        ..at(NOW)
+    };
+    assert_eq!(
+        reg.admit(&heads[0], draining, &cfg).err(),
+        Some(Refusal::Draining)
+    );
+}
