@@ -637,3 +637,86 @@ fn origin_rules() {
         "relay.example"
     ));
 }
+
+/// A fixed-seed walk of opens, releases, revokes and passing time, in both
+/// `on_vm_limit` modes: after every step the ledger's counts agree with
+/// the sessions it admitted, no limit is exceeded, memory stays under its
+/// caps, and once every session ended and time passed, nothing is left.
+#[test]
+fn a_random_walk_keeps_the_ledger_consistent_and_bounded() {
+    for mode in [VmLimit::Reject, VmLimit::Replace] {
+        let mut cfg = config();
+        cfg.limits.max_sessions_per_vm = Some(2);
+        cfg.limits.max_sessions_per_user = Some(3);
+        cfg.limits.max_sessions = Some(8);
+        cfg.limits.on_vm_limit = mode;
+        let policy = cfg.tickets.policy.clone();
+        let mut l = Ledger::with_ticket_cap(48);
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut live: Vec<SessionId> = Vec::new();
+        let mut now = NOW;
+        let (mut admitted, mut reconnects) = (0, 0);
+        for step in 0..6000 {
+            match next(10) {
+                0..=4 => {
+                    let mut c = claims(&jti(next(64) as u32), &format!("u{}", next(4)), next(5));
+                    (c.iat, c.exp) = (now, now + 60);
+                    let client = if next(4) == 0 { OTHER } else { ME };
+                    let r = l.open(
+                        Request {
+                            claims: &c,
+                            time: c.check_time(&policy, now),
+                            client: client.parse().unwrap(),
+                            now,
+                            leeway: policy.leeway,
+                            grace: GRACE,
+                        },
+                        &cfg.limits,
+                    );
+                    if let Ok(s) = r {
+                        admitted += 1;
+                        reconnects += usize::from(s.reconnect);
+                        assert!(s.replaced.iter().all(|id| live.contains(id)));
+                        live.push(s.id);
+                    }
+                }
+                5..=7 if !live.is_empty() => {
+                    let id = live.swap_remove(next(live.len() as u64) as usize);
+                    l.release(id, now, GRACE, next(2) == 0);
+                }
+                8 => {
+                    let sub = format!("u{}", next(4));
+                    let r = l.revoke(&Revoke::Sub(&sub), now, GRACE, now + 200);
+                    assert!(r.close.iter().all(|id| live.contains(id)));
+                }
+                _ => now += next(20),
+            }
+            // The counts agree with the sessions admitted and not released.
+            assert_eq!(l.live.len(), live.len(), "step {step}");
+            assert_eq!(l.per_user.values().sum::<usize>(), live.len());
+            assert!(l.per_user.values().all(|&n| (1..=3).contains(&n)));
+            assert!(l.live.len() <= 8);
+            for ids in l.per_vm.values() {
+                assert!(!ids.is_empty() && ids.len() <= 2, "step {step}");
+                assert!(ids.iter().all(|id| l.live.contains_key(id)));
+            }
+            for (id, s) in &l.live {
+                assert_eq!(l.tickets[&s.jti_hash].live, Some(*id), "step {step}");
+            }
+            assert!(l.tickets.len() <= 48);
+        }
+        assert!(admitted > 100 && reconnects > 0, "{admitted} {reconnects}");
+        for id in live {
+            l.release(id, now, GRACE, true);
+        }
+        l.purge(now + 3600);
+        assert_eq!(l.remembered(), 0);
+        assert!(l.purge.is_empty() && l.per_vm.is_empty() && l.per_user.is_empty());
+    }
+}
