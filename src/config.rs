@@ -8,6 +8,8 @@
 //! strings with a unit (`"64KiB"`, `"1MiB"`). `config/relay.toml` documents
 //! every key and its default.
 
+pub mod fleet;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -189,7 +191,7 @@ pub struct Config {
     pub limits: Limits,
     pub upstreams: BTreeMap<String, Upstream>,
     /// `[fleet]`: shared state on a Redis store (None: this relay alone).
-    pub fleet: Option<crate::fleet::FleetConfig>,
+    pub fleet: Option<fleet::FleetConfig>,
 }
 
 /// `[server]`.
@@ -907,7 +909,7 @@ impl Config {
         }
         let fleet = match &raw.fleet {
             Some(v) => Some(
-                crate::fleet::FleetConfig::parse(v, tickets.policy.audience.is_some())
+                fleet::FleetConfig::parse(v, tickets.policy.audience.is_some())
                     .map_err(|e| ConfigError::new(e.key, e.message))?,
             ),
             None => None,

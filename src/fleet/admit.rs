@@ -1,46 +1,26 @@
-//! Admission in fleet mode (glue): the local checks are done (route,
-//! origin, ticket signature, audience, IP binding); this awaits the one
-//! store round trip that decides single use, the reconnect grant and the
-//! limits, then records the session in this relay's registry (for close
-//! requests, `/sessions` and the drain). When the store cannot answer,
-//! `on_store_error` decides: 503, or this relay's own registry.
+//! Admission in fleet mode (glue). This relay does every check of its own
+//! (src/admission's screen and verify: route, draining, rate, upgrade,
+//! Origin, ticket signature, audience, IP binding, upstream); then the one
+//! store round trip decides single use, the reconnect grant, revoke and the
+//! limits, instead of this relay's ledger; the session is then counted in
+//! the ledger too (for close requests, `/sessions`, the drain) and its
+//! guard releases it in the store when it drops. When the store cannot
+//! answer, `on_store_error` decides: 503, or this relay's own ledger.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::store::{Fleet, IO_TIMEOUT};
-use super::{Admit, AdmitArgs, Event, OnStoreError, ReleaseArgs};
-use crate::config::{Limits, VmLimit};
-use crate::registry::{
-    vm_key, Admitted, CloseRequest, Denial, JtiHash, Registry, Request, SessionCtl,
-};
+use super::{Admit as StoreAdmit, AdmitArgs, Event, OnStoreError, ReleaseArgs};
+use crate::admission::ledger_request;
+use crate::config::{Config, VmLimit};
+use crate::error::Refusal;
+use crate::http::RequestHead;
+use crate::registry::{vm_key, Admission, Admit, CloseRequest, JtiHash, Registry};
 
 /// How long a handshake waits for the store before it counts as down.
 pub const STORE_WAIT: Duration = Duration::from_millis(2 * IO_TIMEOUT.as_millis() as u64);
-
-/// A session the store admitted: what its release needs.
-#[derive(Debug, Clone)]
-pub struct FleetSession {
-    args: ReleaseArgs,
-}
-
-impl FleetSession {
-    /// The session ended: its leases go, and its ticket gets a reconnect
-    /// grant if `grant` ([`crate::registry::grant_allowed`]) and it was
-    /// neither replaced nor revoked.
-    pub fn release(&self, fleet: &Fleet, ctl: &SessionCtl, now_ms: u64, grant: bool) {
-        let grant = grant
-            && !matches!(
-                ctl.requested(),
-                Some(CloseRequest::Replaced | CloseRequest::Revoked)
-            );
-        let mut args = self.args.clone();
-        args.now_ms = now_ms;
-        args.grant = grant;
-        fleet.release(args);
-    }
-}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -53,25 +33,29 @@ fn limit(v: Option<usize>) -> u64 {
     v.map_or(0, |n| n as u64)
 }
 
-/// Admits through the store (one round trip), or by `on_store_error`.
+/// Decides a request with the store's one round trip (or by
+/// `on_store_error`).
 pub async fn admit(
-    fleet: &Fleet,
-    registry: &Registry,
-    r: Request<'_>,
-    limits: &Limits,
-) -> Result<(Admitted, Option<FleetSession>), Denial> {
-    let c = r.claims;
+    fleet: &Arc<Fleet>,
+    registry: &Arc<Registry>,
+    head: &RequestHead,
+    at: Admit,
+    cfg: &Config,
+) -> Result<Admission, Refusal> {
+    let verified = registry.check(head, at, cfg)?;
+    let r = ledger_request(&verified.claims, at, cfg);
+    let c = &verified.claims;
+    let limits = &cfg.limits;
     let sid = registry.reserve_id();
     let cap = limits.max_session.as_secs();
     let life = c.max_session.map_or(cap, |m| m.min(cap));
-    let now = now_ms();
     let args = AdmitArgs {
-        now_ms: now,
+        now_ms: now_ms(),
         jti: JtiHash(c.replay_key()),
         sid,
-        client: r.client.to_string(),
+        client: at.client.to_string(),
         time_failed: r.time.is_err(),
-        deadline: r.now.saturating_add(life),
+        deadline: at.now.saturating_add(life),
         keep_ms: c.exp.saturating_add(r.leeway).saturating_mul(1000),
         grace_ms: r.grace.saturating_mul(1000),
         lease_ms: fleet.cfg.lease.as_millis() as u64,
@@ -83,11 +67,11 @@ pub async fn admit(
         vm: vm_key(c),
         upstream: c.upstream.clone(),
     };
-    let member = fleet.member(&args);
-    let release = ReleaseArgs {
-        now_ms: now,
+    let time = r.time.err();
+    let mut release = ReleaseArgs {
+        now_ms: args.now_ms,
         jti: args.jti,
-        member,
+        member: fleet.member(&args),
         sid,
         grant: false,
         grace_ms: args.grace_ms,
@@ -99,26 +83,29 @@ pub async fn admit(
     };
     let answer = monoio::time::timeout(STORE_WAIT, fleet.admit(args)).await;
     match answer {
-        Ok(Ok(Admit::Admitted {
+        Ok(Ok(StoreAdmit::Admitted {
             reconnect,
             deadline,
             ..
         })) => {
-            let mut release = release;
             release.deadline = deadline;
-            let a = registry.attach(r, sid, deadline, reconnect);
-            Ok((a, Some(FleetSession { args: release })))
+            let f = fleet.clone();
+            let hook = Box::new(move |grant: bool| {
+                release.now_ms = now_ms();
+                release.grant = grant;
+                f.release(release);
+            });
+            Ok(registry.attach(verified, sid, at, cfg, deadline, reconnect, hook))
         }
-        Ok(Ok(Admit::Denied(d))) => Err(d.denial(r.time.err())),
+        Ok(Ok(StoreAdmit::Denied(d))) => Err(d.refusal(time)),
         Ok(Err(_)) | Err(_) => {
             if answer.is_err() {
-                // No answer in time: the store thread is stuck on a store
-                // that stopped answering; counted like any failure.
+                // No answer in time: a store that stopped answering.
                 fleet.stats.errors.fetch_add(1, Ordering::Relaxed);
             }
             match fleet.cfg.on_store_error {
-                OnStoreError::Refuse => Err(Denial::StoreUnavailable),
-                OnStoreError::Local => registry.admit(r, limits).map(|a| (a, None)),
+                OnStoreError::Refuse => Err(Refusal::StoreUnavailable),
+                OnStoreError::Local => registry.book(verified, at, cfg),
             }
         }
     }
@@ -127,7 +114,8 @@ pub async fn admit(
 /// What the relay does with an event from the fleet: `revoke` closes
 /// this relay's matching sessions (1008) and voids their local grants
 /// (`grace` and `unseen_until` as for a local revoke); `replace` closes
-/// the named session if it is this relay's (4001).
+/// the named session if it is this relay's (4001). The sessions asked to
+/// close.
 pub fn handle_event(
     registry: &Registry,
     node: &str,
@@ -150,7 +138,8 @@ pub fn handle_event(
 }
 
 /// The events handler for [`Fleet::start`]: applies events to `registry`;
-/// `times` gives (now, grace, unseen_until) for a revoke.
+/// `node` is set once the fleet started; `times` gives (now, grace,
+/// unseen_until) for a revoke.
 pub fn handler(
     registry: Arc<Registry>,
     node: Arc<std::sync::OnceLock<String>>,

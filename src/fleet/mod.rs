@@ -4,8 +4,8 @@
 //! This file is the pure part: key names, the arguments each Lua script
 //! takes, the decoding of its replies, and the pub/sub events. No socket,
 //! clock or file: `store.rs` is the glue (a thread of its own with the
-//! client library, so a worker never blocks on the store), `config.rs` the
-//! `[fleet]` table.
+//! client library, so a worker never blocks on the store), `admit.rs` the
+//! admission through it; src/config/fleet.rs parses the `[fleet]` table.
 //!
 //! What lives in the store (`P` = `key_prefix`):
 //!
@@ -27,7 +27,6 @@
 //! may reconnect (same IP, within `reconnect_grace` after the lapse) on any
 //! relay.
 
-pub mod config;
 // Glue: admission through the store, and the client library on threads of
 // its own.
 #[allow(clippy::disallowed_methods)]
@@ -35,9 +34,10 @@ pub mod admit;
 #[allow(clippy::disallowed_methods)]
 pub mod store;
 
-use crate::registry::{Denial, JtiHash};
+use crate::error::Refusal;
+use crate::registry::JtiHash;
 
-pub use config::{FleetConfig, OnStoreError, RedisUrl};
+pub use crate::config::fleet::{FleetConfig, OnStoreError, RedisUrl};
 
 /// The admission script (src/fleet/script.lua).
 pub const ADMIT_LUA: &str = include_str!("script.lua");
@@ -338,8 +338,8 @@ pub enum Admit {
         /// Older sessions of the VM asked to close (4001).
         replaced: u64,
     },
-    /// Refused: the [`Denial`] kind, without the time error (the caller has
-    /// it).
+    /// Refused: the [`Refusal`] kind, without the time error (the caller
+    /// has it).
     Denied(Deny),
 }
 
@@ -356,15 +356,15 @@ pub enum Deny {
 }
 
 impl Deny {
-    /// The local registry's denial; `time` is the ticket's own time error.
-    pub fn denial(self, time: Option<crate::ticket::TicketError>) -> Denial {
+    /// The refusal; `time` is the ticket's own time error.
+    pub fn refusal(self, time: Option<crate::ticket::TicketError>) -> Refusal {
         match self {
-            Deny::Used => Denial::Replay,
-            Deny::Revoked => Denial::Revoked,
-            Deny::Time => time.map_or(Denial::Replay, Denial::Time),
-            Deny::VmLimit => Denial::VmLimit,
-            Deny::UserLimit => Denial::UserLimit,
-            Deny::GlobalLimit => Denial::GlobalLimit,
+            Deny::Used => Refusal::Replay,
+            Deny::Revoked => Refusal::Revoked,
+            Deny::Time => time.map_or(Refusal::Replay, Refusal::Ticket),
+            Deny::VmLimit => Refusal::VmLimit,
+            Deny::UserLimit => Refusal::UserLimit,
+            Deny::GlobalLimit => Refusal::GlobalLimit,
         }
     }
 }

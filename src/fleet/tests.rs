@@ -1,5 +1,5 @@
 use super::*;
-use crate::registry::Denial;
+use crate::error::Refusal;
 use crate::ticket::TicketError;
 
 fn h(b: u8) -> JtiHash {
@@ -145,11 +145,12 @@ fn admit_and_revoke_replies() {
     );
     assert_eq!(decode_admit(&[]), None);
     assert_eq!(
-        Deny::Time.denial(Some(TicketError::Expired)),
-        Denial::Time(TicketError::Expired)
+        Deny::Time.refusal(Some(TicketError::Expired)),
+        Refusal::Ticket(TicketError::Expired)
     );
-    assert_eq!(Deny::Used.denial(None).status(), 403);
-    assert_eq!(Deny::VmLimit.denial(None).status(), 429);
+    assert_eq!(Deny::Used.refusal(None).status(), 403);
+    assert_eq!(Deny::Revoked.refusal(None).label(), "ticket_revoked");
+    assert_eq!(Deny::VmLimit.refusal(None).status(), 429);
     assert_eq!(
         decode_revoke(&[Item::Int(2), Item::Int(1), Item::Int(0)]),
         Some(Revoked {

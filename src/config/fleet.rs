@@ -1,5 +1,6 @@
-//! The `[fleet]` table (pure: the host-name default is filled in by the
-//! glue, src/fleet/store.rs `default_relay_id`).
+//! The `[fleet]` table (fleet mode, src/fleet). Pure: the host-name default
+//! of `relay_id` is filled in by the glue (src/fleet/store.rs
+//! `default_relay_id`).
 //!
 //! ```toml
 //! [fleet]
@@ -190,7 +191,7 @@ impl FleetConfig {
             ));
         }
         let lease = match string(t, "lease")? {
-            Some(s) => crate::config::parse_duration(s).map_err(|m| err("lease", m))?,
+            Some(s) => super::parse_duration(s).map_err(|m| err("lease", m))?,
             None => DEFAULT_LEASE,
         };
         if lease < Duration::from_secs(1) || lease > Duration::from_secs(3600) {
