@@ -9,6 +9,8 @@
 mod common;
 #[path = "common/fleet.rs"]
 mod fleet_support;
+#[path = "browser/support.rs"]
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -879,4 +881,131 @@ fn write_config(extra: &str) -> std::path::PathBuf {
     )
     .unwrap();
     p
+}
+
+// ---- the browser ------------------------------------------------------------------------
+
+/// What the portal's console page does when its console drops, as noVNC's
+/// own app (vnc.html with `reconnect=true`, app/ui.js) does: on a
+/// disconnect it did not ask for (noVNC reports a server's close as clean),
+/// a new RFB on the same URL and ticket after 500 ms, again after each
+/// failure. Installed into the relay's console page (src/page.rs), which
+/// has no reconnect of its own.
+const RECONNECT_JS: &str = r#"(() => {
+  const screen = document.getElementById("screen");
+  const params = new URLSearchParams(sessionStorage.getItem("nexor.console") || "");
+  const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/console";
+  const protocols = ["binary", "nexor.ticket." + params.get("ticket")];
+  const RFB = window.nexor.rfb.constructor;
+  window.nexor.reconnects = 0;
+  const arm = (rfb) => rfb.addEventListener("disconnect", () => {
+    setTimeout(() => {
+      window.nexor.reconnects++;
+      screen.innerHTML = "";
+      const r = new RFB(screen, url, { wsProtocols: protocols, shared: true });
+      r.scaleViewport = true;
+      r.addEventListener("connect", () => window.nexor.events.push("connect"));
+      r.addEventListener("desktopname", (e) => { window.nexor.desktopName = e.detail.name; });
+      r.addEventListener("disconnect", (e) => window.nexor.events.push(e.detail.clean ? "disconnect-clean" : "disconnect-error"));
+      arm(r);
+      window.nexor.rfb = r;
+    }, 500);
+  });
+  arm(window.nexor.rfb);
+  return true;
+})()"#;
+
+/// Stock noVNC in Chromium through HAProxy (round robin) to two relays of a
+/// fleet, on QEMU's VNC console. The relay carrying the console is killed
+/// (SIGKILL): the page reconnects by itself through HAProxy with the same
+/// ticket, the other relay admits it (the dead relay's lease ran out, the
+/// grant is in the store) and the screen comes back, compared pixel by
+/// pixel with QEMU's own screendump.
+#[test]
+fn browser_novnc_fails_over_to_the_other_relay() {
+    if skip_without(&["redis-server", "haproxy", "chromium", "novnc", "qemu"]) {
+        return;
+    }
+    use support::{console_url, page_config, Browser, QemuVnc};
+    let qemu = QemuVnc::start("nexor-failover");
+    let redis = RedisServer::start(false);
+    let up = format!("kind = \"tcp\"\naddr = \"{}\"", qemu.vnc);
+    let mk = |id: &str| {
+        let fleet = format!(
+            "[fleet]\nredis = \"{}\"\nrelay_id = \"{id}\"\nlease = \"2s\"\n",
+            redis.url()
+        );
+        RelayBuilder::new(true)
+            .server(&page_config())
+            .server("proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]")
+            .upstream("qemu", &format!("{up}\n{fleet}"))
+            .start()
+    };
+    let mut relays = [mk("relay-1"), mk("relay-2")];
+    let hap = FleetHaproxy::start(&[relays[0].addr, relays[1].addr]);
+    let c = Relay::claims("qemu", nexor_relay::ticket::Console::Vnc);
+    let h = hash_hex(&c.jti);
+    let t = relays[0].sign(&c);
+    let mut b = Browser::start("fleet-failover");
+    let base = format!("https://localhost:{}", hap.port);
+    b.open("fo", &console_url(&base, "vnc", &t, false));
+    b.wait_event("fo", "connect", Duration::from_secs(20));
+    assert_eq!(
+        b.wait("fo", "window.nexor.desktopName", Duration::from_secs(20)),
+        "QEMU (nexor-failover)"
+    );
+    let screen_matches = |b: &mut Browser| {
+        let t = Instant::now();
+        loop {
+            let c = b.canvas("fo");
+            let (w, hh, rgb) = qemu.screendump();
+            // QEMU's screen has its text drawn (not a blank first frame)
+            // and the canvas shows exactly it.
+            if (c.width, c.height) == (w, hh)
+                && c.non_uniform() >= 500
+                && c.equal_fraction(&rgb) > 0.99
+            {
+                return c;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "the canvas ({}x{}) never matched QEMU's screen ({w}x{hh})",
+                c.width,
+                c.height
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let before = screen_matches(&mut b);
+    assert_eq!(b.eval("fo", RECONNECT_JS), true);
+    let holder = relays
+        .iter()
+        .position(|r| r.admin_request("GET", "/sessions", None).1.contains(&h))
+        .expect("a relay holds the console");
+    let killed = Instant::now();
+    relays[holder].signal("KILL");
+    // The page sees the drop, and reconnects by itself.
+    let expr = "window.nexor.events.filter(e => e === 'connect').length >= 2";
+    if let Err(e) = b.try_wait("fo", expr, Duration::from_secs(25)) {
+        panic!("no reconnect: {e}; events {:?}", b.events("fo"));
+    }
+    let took = killed.elapsed();
+    let ev = b.events("fo");
+    assert_eq!(ev[0], "connect");
+    assert!(ev[1].starts_with("disconnect"), "{ev:?}");
+    let other = 1 - holder;
+    let starts = starts(&relays[other]);
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    assert!(starts[0].contains("\"reconnect\":true"), "{}", starts[0]);
+    // The screen is back: QEMU's screen, pixel for pixel.
+    let after = screen_matches(&mut b);
+    assert_eq!((after.width, after.height), (before.width, before.height));
+    b.shot(
+        "fo",
+        &support::artifacts().join("fleet-failover-after.png"),
+        true,
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let _ = &mut relays;
+    drop(hap);
 }
