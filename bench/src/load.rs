@@ -45,7 +45,7 @@ impl Dial {
     pub async fn open(&self, up: Up) -> Result<(Conn, Vec<u8>)> {
         static SRC: AtomicUsize = AtomicUsize::new(0);
         let target = match self.kind {
-            PeerKind::RelayUring | PeerKind::RelayEpoll => {
+            PeerKind::RelayUring | PeerKind::RelayEpoll | PeerKind::RelayFleet => {
                 format!("/console?ticket={}", self.minter.mint(&up.name()))
             }
             PeerKind::Nginx => format!("/{}?ticket={}", up.name(), self.minter.mint(&up.name())),
@@ -459,13 +459,24 @@ pub async fn churn(peer: &Peer, dial: &Dial, up: Up, conc: usize, secs: f64) -> 
     let done = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let go = Arc::new(AtomicBool::new(true));
+    // Connect → TLS → 101, per session (the handshake latency).
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+    ));
     let a = snap(peer, 0);
+    let store_a = peer.store_cpu_secs();
     for _ in 0..conc {
         let (dial, done, failed, go) = (dial.clone(), done.clone(), failed.clone(), go.clone());
+        let hist = hist.clone();
         track(tokio::spawn(async move {
             while go.load(Ordering::Relaxed) {
+                let t = Instant::now();
                 match dial.open(up).await {
-                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                    Ok(_) => {
+                        let us = t.elapsed().as_micros() as u64;
+                        let _ = hist.lock().unwrap().record(us.max(1));
+                        done.fetch_add(1, Ordering::Relaxed)
+                    }
                     Err(e) => {
                         if failed.fetch_add(1, Ordering::Relaxed) < 3 {
                             eprintln!("    churn session failed: {e:#}");
@@ -481,6 +492,7 @@ pub async fn churn(peer: &Peer, dial: &Dial, up: Up, conc: usize, secs: f64) -> 
     go.store(false, Ordering::Relaxed);
     let n = done.load(Ordering::Relaxed);
     let b = snap(peer, 0);
+    let store_b = peer.store_cpu_secs();
     end_run().await;
     let mut m = Metrics::new();
     let dt = (b.t - a.t).as_secs_f64();
@@ -491,6 +503,26 @@ pub async fn churn(peer: &Peer, dial: &Dial, up: Up, conc: usize, secs: f64) -> 
     m.insert("gen_cpu_s".into(), b.gen - a.gen);
     if b.cpu - a.cpu > 0.0 {
         m.insert("sessions_per_cpu_s".into(), n as f64 / (b.cpu - a.cpu));
+    }
+    if peer.kind == PeerKind::RelayFleet {
+        let store = store_b - store_a;
+        m.insert("store_cpu_s".into(), store);
+        if b.cpu - a.cpu + store > 0.0 {
+            m.insert(
+                "sessions_per_cpu_s_with_store".into(),
+                n as f64 / (b.cpu - a.cpu + store),
+            );
+        }
+    }
+    let h = hist.lock().unwrap();
+    if h.len() > 0 {
+        for (k, q) in [
+            ("hs_p50_us", 0.5),
+            ("hs_p99_us", 0.99),
+            ("hs_p99.9_us", 0.999),
+        ] {
+            m.insert(k.into(), h.value_at_quantile(q) as f64);
+        }
     }
     Ok(m)
 }

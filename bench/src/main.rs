@@ -6,13 +6,15 @@
 //! against the peers: the relay's own CPU time (user + system, all threads)
 //! is the cost measure. See BENCHMARKING.md at the workspace root.
 //!
-//! Two more scenarios run only when named: `soak` (many checked TLS
+//! Three more scenarios run only when named: `soak` (many checked TLS
 //! sessions of four shapes for minutes: sessions lost, bytes verified, peak
-//! RSS) and `control` (the relay's CPU for a burst of empty pongs vs the
-//! same pongs paced).
+//! RSS), `control` (the relay's CPU for a burst of empty pongs vs the
+//! same pongs paced) and `fleet` (TLS churn with `[fleet]` on a local
+//! redis-server vs without: sessions per CPU-s in three saturating rounds,
+//! and the handshake's percentiles at 2 loops).
 //!
 //! ```text
-//! nexor-bench [all|bulk|echo|idle|churn|soak|control]... [--peers a,b] [--sessions N]
+//! nexor-bench [all|bulk|echo|idle|churn|soak|control|fleet]... [--peers a,b] [--sessions N]
 //!             [--seconds S] [--minutes M] [--rate R] [--idle-big N] [--concurrency C]
 //!             [--quick] [--out DIR] [--relay PATH] [--no-pin] [--no-install]
 //! ```
@@ -33,9 +35,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: nexor-bench [all|bulk|echo|idle|churn|soak|control]... [options]
-  (`all` is bulk, echo, idle and churn; soak and control run when named)
-  --peers LIST        comma list of relay-uring,relay-epoll,nginx,websockify,direct (default: all)
+const USAGE: &str = "usage: nexor-bench [all|bulk|echo|idle|churn|soak|control|fleet]... [options]
+  (`all` is bulk, echo, idle and churn; soak, control and fleet run when named)
+  --peers LIST        comma list of relay-uring,relay-epoll,relay-fleet,nginx,websockify,direct
+                      (default: all; relay-fleet runs in the fleet scenario only)
   --sessions N        sessions of every selected variant (defaults: bulk 50, echo 1000 (tcp 100),
                       idle 10000 TLS / 200 tcp, churn concurrency 32)
   --seconds S         measuring window of bulk/echo/churn (default 5; echo 8)
@@ -58,7 +61,10 @@ soak (TLS sessions, a quarter each of tcp echo, ws echo, tcp burst, wss burst):
 control (plaintext, one session to the sink):
   --pongs N           empty masked pongs per run (default 400000)
   --per N             pongs per paced batch (default 100)
-  --rounds N          burst and paced runs each, alternating (default 5)";
+  --rounds N          burst and paced runs each, alternating (default 5)
+fleet (TLS churn, relay-uring vs relay-fleet: [fleet] on a local redis-server; 3 rounds of
+       32 loops for sessions per CPU-s, then 2 loops for the handshake's latency):
+  --fleet-unix        the relay reaches redis-server over a unix socket (default: TCP loopback)";
 
 /// Command-line options.
 #[derive(Clone, Debug)]
@@ -84,6 +90,7 @@ pub struct Opts {
     pongs: usize,
     per: usize,
     rounds: usize,
+    fleet_unix: bool,
 }
 
 fn parse_opts() -> Result<Opts> {
@@ -93,6 +100,7 @@ fn parse_opts() -> Result<Opts> {
             PeerKind::Direct,
             PeerKind::RelayUring,
             PeerKind::RelayEpoll,
+            PeerKind::RelayFleet,
             PeerKind::Nginx,
             PeerKind::Websockify,
         ],
@@ -115,6 +123,7 @@ fn parse_opts() -> Result<Opts> {
         pongs: 400_000,
         per: 100,
         rounds: 5,
+        fleet_unix: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -123,7 +132,9 @@ fn parse_opts() -> Result<Opts> {
             "all" => o
                 .scenarios
                 .extend(["bulk", "echo", "idle", "churn"].map(String::from)),
-            "bulk" | "echo" | "idle" | "churn" | "soak" | "control" => o.scenarios.push(a.clone()),
+            "bulk" | "echo" | "idle" | "churn" | "soak" | "control" | "fleet" => {
+                o.scenarios.push(a.clone())
+            }
             "--scenario" => o.scenarios.extend(val()?.split(',').map(String::from)),
             "--peers" => {
                 o.peers = val()?
@@ -150,6 +161,7 @@ fn parse_opts() -> Result<Opts> {
             "--pongs" => o.pongs = val()?.parse()?,
             "--per" => o.per = val()?.parse()?,
             "--rounds" => o.rounds = val()?.parse()?,
+            "--fleet-unix" => o.fleet_unix = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -161,11 +173,9 @@ fn parse_opts() -> Result<Opts> {
         o.scenarios
             .extend(["bulk", "echo", "idle", "churn"].map(String::from));
     }
-    if let Some(s) = o
-        .scenarios
-        .iter()
-        .find(|s| !["bulk", "echo", "idle", "churn", "soak", "control"].contains(&s.as_str()))
-    {
+    if let Some(s) = o.scenarios.iter().find(|s| {
+        !["bulk", "echo", "idle", "churn", "soak", "control", "fleet"].contains(&s.as_str())
+    }) {
         bail!("unknown scenario {s}");
     }
     if o.quick {
@@ -367,6 +377,34 @@ fn plans(o: &Opts, idle_addrs: u8) -> Vec<Plan> {
                     t,
                 ));
             }
+            "fleet" => {
+                // Cost: saturating churn (32 loops), off and on alternating,
+                // three rounds (the machine's noise shows as their spread).
+                // Latency: 2 loops, far from saturation, so the handshake's
+                // percentiles are its work and the store's round trip, not
+                // a queue.
+                let t = secs(5.0);
+                for variant in ["cpu-1", "cpu-2", "cpu-3"] {
+                    v.push(p(
+                        "fleet",
+                        variant,
+                        true,
+                        Up::WsEcho,
+                        &[RelayUring, RelayFleet],
+                        q(32, 16),
+                        t,
+                    ));
+                }
+                v.push(p(
+                    "fleet",
+                    "latency",
+                    true,
+                    Up::WsEcho,
+                    &[RelayUring, RelayFleet],
+                    2,
+                    t,
+                ));
+            }
             "control" => v.push(p(
                 "control",
                 "pongs",
@@ -476,6 +514,15 @@ fn real_main() -> Result<()> {
     {
         o.peers.retain(|p| *p != PeerKind::Websockify);
     }
+    if o.scenarios.iter().any(|s| s == "fleet")
+        && !ensure(
+            "redis-server",
+            "apt-get install -y --no-install-recommends redis-server",
+            o.install,
+        )
+    {
+        o.peers.retain(|p| *p != PeerKind::RelayFleet);
+    }
     let max = Duration::from_secs_f64(o.max_minutes * 60.0);
     std::thread::spawn(move || {
         std::thread::sleep(max);
@@ -522,6 +569,7 @@ async fn run_all(o: &Opts, dir: &std::path::Path, place: Placement) -> Result<Ve
         ups: &ups,
         minter: &minter,
         place,
+        fleet_unix: o.fleet_unix,
     };
     let t0 = Instant::now();
     let mut rows = Vec::new();
@@ -564,7 +612,7 @@ async fn run_one(
         match plan.scenario {
             "bulk" => load::bulk(&peer, &dial, plan.up, plan.n, plan.secs).await,
             "echo" => load::echo(&peer, &dial, plan.up, plan.n, o.rate, o.size, plan.secs).await,
-            "churn" => load::churn(&peer, &dial, plan.up, plan.n, plan.secs).await,
+            "churn" | "fleet" => load::churn(&peer, &dial, plan.up, plan.n, plan.secs).await,
             "soak" => {
                 let cfg = soak::SoakCfg {
                     secs: plan.secs,

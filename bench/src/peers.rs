@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 pub enum PeerKind {
     RelayUring,
     RelayEpoll,
+    /// relay-uring with `[fleet]` on a local redis-server (scenario `fleet`).
+    RelayFleet,
     Nginx,
     Websockify,
     Direct,
@@ -29,6 +31,7 @@ impl PeerKind {
         match self {
             PeerKind::RelayUring => "relay-uring",
             PeerKind::RelayEpoll => "relay-epoll",
+            PeerKind::RelayFleet => "relay-fleet",
             PeerKind::Nginx => "nginx",
             PeerKind::Websockify => "websockify",
             PeerKind::Direct => "direct",
@@ -38,6 +41,7 @@ impl PeerKind {
         [
             Self::RelayUring,
             Self::RelayEpoll,
+            Self::RelayFleet,
             Self::Nginx,
             Self::Websockify,
             Self::Direct,
@@ -133,6 +137,9 @@ pub struct Peer {
     pub log: Option<PathBuf>,
     child: Option<Child>,
     pgid: i32,
+    /// relay-fleet: its redis-server (own process group, pinned to the
+    /// generator's CPU: on another host in production), measured apart.
+    store: Option<(Child, i32)>,
 }
 
 fn pin_and_group(cmd: &mut Command, cpu: Option<usize>) {
@@ -185,6 +192,8 @@ pub struct PeerEnv<'a> {
     pub ups: &'a Upstreams,
     pub minter: &'a Minter,
     pub place: Placement,
+    /// relay-fleet talks to its redis-server over a unix socket.
+    pub fleet_unix: bool,
 }
 
 impl Peer {
@@ -192,7 +201,9 @@ impl Peer {
     /// websockify's fixed target.
     pub fn start(kind: PeerKind, tls: bool, tcp_up: Up, env: &PeerEnv) -> Result<Peer> {
         let mut p = match kind {
-            PeerKind::RelayUring | PeerKind::RelayEpoll => Self::relay(kind, tls, env)?,
+            PeerKind::RelayUring | PeerKind::RelayEpoll | PeerKind::RelayFleet => {
+                Self::relay(kind, tls, env)?
+            }
             PeerKind::Nginx => Self::nginx(tls, env)?,
             PeerKind::Websockify => Self::websockify(tls, tcp_up, env)?,
             PeerKind::Direct => {
@@ -207,6 +218,7 @@ impl Peer {
                     log: None,
                     child: None,
                     pgid: 0,
+                    store: None,
                 }
             }
         };
@@ -279,6 +291,12 @@ impl Peer {
             env.ups.wss_burst.port(),
             env.ups.wss_fingerprint
         )?;
+        let mut store = None;
+        if kind == PeerKind::RelayFleet {
+            let (child, pgid, url) = Self::redis(env)?;
+            store = Some((child, pgid));
+            writeln!(c, "[fleet]\nredis = \"{url}\"\nrelay_id = \"bench\"\n")?;
+        }
         let name = format!("{}-{}", kind.name(), if tls { "tls" } else { "plain" });
         let conf = env.dir.join(format!("{name}.toml"));
         std::fs::write(&conf, c)?;
@@ -322,9 +340,13 @@ impl Peer {
                     log: Some(env.dir.join(&logname)),
                     child: Some(child),
                     pgid,
+                    store: store.take(),
                 });
             }
             if let Some(st) = child.try_wait()? {
+                if let Some((mut r, g)) = store.take() {
+                    stop_group(&mut r, g);
+                }
                 bail!("relay exited at start ({st}): {log}");
             }
             if t0.elapsed() > Duration::from_secs(15) {
@@ -415,6 +437,7 @@ http {{
             log: None,
             child: Some(child),
             pgid,
+            store: None,
         })
     }
 
@@ -442,6 +465,7 @@ http {{
             log: None,
             child: Some(child),
             pgid,
+            store: None,
         })
     }
 
@@ -496,23 +520,85 @@ http {{
         }
     }
 
-    /// Stops the whole group (SIGTERM, then SIGKILL after 3 s).
+    /// Stops the whole group (SIGTERM, then SIGKILL after 3 s), and the
+    /// store of relay-fleet after it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(-self.pgid, libc::SIGTERM) };
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(3) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
-            let _ = c.wait();
-            GROUPS.lock().unwrap().retain(|&g| g != self.pgid);
+            stop_group(&mut c, self.pgid);
+        }
+        if let Some((mut r, g)) = self.store.take() {
+            stop_group(&mut r, g);
         }
     }
+
+    /// relay-fleet: CPU seconds of its redis-server so far (0 otherwise).
+    pub fn store_cpu_secs(&self) -> f64 {
+        let Some((_, g)) = &self.store else {
+            return 0.0;
+        };
+        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        group(*g)
+            .into_iter()
+            .map(|(_, st)| st.utime + st.stime)
+            .sum::<u64>() as f64
+            / tck
+    }
+
+    /// A redis-server for relay-fleet on a free port (or, with
+    /// `env.fleet_unix`, a unix socket), no persistence, pinned to the
+    /// generator's CPU (1) when pinning: the process, its group and the
+    /// URL the relay uses.
+    fn redis(env: &PeerEnv) -> Result<(Child, i32, String)> {
+        let port = free_port()?;
+        let sock = env.dir.join(format!("redis-{port}.sock"));
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(env.dir);
+        if env.fleet_unix {
+            cmd.arg("--unixsocket").arg(&sock);
+        }
+        let log = std::fs::File::create(env.dir.join("redis.log"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        pin_and_group(&mut cmd, env.place.peer_cpu.map(|_| 1));
+        let mut child = cmd
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?;
+        let pgid = child.id() as i32;
+        GROUPS.lock().unwrap().push(pgid);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if let Err(e) = wait_connectable(addr, &mut child, "redis-server") {
+            stop_group(&mut child, pgid);
+            return Err(e);
+        }
+        let url = if env.fleet_unix {
+            format!("redis+unix://{}", sock.display())
+        } else {
+            format!("redis://127.0.0.1:{port}/0")
+        };
+        Ok((child, pgid, url))
+    }
 }
+
+/// SIGTERM to a process group, SIGKILL after 3 s; reaps its leader.
+fn stop_group(c: &mut Child, pgid: i32) {
+    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        if let Ok(Some(_)) = c.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = c.wait();
+    GROUPS.lock().unwrap().retain(|&g| g != pgid);
+}
+
+impl Peer {}
 
 impl Drop for Peer {
     fn drop(&mut self) {

@@ -105,6 +105,24 @@ burst/paced {:.2}",
                 g("paced_wall_s"),
                 g("burst_over_paced")
             ),
+            "fleet" => format!(
+                "{:.0} sessions/s, {:.2} CPU-s, {:.0} sessions/CPU-s, handshake p50 {:.2} p99 {:.2} ms{}{}",
+                g("sessions_per_s"),
+                g("cpu_s"),
+                g("sessions_per_cpu_s"),
+                g("hs_p50_us") / 1000.0,
+                g("hs_p99_us") / 1000.0,
+                self.get("store_cpu_s")
+                    .map(|c| format!(
+                        ", redis {c:.2} CPU-s ({:.0} sessions/CPU-s with it)",
+                        g("sessions_per_cpu_s_with_store")
+                    ))
+                    .unwrap_or_default(),
+                match (self.get("fleet_vs_off"), self.get("added_hs_p99_ms")) {
+                    (Some(r), Some(a)) => format!("; vs off: {r:.2}x per CPU-s, p99 {a:+.2} ms"),
+                    _ => String::new(),
+                }
+            ),
             _ => format!(
                 "{:.0} sessions/s, {:.2} CPU-s, {:.0} sessions/CPU-s",
                 g("sessions_per_s"),
@@ -154,6 +172,21 @@ pub fn derive(rows: &mut [Row]) {
                         r.m.insert(format!("added_{k}"), a - b);
                     }
                 }
+            }
+        }
+    }
+    let snapshot = rows.to_vec();
+    for r in rows
+        .iter_mut()
+        .filter(|r| r.scenario == "fleet" && r.peer == "relay-fleet")
+    {
+        if let Some(off) = find(&snapshot, "fleet", &r.variant, "relay-uring") {
+            if let (Some(a), Some(b)) = (r.get("sessions_per_cpu_s"), off.get("sessions_per_cpu_s"))
+            {
+                r.m.insert("fleet_vs_off".into(), a / b);
+            }
+            if let (Some(a), Some(b)) = (r.get("hs_p99_us"), off.get("hs_p99_us")) {
+                r.m.insert("added_hs_p99_ms".into(), (a - b) / 1000.0);
             }
         }
     }
@@ -298,6 +331,31 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
         Some(1.0),
         None,
     );
+    for r in rows
+        .iter()
+        .filter(|r| r.scenario == "fleet" && r.peer == "relay-fleet" && r.error.is_none())
+    {
+        if r.variant == "latency" {
+            let added = r.get("added_hs_p99_ms");
+            t.push(Target {
+                what: "fleet TLS handshake, 2 loops: added p99 (ms)".into(),
+                ratio: added,
+                goal: "<= 1".into(),
+                met: added.is_some_and(|x| x <= 1.0),
+            });
+        } else {
+            let ratio = r.get("fleet_vs_off");
+            t.push(Target {
+                what: format!(
+                    "fleet churn TLS {}: sessions per CPU-s, [fleet] on / off",
+                    r.variant
+                ),
+                ratio,
+                goal: ">= 0.85".into(),
+                met: ratio.is_some_and(|x| x >= 0.85),
+            });
+        }
+    }
     for peer in ["relay-uring", "relay-epoll"] {
         if let Some(r) = find(rows, "soak", "wss", peer) {
             let lost = r.get("lost").unwrap_or(f64::NAN);

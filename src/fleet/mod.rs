@@ -267,22 +267,64 @@ pub struct AdmitArgs {
     pub upstream: String,
 }
 
+/// The session record `/sessions?fleet=1` lists (no secrets): what the
+/// store keeps for each live session of a relay.
+#[derive(serde::Serialize)]
+struct Record<'a> {
+    relay: &'a str,
+    node: &'a str,
+    id: u64,
+    member: String,
+    jti_sha256: String,
+    sub: &'a str,
+    upstream: &'a str,
+    vm: &'a str,
+    client: &'a str,
+    started: u64,
+    reconnect: bool,
+    /// Only when written again (resync): the ticket's entry needs them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deadline: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep_ms: Option<u64>,
+}
+
+fn record<'a>(a: &'a AdmitArgs, relay_id: &'a str, node: &'a str, reconnect: bool) -> Record<'a> {
+    Record {
+        relay: relay_id,
+        node,
+        id: a.sid,
+        member: member(a.now_ms, node, a.sid),
+        jti_sha256: a.jti.to_string(),
+        sub: &a.sub,
+        upstream: &a.upstream,
+        vm: &a.vm,
+        client: &a.client,
+        started: a.now_ms / 1000,
+        reconnect,
+        deadline: None,
+        keep_ms: None,
+    }
+}
+
 /// The session record `/sessions?fleet=1` lists (no secrets).
 pub fn session_json(a: &AdmitArgs, relay_id: &str, node: &str, reconnect: bool) -> String {
-    serde_json::json!({
-        "relay": relay_id,
-        "node": node,
-        "id": a.sid,
-        "member": member(a.now_ms, node, a.sid),
-        "jti_sha256": a.jti.to_string(),
-        "sub": a.sub,
-        "upstream": a.upstream,
-        "vm": a.vm,
-        "client": a.client,
-        "started": a.now_ms / 1000,
-        "reconnect": reconnect,
-    })
-    .to_string()
+    serde_json::to_string(&record(a, relay_id, node, reconnect)).unwrap_or_default()
+}
+
+/// The record a relay writes again into a store that came back (src/fleet/
+/// resync.lua), with the ticket's lifetime `deadline` and `keep_ms`.
+pub fn resync_json(
+    a: &AdmitArgs,
+    relay_id: &str,
+    node: &str,
+    reconnect: bool,
+    deadline: u64,
+) -> String {
+    let mut r = record(a, relay_id, node, reconnect);
+    r.deadline = Some(deadline);
+    r.keep_ms = Some(a.keep_ms);
+    serde_json::to_string(&r).unwrap_or_default()
 }
 
 impl AdmitArgs {

@@ -15,7 +15,7 @@
 //! behind a dead connection); the thread reconnects by itself with a
 //! backoff of 100 ms doubling to 2 s.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +38,9 @@ pub const IO_TIMEOUT: Duration = Duration::from_millis(1000);
 const MAX_BATCH: usize = 256;
 /// Releases kept for a retry while the store is down.
 const MAX_PENDING_RELEASES: usize = 65_536;
+/// How long a release may wait to go out with other calls (a session's
+/// end is not waited for; a handshake is).
+const RELEASE_DELAY: Duration = Duration::from_millis(5);
 /// Round-trip histogram bounds (seconds).
 const RTT_BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
@@ -243,10 +246,10 @@ impl Stats {
 // ---- the handle the rest of the relay holds --------------------------------------
 
 /// One live session as the store thread remembers it.
-#[derive(Clone)]
 struct Mirror {
-    record: serde_json::Value,
-    grace_ms: u64,
+    args: Box<AdmitArgs>,
+    reconnect: bool,
+    deadline: u64,
 }
 
 /// An admission waiting for the store, and where its answer goes.
@@ -278,7 +281,7 @@ pub struct Fleet {
     pub node: String,
     pub keys: Keys,
     pub stats: Arc<Stats>,
-    tx: Mutex<mpsc::Sender<Job>>,
+    tx: mpsc::Sender<Job>,
     next_sid: AtomicU64,
     stop: Arc<AtomicBool>,
 }
@@ -323,7 +326,8 @@ impl Fleet {
             backoff: Duration::from_millis(100),
             retry_at: Instant::now(),
             live: HashMap::new(),
-            pending: VecDeque::new(),
+            releases: Vec::new(),
+            releases_due: None,
         };
         std::thread::Builder::new()
             .name("nexor-fleet".into())
@@ -346,7 +350,7 @@ impl Fleet {
             node,
             keys,
             stats,
-            tx: Mutex::new(tx),
+            tx,
             next_sid: AtomicU64::new(0),
             stop,
         }))
@@ -363,7 +367,7 @@ impl Fleet {
     }
 
     fn send(&self, job: Job) -> bool {
-        lock(&self.tx).send(job).is_ok()
+        self.tx.send(job).is_ok()
     }
 
     /// The one round trip of a handshake. Fails at once while the store is
@@ -376,7 +380,7 @@ impl Fleet {
             return rx;
         }
         if let Err(mpsc::SendError(Job::Admit(_, tx))) =
-            lock(&self.tx).send(Job::Admit(Box::new(args), tx))
+            self.tx.send(Job::Admit(Box::new(args), tx))
         {
             let _ = tx.send(Err(StoreError::Unavailable));
         }
@@ -504,8 +508,11 @@ struct StoreThread {
     retry_at: Instant,
     /// This relay's live sessions in the store, by session id.
     live: HashMap<u64, Mirror>,
-    /// Releases that failed, sent again once the store is back.
-    pending: VecDeque<ReleaseArgs>,
+    /// Releases to send: with the next admission, or at
+    /// `releases_due` (they wait up to [`RELEASE_DELAY`] to share a round
+    /// trip), or once the store is back.
+    releases: Vec<ReleaseArgs>,
+    releases_due: Option<Instant>,
 }
 
 /// Converts a script's reply into [`Item`]s (integers and strings).
@@ -541,49 +548,64 @@ impl StoreThread {
                 self.renew();
                 next_renew = Instant::now() + renew_every;
             }
-            let wake = if self.con.is_some() {
+            let mut wake = if self.con.is_some() {
                 next_renew
             } else {
                 self.retry_at
             };
-            let first = match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-                Ok(j) => j,
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(j) => batch.push(j),
-                    Err(_) => break,
-                }
+            if let (Some(due), true) = (self.releases_due, self.con.is_some()) {
+                wake = wake.min(due);
             }
             let mut admits = Vec::new();
-            let mut releases = Vec::new();
-            for job in batch {
-                match job {
-                    Job::Stop => return,
-                    Job::Admit(a, tx) => admits.push((a, tx)),
-                    Job::Release(r) => releases.push(*r),
-                    Job::Revoke {
-                        sel,
-                        now_ms,
-                        grace_ms,
-                        unseen_until_ms,
-                        reply,
-                    } => {
-                        let r = self.revoke(&sel, now_ms, grace_ms, unseen_until_ms);
-                        let _ = reply.send(r);
-                    }
-                    Job::List(reply) => {
-                        let _ = reply.send(self.list());
+            match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(first) => {
+                    let mut job = Some(first);
+                    while let Some(j) = job.take() {
+                        match j {
+                            Job::Stop => return,
+                            Job::Admit(a, tx) => admits.push((a, tx)),
+                            Job::Release(r) => self.queue_release(*r),
+                            Job::Revoke {
+                                sel,
+                                now_ms,
+                                grace_ms,
+                                unseen_until_ms,
+                                reply,
+                            } => {
+                                let r = self.revoke(&sel, now_ms, grace_ms, unseen_until_ms);
+                                let _ = reply.send(r);
+                            }
+                            Job::List(reply) => {
+                                let _ = reply.send(self.list());
+                            }
+                        }
+                        if admits.len() < MAX_BATCH {
+                            job = rx.try_recv().ok();
+                        }
                     }
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
-            if !admits.is_empty() || !releases.is_empty() {
+            let releases_due = self.releases_due.is_some_and(|d| Instant::now() >= d)
+                || self.releases.len() >= MAX_BATCH;
+            if !admits.is_empty() || (releases_due && self.con.is_some()) {
+                let n = self.releases.len().min(MAX_BATCH);
+                let releases: Vec<ReleaseArgs> = self.releases.drain(..n).collect();
+                self.releases_due = (!self.releases.is_empty()).then(Instant::now);
                 self.pipeline(admits, releases);
             }
         }
+    }
+
+    /// A release waits (up to [`RELEASE_DELAY`]) to share a round trip.
+    fn queue_release(&mut self, r: ReleaseArgs) {
+        self.live.remove(&r.sid);
+        if self.releases.len() < MAX_PENDING_RELEASES {
+            self.releases.push(r);
+        }
+        self.releases_due
+            .get_or_insert_with(|| Instant::now() + RELEASE_DELAY);
     }
 
     fn connect(&mut self) {
@@ -613,7 +635,9 @@ impl StoreThread {
                 if self.con.is_some() {
                     self.was_down = false;
                     self.stats.up.store(true, Ordering::Relaxed);
-                    self.retry_pending();
+                    if !self.releases.is_empty() {
+                        self.releases_due = Some(Instant::now());
+                    }
                 }
             }
             Err(e) => self.failed(&e),
@@ -650,23 +674,25 @@ impl StoreThread {
         };
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        // Releases first: a session that ended before a reconnect of its
+        // ticket arrived frees the ticket before the reconnect is decided.
         let mut invocations = Vec::with_capacity(admits.len() + releases.len());
-        for (a, _) in &admits {
-            let mut inv = self.scripts.admit.prepare_invoke();
-            for k in a.keys(&self.keys, &self.node) {
-                inv.key(k);
-            }
-            for v in a.argv(&self.keys, &self.relay_id, &self.node) {
-                inv.arg(v);
-            }
-            invocations.push(inv);
-        }
         for r in &releases {
             let mut inv = self.scripts.release.prepare_invoke();
             for k in r.keys(&self.keys, &self.node) {
                 inv.key(k);
             }
             for v in r.argv() {
+                inv.arg(v);
+            }
+            invocations.push(inv);
+        }
+        for (a, _) in &admits {
+            let mut inv = self.scripts.admit.prepare_invoke();
+            for k in a.keys(&self.keys, &self.node) {
+                inv.key(k);
+            }
+            for v in a.argv(&self.keys, &self.relay_id, &self.node) {
                 inv.arg(v);
             }
             invocations.push(inv);
@@ -726,6 +752,11 @@ impl StoreThread {
         }
         drop(invocations);
         let mut replies = replies.into_iter();
+        for reply in replies.by_ref().take(releases.len()) {
+            if matches!(reply, Value::ServerError(_)) {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         for (a, tx) in admits {
             let reply = replies.next().unwrap_or(Value::Nil);
             let decoded = items(&reply).and_then(|i| decode_admit(&i));
@@ -740,32 +771,21 @@ impl StoreThread {
                     Err(StoreError::Protocol)
                 }
             };
-            if let Ok(Admit::Admitted {
-                reconnect,
-                deadline,
-                ..
-            }) = &out
-            {
-                let mut record: serde_json::Value = serde_json::from_str(&super::session_json(
-                    &a,
-                    &self.relay_id,
-                    &self.node,
-                    *reconnect,
-                ))
-                .unwrap_or_default();
-                record["deadline"] = (*deadline).into();
-                record["keep_ms"] = a.keep_ms.into();
-                self.live.insert(
-                    a.sid,
-                    Mirror {
-                        record,
-                        grace_ms: a.grace_ms,
-                    },
-                );
-            }
-            if let Err(Ok(Admit::Admitted { deadline, .. })) = tx.send(out) {
+            let admitted = match &out {
+                Ok(Admit::Admitted {
+                    reconnect,
+                    deadline,
+                    ..
+                }) => Some((*reconnect, *deadline)),
+                _ => None,
+            };
+            let undo = match tx.send(out) {
+                Err(Ok(Admit::Admitted { deadline, .. })) => Some(deadline),
+                _ => None,
+            };
+            if let Some(deadline) = undo {
                 // The handshake gave up waiting: undo the admission.
-                let r = ReleaseArgs {
+                self.queue_release(ReleaseArgs {
                     now_ms: now_ms(),
                     jti: a.jti,
                     member: super::member(a.now_ms, &self.node, a.sid),
@@ -777,40 +797,32 @@ impl StoreThread {
                     client: a.client.clone(),
                     deadline,
                     keep_ms: a.keep_ms,
-                };
-                self.pending.push_back(r);
+                });
+            } else if let Some((reconnect, deadline)) = admitted {
+                self.live.insert(
+                    a.sid,
+                    Mirror {
+                        args: a,
+                        reconnect,
+                        deadline,
+                    },
+                );
             }
         }
-        for (r, reply) in releases.iter().zip(replies) {
-            self.live.remove(&r.sid);
-            if matches!(reply, Value::ServerError(_)) {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if !self.pending.is_empty() {
-            self.retry_pending();
+        if !self.releases.is_empty() {
+            self.releases_due.get_or_insert_with(Instant::now);
         }
     }
 
+    /// Releases that could not be sent: kept (bounded) for when the store
+    /// is back.
     fn queue_releases(&mut self, releases: Vec<ReleaseArgs>) {
-        for r in releases {
-            self.live.remove(&r.sid);
-            if self.pending.len() < MAX_PENDING_RELEASES {
-                self.pending.push_back(r);
-            }
-        }
-    }
-
-    /// Sends the releases that failed (or undoes admissions nobody waited
-    /// for), once connected.
-    fn retry_pending(&mut self) {
-        if self.pending.is_empty() || self.con.is_none() {
-            return;
-        }
-        let releases: Vec<ReleaseArgs> = self.pending.drain(..).collect();
-        for chunk in releases.chunks(MAX_BATCH) {
-            self.pipeline(Vec::new(), chunk.to_vec());
-        }
+        let room = MAX_PENDING_RELEASES.saturating_sub(self.releases.len());
+        let mut releases = releases;
+        releases.truncate(room);
+        releases.append(&mut self.releases);
+        self.releases = releases;
+        self.releases_due = None;
     }
 
     fn renew(&mut self) {
@@ -844,7 +856,7 @@ impl StoreThread {
         // one seen, defaulting to the README's 30 s.
         self.live
             .values()
-            .map(|m| m.grace_ms)
+            .map(|m| m.args.grace_ms)
             .max()
             .unwrap_or(30_000)
     }
@@ -865,7 +877,13 @@ impl StoreThread {
             .arg(&self.keys.prefix)
             .arg(&self.node);
         for m in self.live.values() {
-            inv.arg(m.record.to_string());
+            inv.arg(super::resync_json(
+                &m.args,
+                &self.relay_id,
+                &self.node,
+                m.reconnect,
+                m.deadline,
+            ));
         }
         let r: redis::RedisResult<u64> = inv.invoke(con);
         match r {
