@@ -66,16 +66,6 @@ pub fn pct(s: &str) -> String {
     out
 }
 
-/// A ticket's `node` and `vmid` as Proxmox names them: a node is a host
-/// name label (`[A-Za-z0-9-]{1,63}`), a VM id is 100..=999999999. Checked
-/// before any API call, so a claim can never reshape the API path (which
-/// percent-encodes its segments as well).
-pub fn valid_vm(node: &str, vmid: u64) -> bool {
-    (1..=63).contains(&node.len())
-        && node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && (100..=999_999_999).contains(&vmid)
-}
-
 /// Parses the JSON answer of vncproxy/termproxy: `port` as number or
 /// string; `password` if present; `ticket` never split on `:`.
 pub fn parse_console_ticket(body: &[u8]) -> Result<ConsoleTicket, ProxmoxError> {
@@ -395,7 +385,8 @@ pub async fn open(
     let (Some(node), Some(vmid)) = (c.node.as_deref(), c.vmid) else {
         return Err(UpstreamError::Proxmox(ProxmoxError::TicketWithoutVm));
     };
-    if !valid_vm(node, vmid) {
+    // Admission refused these already (401); checked again before the path is built.
+    if !crate::admission::valid_vm(node, vmid) {
         return Err(UpstreamError::Proxmox(ProxmoxError::TicketBadVm));
     }
     let _gate = match c.console {
@@ -553,6 +544,7 @@ mod tests {
 
     #[test]
     fn proxmox_claims_are_node_names_and_vm_ids() {
+        use crate::admission::valid_vm;
         assert!(valid_vm("pve-a", 100) && valid_vm(&"a".repeat(63), 999_999_999));
         for (node, vmid) in [
             ("pve-a", 99),
