@@ -618,6 +618,7 @@ mod tests {
             console: Console::Vnc,
             ip: None,
             max_session: None,
+            mode: Default::default(),
         }
     }
 

@@ -29,6 +29,8 @@
 pub mod core;
 #[cfg(test)]
 mod tests;
+#[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
+pub mod viewonly;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
