@@ -25,6 +25,7 @@ use crate::http::{self, HeadLimits, RequestHead};
 use crate::log::V;
 use crate::proxy::{self, ProxyHeader};
 use crate::registry::{HandshakeSlot, Request};
+use crate::relay::viewonly::{View, ViewFilter};
 use crate::relay::{self, Leg, Meter, Settings};
 use crate::server::{Live, State};
 use crate::ticket::{self, Claims, Console};
@@ -214,6 +215,9 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         registry.release(&ctl, unix_now(), grace, true);
         return worker.dropped(client, "browser_gone_after_101");
     }
+    // View-only: the browser's stream is filtered from its first message.
+    let mut view = (claims.mode == ticket::Mode::View)
+        .then(|| ViewFilter::new(View::of(opened.mode, claims.console)));
     if let Some(phase) = opened.pending.take() {
         // Proxmox VNC: the relay is the browser's RFB server until ClientInit.
         let done = upstream::proxmox::finish_browser(
@@ -223,6 +227,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             &mut opened.stream,
             cfg.limits.max_frame,
             cfg.limits.handshake_timeout,
+            view.as_mut(),
         )
         .await;
         match done {
@@ -249,6 +254,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let phase = RelayPhase {
         sid: format!("{}-{n}", worker.id),
         console,
+        access: claims.mode.as_str(),
         client: client.to_string(),
         connect_time: t_connect.elapsed(),
         settings: Settings {
@@ -257,6 +263,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             pong_timeout: cfg.server.pong_timeout,
             lifetime: Some(admitted.lifetime),
             idle_timeout: cfg.limits.idle_timeout,
+            view,
         },
         grace,
         mode: opened.mode,
@@ -303,6 +310,8 @@ impl Drop for Slots {
 struct RelayPhase {
     sid: String,
     console: &'static str,
+    /// The ticket's `mode`: "control" or "view".
+    access: &'static str,
     client: String,
     connect_time: std::time::Duration,
     settings: Settings,
@@ -334,6 +343,7 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
             ("upstream", V::S(&ctl.upstream)),
             ("vm", V::S(&ctl.vm)),
             ("console", V::S(p.console)),
+            ("mode", V::S(p.access)),
             ("client", V::S(&p.client)),
             ("reconnect", V::B(ctl.reconnect)),
             ("connect_ms", V::N(p.connect_time.as_millis() as u64)),
@@ -380,6 +390,7 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
             ("bytes_up", V::N(out.bytes_up)),
             ("bytes_down", V::N(out.bytes_down)),
             ("console", V::S(p.console)),
+            ("mode", V::S(p.access)),
             ("duration_ms", V::N(duration.as_millis() as u64)),
         ]
         .into_iter()

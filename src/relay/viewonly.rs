@@ -62,6 +62,8 @@
 
 use std::fmt;
 
+use crate::ticket::Console;
+
 /// What the filter follows, per console (chosen by src/session.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
@@ -74,6 +76,20 @@ pub enum View {
     Termproxy,
     /// A raw terminal: every byte is input.
     DropAll,
+}
+
+impl View {
+    /// What to follow on a console spoken over `mode`: Proxmox speaks
+    /// termproxy and ends the browser's RFB handshake itself; other
+    /// upstreams carry the browser's own RFB, or raw terminal bytes.
+    pub fn of(mode: super::Mode, console: Console) -> View {
+        match (mode, console) {
+            (super::Mode::Proxmox, Console::Vnc) => View::Rfb,
+            (super::Mode::Proxmox, Console::Term) => View::Termproxy,
+            (_, Console::Vnc) => View::RfbHandshake,
+            (_, Console::Term) => View::DropAll,
+        }
+    }
 }
 
 /// Why a view-only stream cannot be filtered: the session ends.
