@@ -696,6 +696,11 @@ impl Browser {
         self.cmd(json!({"op": "type", "page": page, "text": text}));
     }
 
+    /// Clicks noVNC's canvas, types a line into it (then Enter).
+    pub fn vnc_type(&mut self, page: &str, text: &str) {
+        self.cmd(json!({"op": "vnc_type", "page": page, "text": text}));
+    }
+
     /// The terminal's buffer as text (lines joined with \n).
     pub fn term_text(&mut self, page: &str) -> String {
         self.eval(page, TERM_TEXT)
