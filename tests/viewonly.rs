@@ -385,6 +385,34 @@ fn view_only_raw_terminals_pass_nothing() {
     assert!(rest.is_empty(), "the demo answered: {rest:?}");
 }
 
+/// The demo VNC console: the browser's own handshake, input dropped,
+/// updates still come, an unknown type ends it.
+#[test]
+fn view_only_demo_vnc() {
+    let relay = RelayBuilder::new(false)
+        .upstream("demo", "kind = \"demo\"")
+        .start();
+    let mut ws = Ws::open(&relay, &view("demo", Console::Vnc)).unwrap();
+    assert_eq!(ws.take(12), b"RFB 003.008\n");
+    ws.send(b"RFB 003.008\n");
+    assert_eq!(ws.take(2), [1, 1]);
+    ws.send(&[1]);
+    assert_eq!(ws.take(4), [0, 0, 0, 0]);
+    ws.send(&[&[0u8][..], &input("q"), &[3, 0, 0, 0, 0, 0, 0, 4, 0, 4]].concat());
+    let init = ws.take(24);
+    let len = u32::from_be_bytes([init[20], init[21], init[22], init[23]]) as usize;
+    ws.take(len);
+    // The demo refuses SetDesktopSize and QEMU messages: had they passed,
+    // it would have closed; a 4x4 update comes instead.
+    assert_eq!(ws.take(4), [0, 0, 0, 1]);
+    ws.take(12 + 4 * 4 * 4);
+    ws.send(&[9]);
+    assert_eq!(
+        ws.closed_after_data(),
+        (1008, "view_only_violation".to_string())
+    );
+}
+
 // ---- Proxmox: termproxy and VNC through the emulator --------------------------------
 
 fn pve_relay(emu: &PveEmu) -> Relay {
@@ -498,11 +526,28 @@ fn view_only_proxmox_vnc_sees_the_screen_and_sends_no_input() {
     let len = u32::from_be_bytes([init[20], init[21], init[22], init[23]]) as usize;
     assert_eq!(ws.take(len), b"QEMU (vm-view-vnc)");
     assert_eq!(ws.take(1), [0], "a FramebufferUpdate");
-    ws.send(&[2, 0, 0, 1, 0, 0, 0, 0, 8, 0, 0]); // an unknown type after a partial
+    ws.send(&[2, 0, 0, 1, 0, 0, 0, 0, 8, 0, 0]); // an unknown type after a message
     assert_eq!(
         ws.closed_after_data(),
         (1008, "view_only_violation".to_string())
     );
+    wait_audit(
+        &relay,
+        "session_end",
+        &["\"mode\":\"view\"", "\"reason\":\"view_only_violation\""],
+    );
+
+    // An unknown type in ClientInit's own frame, still inside the relay's
+    // RFB preamble: 1008 as well, and the refusal is audited.
+    let mut ws = Ws::open(&relay, &view_vm_vnc()).unwrap();
+    assert_eq!(ws.take(12), b"RFB 003.008\n");
+    ws.send(b"RFB 003.008\n");
+    assert_eq!(ws.take(2), [1, 1]);
+    ws.send(&[1]);
+    assert_eq!(ws.take(4), [0, 0, 0, 0]);
+    ws.send(&[0, 253, 0, 0, 0]);
+    assert_eq!(ws.closed(), (1008, "view_only_violation".to_string()));
+    wait_audit(&relay, "refused", &["\"reason\":\"view_only_violation\""]);
 }
 
 fn view_vm_vnc() -> Claims {
