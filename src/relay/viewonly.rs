@@ -135,6 +135,9 @@ const MAX_RFB_HEAD: usize = 9;
 const MAX_DIGITS: usize = 20;
 /// The longest resize message: `1:` 20 digits `:` 20 digits `:`.
 const MAX_RESIZE: usize = 2 + 2 * (MAX_DIGITS + 1);
+/// The most bytes one [`ViewFilter::feed`] outputs beyond its input: a
+/// resize held over from earlier calls.
+pub const MAX_HELD: usize = MAX_RESIZE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rfb {
