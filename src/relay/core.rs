@@ -213,7 +213,8 @@ struct Dir {
     /// Re-cut frames pveproxy would die on.
     recut_mode: bool,
     /// View-only: payloads go through this filter (browser → upstream).
-    filter: Option<ViewFilter>,
+    /// Boxed: control sessions, the many, keep one word for it.
+    filter: Option<Box<ViewFilter>>,
     /// With `filter`: what passes goes out as masked frames (else raw).
     reframe: bool,
     pos: usize,
@@ -292,7 +293,7 @@ impl Core {
             mode == Mode::Bytes || filter.is_some(),
             mode == Mode::Proxmox && filter.is_none(),
         );
-        up.filter = filter;
+        up.filter = filter.map(Box::new);
         up.reframe = mode != Mode::Bytes;
         let down = Dir::new(
             (mode != Mode::Bytes).then(|| Tracker::new(Sender::Server, settings.max_frame)),

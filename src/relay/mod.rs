@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Every decision (frame tracking, the close handshake, ping/pong, limits,
-//! the Proxmox re-cut, framing for `tcp`/`demo`) is in [`core::Core`]; this
+//! the Proxmox re-cut, framing for `tcp`/`demo`, the view-only filter of
+//! [`viewonly`]) is in [`core::Core`]; this
 //! file only reads, writes and sleeps. Two modes of upstream, see [`Mode`].
 //!
 //! Writers are shared through [`WriterLock`]: a pump holds the other leg's
