@@ -678,3 +678,31 @@ fn view_only_vnc_to_qemu_leaves_its_screen_alone() {
     assert!(start.contains("\"console\":\"vnc\""), "{start}");
     wait_audit(&relay, "session_end", &["\"mode\":\"view\""]);
 }
+
+/// 64 of the largest SetEncodings (16 MiB) through a view-only session:
+/// streamed, never gathered, so the relay does not grow by their size.
+#[test]
+fn huge_set_encodings_stream_through_in_bounded_memory() {
+    let echo = Server::tcp_echo();
+    let relay = RelayBuilder::new(false)
+        .upstream("t", &format!("kind = \"tcp\"\naddr = \"{}\"", echo.addr))
+        .start();
+    let mut ws = Ws::open(&relay, &view("t", Console::Vnc)).unwrap();
+    let handshake = [&b"RFB 003.008\n"[..], &[1], &[0]].concat();
+    ws.send(&handshake);
+    ws.take(14);
+    let huge = set_encodings(u16::MAX);
+    // Warm up buffers and allocator first.
+    ws.send_cut(&huge, &mut || 60_000);
+    assert_eq!(ws.take(huge.len()), huge);
+    let before = relay.rss_kib();
+    for _ in 0..64 {
+        ws.send_cut(&huge, &mut || 60_000);
+        assert_eq!(ws.take(huge.len()), huge);
+    }
+    let grown = relay.rss_kib().saturating_sub(before);
+    assert!(
+        grown < 8 * 1024,
+        "the relay grew by {grown} KiB relaying 16 MiB of SetEncodings"
+    );
+}
