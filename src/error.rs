@@ -147,6 +147,8 @@ pub enum BrowserPhaseError {
     UpstreamGone,
     /// Not done within `handshake_timeout`.
     Timeout,
+    /// A view-only browser sent what a viewer may not (closed with 1008).
+    ViewOnly,
 }
 
 impl BrowserPhaseError {
@@ -158,6 +160,7 @@ impl BrowserPhaseError {
             BrowserPhaseError::BrowserFrame(e) => e.label(),
             BrowserPhaseError::Rfb(e) => e.label(),
             BrowserPhaseError::UpstreamGone => "upstream_gone",
+            BrowserPhaseError::ViewOnly => "view_only_violation",
             BrowserPhaseError::Timeout => "preamble_timeout",
         }
     }

@@ -30,9 +30,10 @@ use crate::error::{Dropped, Refusal};
 use crate::http::{self, HeadError, HeadLimits, RequestHead};
 use crate::log::V;
 use crate::registry::{Admission, Admit, HandshakeSlot, SessionCtl, Slots};
+use crate::relay::viewonly::{View, ViewFilter};
 use crate::relay::{self, Leg, Meter, Settings};
 use crate::state::{unix_now, Live, State};
-use crate::ticket::Console;
+use crate::ticket::{self, Claims, Console};
 use crate::transport::Stream;
 use crate::upstream::{self, Opened};
 use crate::ws::handshake;
@@ -351,6 +352,9 @@ struct Ready {
     opened: Opened,
     /// The browser's bytes after the preamble, for the pump.
     early: Vec<u8>,
+    /// View-only tickets: the filter of the browser's stream, already fed
+    /// what the preamble passed on.
+    view: Option<ViewFilter>,
     /// From admission to ready.
     connect_time: Duration,
 }
@@ -372,13 +376,14 @@ async fn connect(
         .await
         .map_err(|()| Stop::Drop(Dropped::BrowserGoneBefore101))?;
     drop(slot);
-    let (opened, early) = preamble(stream, opened, early, &live.cfg)
+    let (opened, early, view) = preamble(stream, opened, early, &admission.claims, &live.cfg)
         .await
         .map_err(Stop::Drop)?;
     Ok(Ready {
         admission,
         opened,
         early,
+        view,
         connect_time: t_connect.elapsed(),
     })
 }
@@ -420,14 +425,18 @@ async fn preamble(
     stream: &mut Stream,
     mut opened: Opened,
     mut early: Vec<u8>,
+    claims: &Claims,
     cfg: &Config,
-) -> Result<(Opened, Vec<u8>), Dropped> {
+) -> Result<(Opened, Vec<u8>, Option<ViewFilter>), Dropped> {
     if upstream::proxmox::write_frames(stream, &opened.to_browser, false)
         .await
         .is_err()
     {
         return Err(Dropped::BrowserGoneAfter101);
     }
+    // View-only: the browser's stream is filtered from its first message.
+    let mut view = (claims.mode == ticket::Mode::View)
+        .then(|| ViewFilter::new(View::of(opened.mode, claims.console)));
     if let Some(phase) = opened.pending.take() {
         let done = upstream::proxmox::finish_browser(
             phase,
@@ -436,6 +445,7 @@ async fn preamble(
             &mut opened.stream,
             cfg.limits.max_frame,
             cfg.limits.handshake_timeout,
+            view.as_mut(),
         )
         .await;
         match done {
@@ -449,13 +459,15 @@ async fn preamble(
             }
         }
     }
-    Ok((opened, early))
+    Ok((opened, early, view))
 }
 
 /// What a session keeps once it relays.
 struct RelayPhase {
     sid: String,
     console: &'static str,
+    /// The ticket's `mode`: "control" or "view".
+    access: &'static str,
     client: String,
     connect_time: Duration,
     settings: Settings,
@@ -482,6 +494,7 @@ impl RelayPhase {
             admission,
             opened,
             early,
+            view,
             connect_time,
         } = ready;
         let Admission {
@@ -497,6 +510,7 @@ impl RelayPhase {
         RelayPhase {
             sid: format!("{}-{n}", worker.id),
             console,
+            access: claims.mode.as_str(),
             client: client.to_string(),
             connect_time,
             settings: Settings {
@@ -505,6 +519,7 @@ impl RelayPhase {
                 pong_timeout: cfg.server.pong_timeout,
                 lifetime: Some(slots.lifetime()),
                 idle_timeout: cfg.limits.idle_timeout,
+                view,
             },
             mode: opened.mode,
             browser: Leg {
@@ -538,6 +553,7 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
             ("upstream", V::S(&ctl.upstream)),
             ("vm", V::S(&ctl.vm)),
             ("console", V::S(p.console)),
+            ("mode", V::S(p.access)),
             ("client", V::S(&p.client)),
             ("reconnect", V::B(ctl.reconnect)),
             ("connect_ms", V::N(p.connect_time.as_millis() as u64)),
@@ -584,6 +600,7 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
             ("bytes_up", V::N(out.bytes_up)),
             ("bytes_down", V::N(out.bytes_down)),
             ("console", V::S(p.console)),
+            ("mode", V::S(p.access)),
             ("duration_ms", V::N(duration.as_millis() as u64)),
         ]
         .into_iter()
