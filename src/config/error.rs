@@ -65,7 +65,9 @@ pub enum ErrorKind {
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ErrorKind::Syntax => f.write_str("not valid TOML"),
+            ErrorKind::Syntax => {
+                f.write_str("not valid TOML here (a syntax error, or a key or table given twice)")
+            }
             ErrorKind::UnknownKey => f.write_str("unknown field (config/relay.toml lists every key)"),
             ErrorKind::WrongType { expected, found } => {
                 write!(f, "expected {expected}, found {found}")
