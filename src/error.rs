@@ -147,6 +147,8 @@ pub enum BrowserPhaseError {
     UpstreamGone,
     /// Not done within `handshake_timeout`.
     Timeout,
+    /// A view-only browser sent what a viewer may not (closed with 1008).
+    ViewOnly,
 }
 
 impl BrowserPhaseError {
@@ -158,6 +160,7 @@ impl BrowserPhaseError {
             BrowserPhaseError::BrowserFrame(e) => e.label(),
             BrowserPhaseError::Rfb(e) => e.label(),
             BrowserPhaseError::UpstreamGone => "upstream_gone",
+            BrowserPhaseError::ViewOnly => "view_only_violation",
             BrowserPhaseError::Timeout => "preamble_timeout",
         }
     }
@@ -220,6 +223,11 @@ pub enum Refusal {
     Ticket(TicketError),
     /// A valid ticket naming an upstream this relay does not have.
     UnknownUpstream,
+    /// A ticket for a Proxmox upstream without `node` or `vmid` (401).
+    NoVm,
+    /// A ticket for a Proxmox upstream whose `node` is not a node name or
+    /// whose `vmid` is not a VM id (401).
+    BadVm,
     /// `Origin` not allowed (or missing with `require_origin`).
     Origin,
     /// The ticket's `ip` is not the client's.
@@ -250,7 +258,7 @@ impl Refusal {
             Refusal::Head(_) => 400,
             Refusal::NotFound => 404,
             Refusal::Handshake(h) => h.status(),
-            Refusal::NoTicket => 401,
+            Refusal::NoTicket | Refusal::NoVm | Refusal::BadVm => 401,
             Refusal::Ticket(t) => t.status(),
             Refusal::UnknownUpstream | Refusal::Origin | Refusal::WrongIp => 403,
             Refusal::Replay | Refusal::Revoked => 403,
@@ -270,6 +278,8 @@ impl Refusal {
             Refusal::NoTicket => "no_ticket",
             Refusal::Ticket(t) => t.label(),
             Refusal::UnknownUpstream => "unknown_upstream",
+            Refusal::NoVm => "ticket_without_vm",
+            Refusal::BadVm => "ticket_bad_vm",
             Refusal::Origin => "origin_not_allowed",
             Refusal::WrongIp => "ticket_ip_mismatch",
             Refusal::RateLimited => "handshake_rate",
@@ -299,6 +309,8 @@ impl Refusal {
             Refusal::NoTicket => "ticket required".into(),
             Refusal::Ticket(t) => format!("ticket refused: {t}"),
             Refusal::UnknownUpstream => "ticket refused: unknown upstream".into(),
+            Refusal::NoVm => "ticket refused: no node or vmid".into(),
+            Refusal::BadVm => "ticket refused: bad node or vmid".into(),
             Refusal::Origin => "origin not allowed".into(),
             Refusal::WrongIp => "ticket refused: bound to another client".into(),
             Refusal::RateLimited => "too many connection attempts, retry shortly".into(),

@@ -30,9 +30,10 @@ use crate::error::{Dropped, Refusal};
 use crate::http::{self, HeadError, HeadLimits, RequestHead};
 use crate::log::V;
 use crate::registry::{Admission, Admit, HandshakeSlot, SessionCtl, Slots};
+use crate::relay::viewonly::{View, ViewFilter};
 use crate::relay::{self, Leg, Meter, Settings};
 use crate::state::{unix_now, Live, State};
-use crate::ticket::Console;
+use crate::ticket::{self, Claims, Console};
 use crate::transport::Stream;
 use crate::upstream::{self, Opened};
 use crate::ws::handshake;
@@ -356,6 +357,9 @@ struct Ready {
     opened: Opened,
     /// The browser's bytes after the preamble, for the pump.
     early: Vec<u8>,
+    /// View-only tickets: the filter of the browser's stream, already fed
+    /// what the preamble passed on.
+    view: Option<ViewFilter>,
     /// From admission to ready.
     connect_time: Duration,
 }
@@ -377,13 +381,14 @@ async fn connect(
         .await
         .map_err(|()| Stop::Drop(Dropped::BrowserGoneBefore101))?;
     drop(slot);
-    let (opened, early) = preamble(stream, opened, early, &live.cfg)
+    let (opened, early, view) = preamble(stream, opened, early, &admission.claims, &live.cfg)
         .await
         .map_err(Stop::Drop)?;
     Ok(Ready {
         admission,
         opened,
         early,
+        view,
         connect_time: t_connect.elapsed(),
     })
 }
@@ -425,14 +430,18 @@ async fn preamble(
     stream: &mut Stream,
     mut opened: Opened,
     mut early: Vec<u8>,
+    claims: &Claims,
     cfg: &Config,
-) -> Result<(Opened, Vec<u8>), Dropped> {
+) -> Result<(Opened, Vec<u8>, Option<ViewFilter>), Dropped> {
     if upstream::proxmox::write_frames(stream, &opened.to_browser, false)
         .await
         .is_err()
     {
         return Err(Dropped::BrowserGoneAfter101);
     }
+    // View-only: the browser's stream is filtered from its first message.
+    let mut view = (claims.mode == ticket::Mode::View)
+        .then(|| ViewFilter::new(View::of(opened.mode, claims.console)));
     if let Some(phase) = opened.pending.take() {
         let done = upstream::proxmox::finish_browser(
             phase,
@@ -441,6 +450,7 @@ async fn preamble(
             &mut opened.stream,
             cfg.limits.max_frame,
             cfg.limits.handshake_timeout,
+            view.as_mut(),
         )
         .await;
         match done {
@@ -454,13 +464,15 @@ async fn preamble(
             }
         }
     }
-    Ok((opened, early))
+    Ok((opened, early, view))
 }
 
 /// What a session keeps once it relays.
 struct RelayPhase {
     sid: String,
     console: &'static str,
+    /// The ticket's `mode`: "control" or "view".
+    access: &'static str,
     client: String,
     connect_time: Duration,
     settings: Settings,
@@ -487,6 +499,7 @@ impl RelayPhase {
             admission,
             opened,
             early,
+            view,
             connect_time,
         } = ready;
         let Admission {
@@ -502,6 +515,7 @@ impl RelayPhase {
         RelayPhase {
             sid: format!("{}-{n}", worker.id),
             console,
+            access: claims.mode.as_str(),
             client: client.to_string(),
             connect_time,
             settings: Settings {
@@ -510,6 +524,7 @@ impl RelayPhase {
                 pong_timeout: cfg.server.pong_timeout,
                 lifetime: Some(slots.lifetime()),
                 idle_timeout: cfg.limits.idle_timeout,
+                view,
             },
             mode: opened.mode,
             browser: Leg {
@@ -543,6 +558,7 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
             ("upstream", V::S(&ctl.upstream)),
             ("vm", V::S(&ctl.vm)),
             ("console", V::S(p.console)),
+            ("mode", V::S(p.access)),
             ("client", V::S(&p.client)),
             ("reconnect", V::B(ctl.reconnect)),
             ("connect_ms", V::N(p.connect_time.as_millis() as u64)),
@@ -589,6 +605,7 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
             ("bytes_up", V::N(out.bytes_up)),
             ("bytes_down", V::N(out.bytes_down)),
             ("console", V::S(p.console)),
+            ("mode", V::S(p.access)),
             ("duration_ms", V::N(duration.as_millis() as u64)),
         ]
         .into_iter()

@@ -330,12 +330,13 @@ fn script_revoke() {
 // ---- the store thread ----------------------------------------------------------------
 
 fn store_config(r: &RedisServer, lease: &str) -> FleetConfig {
-    let text = format!(
-        "[fleet]\nredis = \"{}\"\nrelay_id = \"test-relay\"\nlease = \"{lease}\"\nkey_prefix = \"st:\"",
-        r.url()
-    );
-    let v: toml::Value = toml::from_str(&text).unwrap();
-    FleetConfig::parse(&v["fleet"], false).unwrap()
+    FleetConfig {
+        redis: fleet::RedisUrl::parse(&r.url()).unwrap(),
+        relay_id: Some("test-relay".into()),
+        on_store_error: fleet::OnStoreError::Refuse,
+        lease: nexor_relay::config::parse_duration(lease).unwrap(),
+        key_prefix: "st:".into(),
+    }
 }
 
 fn wait_up(f: &Fleet, up: bool) {

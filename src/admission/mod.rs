@@ -38,7 +38,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::IpAddr;
 
 use crate::client_addr;
-use crate::config::{Config, Limits, OriginPolicy, VmLimit};
+use crate::config::{Config, Limits, OriginPolicy, Upstream, VmLimit};
 use crate::error::Refusal;
 use crate::http::{self, RequestHead};
 use crate::ticket::{self, Claims, TicketError};
@@ -285,10 +285,26 @@ pub fn verify(
             return Err(Refusal::WrongIp);
         }
     }
-    if !cfg.upstreams.contains_key(&claims.upstream) {
-        return Err(Refusal::UnknownUpstream);
+    match cfg.upstreams.get(&claims.upstream) {
+        None => return Err(Refusal::UnknownUpstream),
+        Some(Upstream::Proxmox(_)) => match (claims.node.as_deref(), claims.vmid) {
+            (Some(node), Some(vmid)) if valid_vm(node, vmid) => {}
+            (Some(_), Some(_)) => return Err(Refusal::BadVm),
+            _ => return Err(Refusal::NoVm),
+        },
+        Some(_) => {}
     }
     Ok(Verified { upgrade, claims })
+}
+
+/// A Proxmox `node` is a DNS-style name label (`[A-Za-z0-9-]{1,63}`), a VM
+/// id is 100..=999999999. Checked at admission, before the ticket is used
+/// and before any API call, so a claim can never reshape the API path
+/// (which percent-encodes its segments as well).
+pub fn valid_vm(node: &str, vmid: u64) -> bool {
+    (1..=63).contains(&node.len())
+        && node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && (100..=999_999_999).contains(&vmid)
 }
 
 /// Step 3, the ledger ([`Ledger::open`]): revoked, used or granted (403),

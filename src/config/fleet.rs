@@ -1,6 +1,5 @@
-//! The `[fleet]` table (fleet mode, src/fleet). Pure: the host-name default
-//! of `relay_id` is filled in by the glue (src/fleet/store.rs
-//! `default_relay_id`).
+//! The `[fleet]` table (fleet mode, src/fleet), in the pure phase. The
+//! host-name default of `relay_id` is the resolve step's (resolve.rs).
 //!
 //! ```toml
 //! [fleet]
@@ -14,6 +13,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::walk::{Field, Tbl};
+use super::{ConfigError, ErrorKind};
+
 /// The Redis URL. Its password never leaves this type in `Debug` or
 /// `Display` (`redis://user:***@host:6379/0`).
 #[derive(Clone, PartialEq, Eq)]
@@ -23,15 +25,12 @@ impl RedisUrl {
     /// Checks the form (the client library's URL parser): `redis://`,
     /// `rediss://` (TLS), `valkey://`, `valkeys://`, `redis+unix://`,
     /// `unix://`.
-    pub fn parse(s: &str) -> Result<RedisUrl, String> {
+    pub fn parse(s: &str) -> Option<RedisUrl> {
         let s = s.trim();
         if redis::parse_redis_url(s).is_none() || redis::Client::open(s).is_err() {
-            return Err(format!(
-                "`{}` is not a Redis URL (redis://host:6379/0, rediss://… for TLS, redis+unix:///path)",
-                RedisUrl(s.to_string())
-            ));
+            return None;
         }
-        Ok(RedisUrl(s.to_string()))
+        Some(RedisUrl(s.to_string()))
     }
 
     /// The URL itself, password included: for the client library only.
@@ -95,7 +94,7 @@ pub enum OnStoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetConfig {
     pub redis: RedisUrl,
-    /// None: the host name (filled in by the glue).
+    /// None: the host name (filled in by src/config/resolve.rs).
     pub relay_id: Option<String>,
     pub on_store_error: OnStoreError,
     pub lease: Duration,
@@ -105,26 +104,6 @@ pub struct FleetConfig {
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 pub const DEFAULT_PREFIX: &str = "nexor:";
 
-/// A `[fleet]` error: the dotted key and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FleetConfigError {
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for FleetConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
-fn err(key: &str, message: impl Into<String>) -> FleetConfigError {
-    FleetConfigError {
-        key: format!("fleet.{key}"),
-        message: message.into(),
-    }
-}
-
 /// A relay id: 1 to 64 of `A-Z a-z 0-9 . _ -` (it is part of key names
 /// and of the members `|` separates).
 pub fn valid_relay_id(s: &str) -> bool {
@@ -133,83 +112,129 @@ pub fn valid_relay_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn string<'a>(t: &'a toml::Table, key: &str) -> Result<Option<&'a str>, FleetConfigError> {
-    match t.get(key) {
-        None => Ok(None),
-        Some(toml::Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(err(key, "expected a string")),
+/// The keys of `[fleet]`.
+pub(super) const KEYS: &[&str] = &["redis", "relay_id", "on_store_error", "lease", "key_prefix"];
+
+/// Parses the `[fleet]` table. `audience`: whether `[tickets] audience`
+/// is set (`on_store_error = "local"` needs it).
+pub(super) fn parse(t: &Tbl, audience: bool) -> Result<FleetConfig, ConfigError> {
+    let f = t.need("redis", ErrorKind::Required)?;
+    let redis = RedisUrl::parse(f.str()?).ok_or_else(|| {
+        f.err(ErrorKind::Rule(
+            "a Redis URL: redis://host:6379/0, rediss://… for TLS, redis+unix:///path",
+        ))
+    })?;
+    let relay_id = match t.get("relay_id") {
+        Some(f) if valid_relay_id(f.str()?) => Some(f.str()?.to_string()),
+        Some(f) => return Err(f.err(ErrorKind::Rule("1 to 64 characters from A-Z a-z 0-9 . _ -"))),
+        None => None,
+    };
+    let on_store_error = match t.opt("on_store_error", Field::str)? {
+        None | Some("refuse") => OnStoreError::Refuse,
+        Some("local") => OnStoreError::Local,
+        Some(_) => return Err(t.err_on("on_store_error", ErrorKind::OneOf(&["refuse", "local"]))),
+    };
+    if on_store_error == OnStoreError::Local && !audience {
+        return Err(t.err_on(
+            "on_store_error",
+            ErrorKind::Rule(
+                "\"local\" requires [tickets] audience: without it a ticket could be used once on every relay while the store is down",
+            ),
+        ));
     }
+    let lease = t.opt("lease", Field::duration)?.unwrap_or(DEFAULT_LEASE);
+    if lease < Duration::from_secs(1) || lease > Duration::from_secs(3600) {
+        return Err(t.err_on("lease", ErrorKind::Rule("between 1s and 1h")));
+    }
+    let key_prefix = t.opt("key_prefix", Field::str)?.unwrap_or(DEFAULT_PREFIX);
+    if key_prefix.len() > 64 || key_prefix.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(t.err_on(
+            "key_prefix",
+            ErrorKind::Rule("at most 64 characters, no spaces or control characters"),
+        ));
+    }
+    Ok(FleetConfig {
+        redis,
+        relay_id,
+        on_store_error,
+        lease,
+        key_prefix: key_prefix.to_string(),
+    })
 }
 
-impl FleetConfig {
-    /// Parses the `[fleet]` table. `audience`: whether `[tickets]
-    /// audience` is set (`on_store_error = "local"` needs it).
-    pub fn parse(v: &toml::Value, audience: bool) -> Result<FleetConfig, FleetConfigError> {
-        let toml::Value::Table(t) = v else {
-            return Err(FleetConfigError {
-                key: "fleet".into(),
-                message: "expected a table".into(),
-            });
-        };
-        for k in t.keys() {
-            if !matches!(
-                k.as_str(),
-                "redis" | "relay_id" | "on_store_error" | "lease" | "key_prefix"
-            ) {
-                return Err(err(
-                    k,
-                    "unknown key (redis, relay_id, on_store_error, lease, key_prefix)",
-                ));
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[tickets]\nkeys = [{ id = \"k1\", secret = \"+Zk/OZaZj71MopmacevP/LMU28iqsoxSXd0O+BzYJv0=\" }]\n[upstreams.d]\nkind = \"demo\"\n";
+
+    fn parse(text: &str) -> Result<Option<FleetConfig>, String> {
+        crate::config::parse(&format!("{text}\n{BASE}"))
+            .map(|p| p.fleet)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn keys_defaults_and_errors() {
+        assert_eq!(parse("").unwrap(), None);
+        let c = parse("[fleet]\nredis = \"redis://127.0.0.1:6379/0\"")
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.relay_id, None);
+        assert_eq!(c.on_store_error, OnStoreError::Refuse);
+        assert_eq!(c.lease, Duration::from_secs(15));
+        assert_eq!(c.key_prefix, "nexor:");
+        assert!(!c.redis.tls());
+        let text = "[fleet]\nredis = \"rediss://u:pw@r.example:6380/1\"\nrelay_id = \"relay-1\"\non_store_error = \"local\"\nlease = \"3s\"\nkey_prefix = \"x:\"";
+        let full = format!(
+            "{}{text}",
+            BASE.replace("[tickets]\n", "[tickets]\naudience = \"relay-1\"\n")
+        );
+        let c = crate::config::parse(&full).unwrap().fleet.unwrap();
+        assert_eq!(c.relay_id.as_deref(), Some("relay-1"));
+        assert_eq!(c.on_store_error, OnStoreError::Local);
+        assert_eq!(c.lease, Duration::from_secs(3));
+        assert!(c.redis.tls());
+        assert!(!format!("{c:?}").contains("pw@"));
+        for (text, want) in [
+            ("[fleet]", "fleet.redis: required"),
+            ("[fleet]\nredis = \"http://x\"", "fleet.redis: a Redis URL"),
+            ("[fleet]\nredis = 5", "fleet.redis: expected a string"),
+            (
+                "[fleet]\nredis = \"redis://h\"\nrelay_id = \"a|b\"",
+                "fleet.relay_id: 1 to 64",
+            ),
+            (
+                "[fleet]\nredis = \"redis://h\"\non_store_error = \"maybe\"",
+                "fleet.on_store_error: expected one of",
+            ),
+            (
+                "[fleet]\nredis = \"redis://h\"\non_store_error = \"local\"",
+                "fleet.on_store_error: \"local\" requires [tickets] audience",
+            ),
+            (
+                "[fleet]\nredis = \"redis://h\"\nlease = \"15\"",
+                "fleet.lease: not a duration",
+            ),
+            (
+                "[fleet]\nredis = \"redis://h\"\nlease = \"100ms\"",
+                "fleet.lease: between",
+            ),
+            (
+                "[fleet]\nredis = \"redis://h\"\nkey_prefix = \"a b\"",
+                "fleet.key_prefix",
+            ),
+            (
+                "[fleet]\nredis = \"redis://h\"\nleas = \"1s\"",
+                "fleet.leas: unknown field",
+            ),
+            ("fleet = 1", "fleet: expected a table"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
         }
-        let redis = string(t, "redis")?.ok_or_else(|| {
-            err(
-                "redis",
-                "required: the store's URL, e.g. \"redis://127.0.0.1:6379/0\"",
-            )
-        })?;
-        let redis = RedisUrl::parse(redis).map_err(|m| err("redis", m))?;
-        let relay_id = match string(t, "relay_id")? {
-            Some(id) if valid_relay_id(id) => Some(id.to_string()),
-            Some(_) => return Err(err("relay_id", "1 to 64 of A-Z a-z 0-9 . _ -")),
-            None => None,
-        };
-        let on_store_error = match string(t, "on_store_error")? {
-            None | Some("refuse") => OnStoreError::Refuse,
-            Some("local") => OnStoreError::Local,
-            Some(other) => {
-                return Err(err(
-                    "on_store_error",
-                    format!("`{other}`: \"refuse\" or \"local\""),
-                ))
-            }
-        };
-        if on_store_error == OnStoreError::Local && !audience {
-            return Err(err(
-                "on_store_error",
-                "\"local\" requires [tickets] audience: without it a ticket could be used once on every relay while the store is down",
-            ));
-        }
-        let lease = match string(t, "lease")? {
-            Some(s) => super::parse_duration(s).map_err(|m| err("lease", m))?,
-            None => DEFAULT_LEASE,
-        };
-        if lease < Duration::from_secs(1) || lease > Duration::from_secs(3600) {
-            return Err(err("lease", "between 1s and 1h"));
-        }
-        let key_prefix = string(t, "key_prefix")?.unwrap_or(DEFAULT_PREFIX);
-        if key_prefix.len() > 64 || key_prefix.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(err(
-                "key_prefix",
-                "at most 64 characters, no spaces or control characters",
-            ));
-        }
-        Ok(FleetConfig {
-            redis,
-            relay_id,
-            on_store_error,
-            lease,
-            key_prefix: key_prefix.to_string(),
-        })
+        // A password in a refused URL is not shown.
+        let e = parse("[fleet]\nredis = \"redis://:s3cret@[bad\"").unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
     }
 }

@@ -57,24 +57,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The host name: the default `relay_id`.
-pub fn default_relay_id() -> String {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .unwrap_or_default();
-    let name: String = name
-        .trim()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        .take(64)
-        .collect();
-    if name.is_empty() {
-        "relay".into()
-    } else {
-        name
-    }
-}
-
 // ---- a one-shot reply a monoio task can await -----------------------------------
 
 struct Slot<T> {
@@ -307,7 +289,10 @@ impl Fleet {
     pub fn start(cfg: FleetConfig, on_event: EventHandler) -> Result<Arc<Fleet>, String> {
         let client = redis::Client::open(cfg.redis.expose())
             .map_err(|e| format!("fleet.redis: {}", redact(&e.to_string(), &cfg)))?;
-        let relay_id = cfg.relay_id.clone().unwrap_or_else(default_relay_id);
+        let relay_id = cfg
+            .relay_id
+            .clone()
+            .unwrap_or_else(crate::config::default_relay_id);
         let node = super::node_name(&relay_id, random_u64());
         let keys = Keys::new(&cfg.key_prefix);
         let stats = Arc::new(Stats::new());

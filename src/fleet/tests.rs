@@ -195,78 +195,6 @@ fn revoke_calls() {
     );
 }
 
-fn parse(text: &str, aud: bool) -> Result<FleetConfig, String> {
-    let v: toml::Value = toml::from_str(text).unwrap();
-    FleetConfig::parse(&v["fleet"], aud).map_err(|e| e.to_string())
-}
-
-#[test]
-fn config_keys_defaults_and_errors() {
-    let c = parse("[fleet]\nredis = \"redis://127.0.0.1:6379/0\"", false).unwrap();
-    assert_eq!(c.relay_id, None);
-    assert_eq!(c.on_store_error, OnStoreError::Refuse);
-    assert_eq!(c.lease, std::time::Duration::from_secs(15));
-    assert_eq!(c.key_prefix, "nexor:");
-    assert!(!c.redis.tls());
-    let c = parse(
-        "[fleet]\nredis = \"rediss://u:pw@r.example:6380/1\"\nrelay_id = \"relay-1\"\non_store_error = \"local\"\nlease = \"3s\"\nkey_prefix = \"x:\"",
-        true,
-    )
-    .unwrap();
-    assert_eq!(c.relay_id.as_deref(), Some("relay-1"));
-    assert_eq!(c.on_store_error, OnStoreError::Local);
-    assert_eq!(c.lease, std::time::Duration::from_secs(3));
-    assert!(c.redis.tls());
-    for (text, aud, want) in [
-        ("[fleet]", false, "fleet.redis: required"),
-        ("[fleet]\nredis = \"http://x\"", false, "fleet.redis: "),
-        (
-            "[fleet]\nredis = 5",
-            false,
-            "fleet.redis: expected a string",
-        ),
-        (
-            "[fleet]\nredis = \"redis://h\"\nrelay_id = \"a|b\"",
-            false,
-            "fleet.relay_id",
-        ),
-        (
-            "[fleet]\nredis = \"redis://h\"\non_store_error = \"maybe\"",
-            false,
-            "fleet.on_store_error",
-        ),
-        (
-            "[fleet]\nredis = \"redis://h\"\non_store_error = \"local\"",
-            false,
-            "fleet.on_store_error: \"local\" requires [tickets] audience",
-        ),
-        (
-            "[fleet]\nredis = \"redis://h\"\nlease = \"15\"",
-            false,
-            "fleet.lease",
-        ),
-        (
-            "[fleet]\nredis = \"redis://h\"\nlease = \"100ms\"",
-            false,
-            "fleet.lease: between",
-        ),
-        (
-            "[fleet]\nredis = \"redis://h\"\nkey_prefix = \"a b\"",
-            false,
-            "fleet.key_prefix",
-        ),
-        (
-            "[fleet]\nredis = \"redis://h\"\nleas = \"1s\"",
-            false,
-            "fleet.leas: unknown key",
-        ),
-        ("fleet = 1", false, "fleet: expected a table"),
-    ] {
-        let e = parse(text, aud).unwrap_err();
-        assert!(e.starts_with(want), "{text}: {e}");
-    }
-}
-
 #[test]
 fn the_password_never_shows() {
     for (url, shown) in [
@@ -283,10 +211,6 @@ fn the_password_never_shows() {
         assert!(!format!("{u:?}").contains("s3cret"));
         assert_eq!(u.expose(), url);
     }
-    let v: toml::Value = toml::from_str("[fleet]\nredis = \"redis://:s3cret@h:6379\"").unwrap();
-    let c = FleetConfig::parse(&v["fleet"], false).unwrap();
-    assert!(!format!("{c:?}").contains("s3cret"));
-    // A malformed URL's error does not quote the password either.
-    let e = RedisUrl::parse("redis://:s3cret@[bad").unwrap_err();
-    assert!(!e.contains("s3cret"), "{e}");
+    assert!(RedisUrl::parse("redis://:s3cret@[bad").is_none());
+    assert!(RedisUrl::parse("http://h").is_none());
 }

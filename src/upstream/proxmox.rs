@@ -30,6 +30,7 @@ use crate::preamble::rfb::VncPreamble;
 use crate::preamble::term::TermPreamble;
 use crate::registry::VmGates;
 use crate::relay::core::{Decoder, Walk};
+use crate::relay::viewonly::{ViewFilter, Violation};
 use crate::relay::Mode;
 use crate::ticket::{Claims, Console, Guest};
 use crate::transport::Stream;
@@ -64,16 +65,6 @@ pub fn pct(s: &str) -> String {
         }
     }
     out
-}
-
-/// A ticket's `node` and `vmid` as Proxmox names them: a node is a host
-/// name label (`[A-Za-z0-9-]{1,63}`), a VM id is 100..=999999999. Checked
-/// before any API call, so a claim can never reshape the API path (which
-/// percent-encodes its segments as well).
-pub fn valid_vm(node: &str, vmid: u64) -> bool {
-    (1..=63).contains(&node.len())
-        && node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && (100..=999_999_999).contains(&vmid)
 }
 
 /// Parses the JSON answer of vncproxy/termproxy: `port` as number or
@@ -338,7 +329,8 @@ impl FrameReader {
                     Walk::Error(e) => return Err(Some(e)),
                     // Payloads come unmasked, headers dropped.
                     Walk::Data(r) => inc.data.extend_from_slice(&self.buf[r]),
-                    Walk::Header { .. } => {}
+                    // Never from a Decoder: it has no view filter.
+                    Walk::Header { .. } | Walk::Own { .. } | Walk::Violation(_) => {}
                     Walk::Control {
                         payload_at,
                         end,
@@ -395,7 +387,8 @@ pub async fn open(
     let (Some(node), Some(vmid)) = (c.node.as_deref(), c.vmid) else {
         return Err(UpstreamError::Proxmox(ProxmoxError::TicketWithoutVm));
     };
-    if !valid_vm(node, vmid) {
+    // Admission refused these already (401); checked again before the path is built.
+    if !crate::admission::valid_vm(node, vmid) {
         return Err(UpstreamError::Proxmox(ProxmoxError::TicketBadVm));
     }
     let _gate = match c.console {
@@ -409,7 +402,9 @@ pub async fn open(
     match c.console {
         Console::Vnc => {
             let password = t.password.as_deref().unwrap_or(&t.ticket);
-            let mut vnc = VncPreamble::new(password.as_bytes(), px.force_shared);
+            // A viewer never takes the console for itself (shared flag 1).
+            let shared = px.force_shared || c.mode == crate::ticket::Mode::View;
+            let mut vnc = VncPreamble::new(password.as_bytes(), shared);
             let mut to_browser = Vec::new();
             vnc.start(&mut to_browser);
             while !(vnc.upstream_authenticated() && reader.at_boundary()) {
@@ -480,7 +475,9 @@ pub async fn open(
 
 /// Step 4 for VNC, after the 101: greet the browser as an RFB server and
 /// read its security choice and ClientInit; returns the bytes left over on
-/// each leg for the pump.
+/// each leg for the pump. A view-only session's messages after ClientInit
+/// go through `view` (whose state the pump then takes over); one it
+/// cannot follow gets the browser a 1008 close.
 pub async fn finish_browser(
     mut phase: BrowserPhase,
     browser: &mut Stream,
@@ -488,6 +485,7 @@ pub async fn finish_browser(
     upstream: &mut Stream,
     max_frame: u64,
     timeout: Duration,
+    mut view: Option<&mut ViewFilter>,
 ) -> Result<(Vec<u8>, Vec<u8>), BrowserPhaseError> {
     let work = async {
         write_frames(browser, &phase.to_browser, false)
@@ -512,10 +510,28 @@ pub async fn finish_browser(
                     .map_err(|_| BrowserPhaseError::BrowserGone)?;
             }
             let (mut up, mut br) = (Vec::new(), Vec::new());
+            let was_done = phase.vnc.is_done();
             phase
                 .vnc
                 .on_browser(&inc.data, &mut up, &mut br)
                 .map_err(BrowserPhaseError::Rfb)?;
+            if let Some(f) = view.as_deref_mut() {
+                // ClientInit leads what the preamble lets through first.
+                let init = usize::from(!was_done && phase.vnc.is_done()).min(up.len());
+                let mut kept = up[..init].to_vec();
+                if f.feed(&up[init..], &mut kept).is_err() {
+                    let mut c = [0u8; crate::ws::frame::MAX_CONTROL_FRAME];
+                    let n = crate::ws::frame::write_close(
+                        &mut c,
+                        crate::ws::frame::close::POLICY,
+                        Violation::LABEL,
+                        None,
+                    );
+                    let _ = browser.write_all(c[..n].to_vec()).await;
+                    return Err(BrowserPhaseError::ViewOnly);
+                }
+                up = kept;
+            }
             write_frames(upstream, &up, true)
                 .await
                 .map_err(|_| BrowserPhaseError::UpstreamGone)?;
@@ -553,6 +569,7 @@ mod tests {
 
     #[test]
     fn proxmox_claims_are_node_names_and_vm_ids() {
+        use crate::admission::valid_vm;
         assert!(valid_vm("pve-a", 100) && valid_vm(&"a".repeat(63), 999_999_999));
         for (node, vmid) in [
             ("pve-a", 99),
