@@ -327,6 +327,41 @@ fn script_revoke() {
     assert_eq!(rv.sessions, 1);
 }
 
+/// docs/deploy.md's persistence: with the append-only file, a store that
+/// is killed and started again still knows a ticket used and closed before
+/// (and its reconnect grant); without it, the ticket is forgotten (what the
+/// relays' rewrite of their live sessions cannot cover).
+#[test]
+fn script_state_survives_a_restart_with_aof_only() {
+    if skip_without(&["redis-server"]) {
+        return;
+    }
+    let t0 = 1_800_000_000_000u64;
+    for aof in [true, false] {
+        let mut r = RedisServer::start(aof);
+        let mut d = Direct::new(&r);
+        let (used, granted) = (jti(50), jti(51));
+        let a = args(used, 1, t0);
+        d.admit("r1#1", &a);
+        d.release("r1#1", &a, t0 + 1000, false);
+        let b = args(granted, 2, t0);
+        d.admit("r1#1", &b);
+        d.release("r1#1", &b, t0 + 1000, true);
+        r.kill();
+        r.start_again();
+        let mut d = Direct::new(&r);
+        let again = d.admit("r2#1", &args(used, 3, t0 + 2000));
+        let grant = d.admit("r2#1", &args(granted, 4, t0 + 2000));
+        if aof {
+            assert_eq!(again, USED);
+            assert_eq!(grant, ok(true, b.deadline));
+        } else {
+            assert_eq!(again, ok(false, a.deadline + 2));
+            assert_eq!(grant, ok(false, b.deadline + 2));
+        }
+    }
+}
+
 // ---- the store thread ----------------------------------------------------------------
 
 fn store_config(r: &RedisServer, lease: &str) -> FleetConfig {
