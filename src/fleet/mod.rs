@@ -32,6 +32,8 @@
 #[allow(clippy::disallowed_methods)]
 pub mod admit;
 #[allow(clippy::disallowed_methods)]
+pub mod oneshot;
+#[allow(clippy::disallowed_methods)]
 pub mod store;
 
 use crate::error::Refusal;

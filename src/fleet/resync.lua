@@ -1,6 +1,7 @@
 -- Writes a relay's live sessions again, after the store came back (it may
--- have restarted empty): their leases, records and tickets, so a store that
--- lost its data neither reopens a live ticket nor forgets a count.
+-- have restarted empty) or when the store's count of them differs from the
+-- relay's: their leases, records and tickets, so a store that lost its data
+-- neither reopens a live ticket nor forgets a count.
 -- Tickets another session holds now, or revoked, are left as they are.
 --
 -- KEYS: 1 this relay's sessions, 2 nodes, 3 all leases
@@ -12,6 +13,9 @@ local grace = tonumber(ARGV[3])
 local p = ARGV[4]
 local lease_end = now + lease
 local n = 0
+-- The relay's list is the truth: entries it no longer has go (their
+-- leases, no longer renewed, run out).
+redis.call('DEL', KEYS[1])
 for i = 6, #ARGV do
   local v = cjson.decode(ARGV[i])
   local m = v['member']

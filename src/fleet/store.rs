@@ -16,14 +16,13 @@
 //! backoff of 100 ms doubling to 2 s.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::{Script, Value};
+
+pub use super::oneshot::{oneshot, Oneshot, Sender};
 
 use super::{
     decode_admit, decode_revoke, Admit, AdmitArgs, Event, FleetConfig, Item, Keys, ReleaseArgs,
@@ -46,108 +45,11 @@ const RTT_BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-// ---- a one-shot reply a monoio task can await -----------------------------------
-
-struct Slot<T> {
-    value: Option<T>,
-    waker: Option<Waker>,
-    /// The receiver is gone: a late value is handed back to the sender.
-    closed: bool,
-}
-
-/// A value sent once from the store thread to a worker (or the admin
-/// thread, which waits with [`Oneshot::wait`]).
-pub struct Oneshot<T> {
-    slot: Arc<(Mutex<Slot<T>>, Condvar)>,
-}
-
-/// The sending half.
-pub struct Sender<T> {
-    slot: Arc<(Mutex<Slot<T>>, Condvar)>,
-}
-
-pub fn oneshot<T>() -> (Sender<T>, Oneshot<T>) {
-    let slot = Arc::new((
-        Mutex::new(Slot {
-            value: None,
-            waker: None,
-            closed: false,
-        }),
-        Condvar::new(),
-    ));
-    (Sender { slot: slot.clone() }, Oneshot { slot })
-}
-
-impl<T> Sender<T> {
-    /// Delivers `v`; gives it back if the receiver was dropped.
-    pub fn send(self, v: T) -> Result<(), T> {
-        let mut g = lock(&self.slot.0);
-        if g.closed {
-            return Err(v);
-        }
-        g.value = Some(v);
-        let w = g.waker.take();
-        drop(g);
-        self.slot.1.notify_all();
-        if let Some(w) = w {
-            w.wake();
-        }
-        Ok(())
-    }
-}
-
-impl<T> Oneshot<T> {
-    /// Blocks (a plain thread, never a worker) for at most `timeout`.
-    pub fn wait(self, timeout: Duration) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        let mut g = lock(&self.slot.0);
-        loop {
-            if let Some(v) = g.value.take() {
-                return Some(v);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            g = self
-                .slot
-                .1
-                .wait_timeout(g, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-}
-
-impl<T> Future for Oneshot<T> {
-    type Output = T;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let mut g = lock(&self.slot.0);
-        match g.value.take() {
-            Some(v) => Poll::Ready(v),
-            None => {
-                g.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl<T> Drop for Oneshot<T> {
-    fn drop(&mut self) {
-        lock(&self.slot.0).closed = true;
-    }
 }
 
 // ---- errors and counters ---------------------------------------------------------
@@ -364,6 +266,30 @@ impl Fleet {
             let _ = tx.send(Err(StoreError::Unavailable));
             return rx;
         }
+        // An admission delivered just as the handshake gave up (the
+        // receiver dropped before taking it) is released again.
+        let undo = ReleaseArgs {
+            now_ms: args.now_ms,
+            jti: args.jti,
+            member: self.member(&args),
+            sid: args.sid,
+            grant: false,
+            grace_ms: args.grace_ms,
+            sub: args.sub.clone(),
+            vm: args.vm.clone(),
+            client: args.client.clone(),
+            deadline: args.deadline,
+            keep_ms: args.keep_ms,
+        };
+        let jobs = self.tx.clone();
+        rx.on_orphan(Box::new(move |v| {
+            if let Ok(Admit::Admitted { deadline, .. }) = v {
+                let mut r = undo;
+                r.now_ms = now_ms();
+                r.deadline = deadline;
+                let _ = jobs.send(Job::Release(Box::new(r)));
+            }
+        }));
         if let Err(mpsc::SendError(Job::Admit(_, tx))) =
             self.tx.send(Job::Admit(Box::new(args), tx))
         {
@@ -530,6 +456,14 @@ impl StoreThread {
                 }
             }
             if self.con.is_some() && Instant::now() >= next_renew {
+                // Releases first, so the store's count of this relay's
+                // sessions is the mirror's.
+                while !self.releases.is_empty() && self.con.is_some() {
+                    let n = self.releases.len().min(MAX_BATCH);
+                    let batch: Vec<ReleaseArgs> = self.releases.drain(..n).collect();
+                    self.pipeline(Vec::new(), batch);
+                }
+                self.releases_due = None;
                 self.renew();
                 next_renew = Instant::now() + renew_every;
             }
