@@ -371,6 +371,7 @@ fn store_config(r: &RedisServer, lease: &str) -> FleetConfig {
         on_store_error: fleet::OnStoreError::Refuse,
         lease: nexor_relay::config::parse_duration(lease).unwrap(),
         key_prefix: "st:".into(),
+        ca: None,
     }
 }
 
@@ -1044,4 +1045,52 @@ fn browser_novnc_fails_over_to_the_other_relay() {
     assert!(took < Duration::from_secs(20), "took {took:?}");
     let _ = &mut relays;
     drop(hap);
+}
+
+/// `rediss://` with `ca_file`: the relay trusts only that CA for the store.
+/// The same store without `ca_file` (Mozilla roots) is never trusted: the
+/// relay stays down and refuses new consoles with 503.
+#[test]
+fn tls_store_with_its_own_ca() {
+    if skip_without(&["redis-server", "haproxy"]) {
+        return;
+    }
+    let redis = RedisServer::start_tls();
+    let ca = redis.dir.path().join("ca.pem");
+    let echo_up = Server::ws_echo(false);
+    let up = format!("kind = \"ws\"\nurl = \"ws://{}/\"", echo_up.addr);
+    let trusted = fleet_relay(
+        &redis,
+        "relay-1",
+        &format!("ca_file = {:?}", ca.display().to_string()),
+        "",
+        "",
+        &[("echo", up.clone())],
+    );
+    let untrusted = fleet_relay(&redis, "relay-2", "", "", "", &[("echo", up)]);
+    assert!(
+        eventually(|| metric(&trusted, "nexor_fleet_store_up") == Some(1.0)),
+        "{}",
+        trusted.logs()
+    );
+    let hap = FleetHaproxy::start(&[trusted.addr]);
+    let t = trusted.sign(&Relay::claims("echo", nexor_relay::ticket::Console::Vnc));
+    let (mut c, mut pending) = open(hap.addr(), &t).expect("console through a TLS store");
+    echo(&mut c, &mut pending, b"over rediss");
+    assert_eq!(open(hap.addr(), &t).err(), Some(403));
+    assert!(eventually(|| metric(
+        &untrusted,
+        "nexor_fleet_store_errors_total"
+    )
+    .is_some_and(|e| e >= 1.0)));
+    assert_eq!(metric(&untrusted, "nexor_fleet_store_up"), Some(0.0));
+    let hap2 = FleetHaproxy::start(&[untrusted.addr]);
+    assert_eq!(
+        open(
+            hap2.addr(),
+            &trusted.sign(&Relay::claims("echo", nexor_relay::ticket::Console::Vnc))
+        )
+        .err(),
+        Some(503)
+    );
 }

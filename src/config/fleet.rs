@@ -14,7 +14,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::walk::{Field, Tbl};
-use super::{ConfigError, ErrorKind};
+use super::{ConfigError, ErrorKind, Site};
 
 /// The Redis URL. Its password never leaves this type in `Debug` or
 /// `Display` (`redis://user:***@host:6379/0`).
@@ -99,6 +99,29 @@ pub struct FleetConfig {
     pub on_store_error: OnStoreError,
     pub lease: Duration,
     pub key_prefix: String,
+    /// `ca_file`: the only roots a `rediss://` store's certificate is
+    /// checked against (default: the Mozilla roots).
+    pub ca: Option<FleetCa>,
+}
+
+/// `[fleet] ca_file`: its path as written (the pure phase), then its PEM
+/// (read by resolve.rs).
+#[derive(Clone, PartialEq, Eq)]
+pub enum FleetCa {
+    File {
+        path: std::path::PathBuf,
+        site: Site,
+    },
+    Pem(Vec<u8>),
+}
+
+impl fmt::Debug for FleetCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FleetCa::File { path, .. } => write!(f, "File({})", path.display()),
+            FleetCa::Pem(p) => write!(f, "Pem({} bytes)", p.len()),
+        }
+    }
 }
 
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
@@ -113,7 +136,14 @@ pub fn valid_relay_id(s: &str) -> bool {
 }
 
 /// The keys of `[fleet]`.
-pub(super) const KEYS: &[&str] = &["redis", "relay_id", "on_store_error", "lease", "key_prefix"];
+pub(super) const KEYS: &[&str] = &[
+    "redis",
+    "relay_id",
+    "on_store_error",
+    "lease",
+    "key_prefix",
+    "ca_file",
+];
 
 /// Parses the `[fleet]` table. `audience`: whether `[tickets] audience`
 /// is set (`on_store_error = "local"` needs it).
@@ -153,12 +183,25 @@ pub(super) fn parse(t: &Tbl, audience: bool) -> Result<FleetConfig, ConfigError>
             ErrorKind::Rule("at most 64 characters, no spaces or control characters"),
         ));
     }
+    let ca = match t.get("ca_file") {
+        Some(f) if !redis.tls() => {
+            return Err(f.err(ErrorKind::Rule(
+                "only for a TLS store (rediss:// or valkeys://)",
+            )))
+        }
+        Some(f) => Some(FleetCa::File {
+            path: f.path_buf()?,
+            site: f.site(),
+        }),
+        None => None,
+    };
     Ok(FleetConfig {
         redis,
         relay_id,
         on_store_error,
         lease,
         key_prefix: key_prefix.to_string(),
+        ca,
     })
 }
 
@@ -176,7 +219,7 @@ mod tests {
 
     #[test]
     fn keys_defaults_and_errors() {
-        assert_eq!(parse("").unwrap(), None);
+        assert!(parse("").unwrap().is_none());
         let c = parse("[fleet]\nredis = \"redis://127.0.0.1:6379/0\"")
             .unwrap()
             .unwrap();
@@ -195,7 +238,14 @@ mod tests {
         assert_eq!(c.on_store_error, OnStoreError::Local);
         assert_eq!(c.lease, Duration::from_secs(3));
         assert!(c.redis.tls());
+        assert!(c.ca.is_none());
         assert!(!format!("{c:?}").contains("pw@"));
+        let c = parse("[fleet]\nredis = \"rediss://h:6380\"\nca_file = \"ca.pem\"")
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(c.ca, Some(FleetCa::File { ref path, .. }) if path.to_str() == Some("ca.pem"))
+        );
         for (text, want) in [
             ("[fleet]", "fleet.redis: required"),
             ("[fleet]\nredis = \"http://x\"", "fleet.redis: a Redis URL"),
@@ -229,6 +279,10 @@ mod tests {
                 "fleet.leas: unknown field",
             ),
             ("fleet = 1", "fleet: expected a table"),
+            (
+                "[fleet]\nredis = \"redis://h\"\nca_file = \"ca.pem\"",
+                "fleet.ca_file: only for a TLS store",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");

@@ -80,10 +80,23 @@ pub fn resolve(p: Parsed, base: &Path) -> Result<Config, ConfigError> {
     for (name, u) in p.upstreams {
         upstreams.insert(name, upstream(u, base)?);
     }
-    let fleet = p.fleet.map(|mut f| {
-        f.relay_id.get_or_insert_with(default_relay_id);
-        f
-    });
+    let fleet = match p.fleet {
+        Some(mut f) => {
+            f.relay_id.get_or_insert_with(default_relay_id);
+            if let Some(super::fleet::FleetCa::File { path, site }) = &f.ca {
+                let p = rel(base, path);
+                let pem = std::fs::read(&p).map_err(|e| ConfigError {
+                    key: site.key.clone(),
+                    at: site.at,
+                    kind: ErrorKind::CannotRead(e.kind()),
+                    file: Some(p.clone()),
+                })?;
+                f.ca = Some(super::fleet::FleetCa::Pem(pem));
+            }
+            Some(f)
+        }
+        None => None,
+    };
     Ok(Config {
         server,
         admin,

@@ -39,7 +39,7 @@ pub mod store;
 use crate::error::Refusal;
 use crate::registry::JtiHash;
 
-pub use crate::config::fleet::{FleetConfig, OnStoreError, RedisUrl};
+pub use crate::config::fleet::{FleetCa, FleetConfig, OnStoreError, RedisUrl};
 
 /// The admission script (src/fleet/script.lua).
 pub const ADMIT_LUA: &str = include_str!("script.lua");

@@ -189,8 +189,17 @@ impl Fleet {
     /// Starts the store thread and the events listener. Connecting happens
     /// on the thread: a store that is down at start is only "down".
     pub fn start(cfg: FleetConfig, on_event: EventHandler) -> Result<Arc<Fleet>, String> {
-        let client = redis::Client::open(cfg.redis.expose())
-            .map_err(|e| format!("fleet.redis: {}", redact(&e.to_string(), &cfg)))?;
+        let client = match &cfg.ca {
+            Some(crate::config::fleet::FleetCa::Pem(pem)) => redis::Client::build_with_tls(
+                cfg.redis.expose(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            _ => redis::Client::open(cfg.redis.expose()),
+        }
+        .map_err(|e| format!("fleet: {}", redact(&e.to_string(), &cfg)))?;
         let relay_id = cfg
             .relay_id
             .clone()

@@ -40,6 +40,8 @@ pub struct RedisServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
     aof: bool,
+    /// TLS only (`--tls-port`), with the test CA's leaf for 127.0.0.1.
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -53,6 +55,29 @@ impl RedisServer {
             port: free_port(),
             dir,
             aof,
+            tls: false,
+            child: None,
+        };
+        r.start_again();
+        r
+    }
+
+    /// TLS only: `rediss://`, the certificate of tests/common/mod.rs
+    /// `certs()` (the test CA's `ca.pem` is in `dir`).
+    pub fn start_tls() -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("nexor-redis-tls-")
+            .tempdir()
+            .unwrap();
+        let c = crate::common::certs();
+        std::fs::write(dir.path().join("ca.pem"), &c.ca_pem).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), &c.leaf_pem).unwrap();
+        std::fs::write(dir.path().join("key.pem"), &c.key_pem).unwrap();
+        let mut r = RedisServer {
+            port: free_port(),
+            dir,
+            aof: false,
+            tls: true,
             child: None,
         };
         r.start_again();
@@ -63,7 +88,20 @@ impl RedisServer {
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "redis-server already running");
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        if self.tls {
+            let d = self.dir.path();
+            cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(d.join("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(d.join("key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(d.join("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .arg("--dir")
             .arg(self.dir.path())
@@ -107,11 +145,23 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     fn try_con(&self) -> redis::RedisResult<redis::Connection> {
-        let c = redis::Client::open(self.url())?;
+        let c = if self.tls {
+            let ca = std::fs::read(self.dir.path().join("ca.pem")).unwrap();
+            redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca),
+                },
+            )?
+        } else {
+            redis::Client::open(self.url())?
+        };
         let con = c.get_connection_with_timeout(Duration::from_secs(2))?;
         con.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(con)
