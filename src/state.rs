@@ -112,6 +112,13 @@ impl State {
         for (a, v) in self.ticket_times.iter().zip(ticket_times(&live.cfg)) {
             a.store(v, Ordering::Relaxed);
         }
+        let running = self.fleet.as_ref().map(|f| &f.cfg);
+        if running != live.cfg.fleet.as_ref() {
+            crate::log::warn(
+                "reload: [fleet] changed; it needs a restart, the running one is kept",
+                &[],
+            );
+        }
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
     }
 
