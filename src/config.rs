@@ -77,6 +77,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     upstreams: BTreeMap<String, RawUpstream>,
+    /// Parsed by src/record/config.rs.
+    recording: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -173,6 +175,8 @@ struct RawUpstream {
     token_secret_file: Option<PathBuf>,
     nodes: Option<BTreeMap<String, String>>,
     force_shared: Option<bool>,
+    /// "ticket" (default) or "always": src/record/config.rs.
+    record: Option<String>,
 }
 
 // ---- the validated config ---------------------------------------------------
@@ -186,6 +190,8 @@ pub struct Config {
     pub tickets: Tickets,
     pub limits: Limits,
     pub upstreams: BTreeMap<String, Upstream>,
+    /// `[recording]` and the upstreams' `record` (docs/recording.md).
+    pub recording: crate::record::config::Recording,
 }
 
 /// `[server]`.
@@ -890,6 +896,11 @@ impl Config {
         };
         let tickets = Self::tickets(raw.tickets, base)?;
         let limits = Self::limits(raw.limits)?;
+        let modes: Vec<(String, Option<String>)> = (raw.upstreams.iter())
+            .map(|(n, u)| (n.clone(), u.record.clone()))
+            .collect();
+        let recording = crate::record::config::parse(raw.recording.as_ref(), &modes, base)
+            .map_err(|e| ConfigError::new(e.key, e.message))?;
         let mut upstreams = BTreeMap::new();
         for (name, u) in raw.upstreams {
             let up = Self::upstream(&name, u, base)?;
@@ -908,6 +919,7 @@ impl Config {
             tickets,
             limits,
             upstreams,
+            recording,
         })
     }
 

@@ -62,6 +62,9 @@ pub enum Refusal {
     Policy(Denial),
     /// The relay is shutting down.
     Draining,
+    /// `[recording] required` and the session's recording could not be
+    /// opened (docs/recording.md).
+    RecordingUnavailable,
     Upstream(UpstreamError),
 }
 
@@ -75,7 +78,7 @@ impl Refusal {
             Refusal::Ticket(t) => t.status(),
             Refusal::UnknownUpstream | Refusal::Origin | Refusal::WrongIp => 403,
             Refusal::RateLimited => 429,
-            Refusal::Draining => 503,
+            Refusal::Draining | Refusal::RecordingUnavailable => 503,
             Refusal::Policy(d) => d.status(),
             Refusal::Upstream(UpstreamError::Timeout) => 504,
             Refusal::Upstream(_) => 502,
@@ -94,6 +97,7 @@ impl Refusal {
             Refusal::WrongIp => "ticket_ip_mismatch",
             Refusal::RateLimited => "handshake_rate",
             Refusal::Draining => "draining",
+            Refusal::RecordingUnavailable => "recording_unavailable",
             Refusal::Policy(d) => d.label(),
             Refusal::Upstream(u) => u.label(),
         }
@@ -117,6 +121,7 @@ impl Refusal {
             Refusal::WrongIp => "ticket refused: bound to another client".into(),
             Refusal::RateLimited => "too many connection attempts, retry shortly".into(),
             Refusal::Draining => "relay shutting down, reconnect".into(),
+            Refusal::RecordingUnavailable => "console recording unavailable, retry later".into(),
             Refusal::Policy(Denial::Replay) => "ticket refused: already used".into(),
             Refusal::Policy(Denial::Revoked) => "ticket refused: revoked".into(),
             Refusal::Policy(Denial::Time(t)) => format!("ticket refused: {t}"),

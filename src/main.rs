@@ -22,7 +22,7 @@ USAGE:
   nexor-relay check-config -c FILE     validate a config; errors name the key
   nexor-relay ticket mint -c FILE --upstream NAME [--console vnc|term] [--sub ID]
         [--ttl 60s] [--kid ID] [--jti ID] [--node N --vmid N --guest qemu|lxc]
-        [--ip ADDR] [--aud ID] [--max-session SECS]
+        [--ip ADDR] [--aud ID] [--max-session SECS] [--record true]
                                        print a signed ticket (JWT HS256)
   nexor-relay ticket inspect [-c FILE] TOKEN
                                        decode a ticket; with -c also verify it
@@ -195,6 +195,7 @@ fn mint(rest: &[String]) -> Result<ExitCode> {
             "ip",
             "aud",
             "max-session",
+            "record",
         ],
     )?;
     let cfg = a.config()?;
@@ -255,6 +256,11 @@ fn mint(rest: &[String]) -> Result<ExitCode> {
         },
         ip: a.get("ip").map(str::to_string),
         max_session: num("max-session")?,
+        record: match a.get("record") {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(r) => bail!("--record {r}: true or false"),
+        },
     };
     let token = ticket::mint(&claims, key);
     // Never print a ticket the relay itself would refuse.
@@ -373,6 +379,7 @@ max_ttl = \"{}s\"\n[admin]\nlisten = \"off\"\n[audit]\noutput = \"stderr\"\n[ups
                     console,
                     ip: None,
                     max_session: None,
+                    record: false,
                 },
                 &key,
             )

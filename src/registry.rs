@@ -650,6 +650,7 @@ mod tests {
             console: Console::Vnc,
             ip: None,
             max_session: None,
+            record: false,
         }
     }
 

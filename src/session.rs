@@ -163,6 +163,27 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         Err(d) => return worker.refuse(&mut stream, client, Refusal::Policy(d)).await,
     };
     let ctl = admitted.ctl;
+    let n = worker.started.get() + 1;
+    worker.started.set(n);
+    let sid = format!("{}-{n}", worker.id);
+    // Recording: opened before the upstream, so `required` refuses cleanly.
+    let (recording, recording_error) = match open_recording(&cfg, &claims, up, &ctl.vm, &sid).await
+    {
+        Ok(r) => (r.map(Rc::new), None),
+        Err(e) => {
+            crate::log::warn(
+                "recording unavailable",
+                &[("sid", V::S(&sid)), ("error", V::S(&e))],
+            );
+            if cfg.recording.store.as_ref().is_some_and(|s| s.required) {
+                registry.release(&ctl, unix_now(), grace, true);
+                return worker
+                    .refuse(&mut stream, client, Refusal::RecordingUnavailable)
+                    .await;
+            }
+            (None, Some(e))
+        }
+    };
     let offered = upgrade.selected_protocol();
     let t_connect = Instant::now();
     let dial = upstream::Dial {
@@ -203,6 +224,9 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         registry.release(&ctl, unix_now(), grace, true);
         return worker.dropped(client, "browser_gone_after_101");
     }
+    if let Some(r) = &recording {
+        r.tap_payload_down(&opened.to_browser);
+    }
     if let Some(phase) = opened.pending.take() {
         // Proxmox VNC: the relay is the browser's RFB server until ClientInit.
         let done = upstream::proxmox::finish_browser(
@@ -227,8 +251,6 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         }
     }
 
-    let n = worker.started.get() + 1;
-    worker.started.set(n);
     let console = match claims.console {
         Console::Vnc => "vnc",
         Console::Term => "term",
@@ -236,7 +258,7 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let (br, bw) = stream.into_split();
     let (ur, uw) = opened.stream.into_split();
     let phase = RelayPhase {
-        sid: format!("{}-{n}", worker.id),
+        sid,
         console,
         client: client.to_string(),
         connect_time: t_connect.elapsed(),
@@ -260,6 +282,8 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
             early: opened.early,
         },
         ctl,
+        recording,
+        recording_error,
     };
     // The relay phase is its own task, so everything the handshake held
     // (head, ticket, config, upstream dial) is freed for the session's life.
@@ -300,6 +324,10 @@ struct RelayPhase {
     browser: Leg,
     upstream: Leg,
     ctl: Arc<crate::registry::SessionCtl>,
+    /// The console's recording, if it is recorded (docs/recording.md).
+    recording: Option<Rc<crate::record::Recording>>,
+    /// Why a wanted recording is missing.
+    recording_error: Option<String>,
 }
 
 /// Relays a session to its end, with its audit lines and metrics.
@@ -326,12 +354,16 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
             ("client", V::S(&p.client)),
             ("reconnect", V::B(ctl.reconnect)),
             ("connect_ms", V::N(p.connect_time.as_millis() as u64)),
-        ],
+        ]
+        .into_iter()
+        .chain(p.recording.as_ref().map(|r| ("recording", V::S(r.name()))))
+        .collect::<Vec<_>>(),
     );
     let started = Instant::now();
     let meter = Meter {
         metrics: worker.state.metrics.clone(),
         core: worker.id,
+        recording: p.recording.clone(),
     };
     let out = relay::run(
         p.browser,
@@ -347,6 +379,10 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
         monoio::time::sleep(d).await;
     }
     let duration = started.elapsed();
+    let recorded = match &p.recording {
+        Some(r) => Some(r.close().await),
+        None => None,
+    };
     counters.ended(&ctl.upstream, p.console, out.code, duration);
     // Failures only: a close from a peer, a deliberate end by the relay
     // and a console that really closed carry no error.
@@ -373,11 +409,91 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
         ]
         .into_iter()
         .chain(error.as_deref().map(|e| ("error", V::S(e))))
+        .chain(recording_fields(
+            recorded.as_ref(),
+            p.recording_error.as_deref(),
+        ))
         .collect::<Vec<_>>(),
     );
     // Last (as `slots` drops): the drain exits once no session is live,
     // and must not lose the line above.
     slots.grant = Some(crate::registry::grant_allowed(out.code, out.by.as_str()));
+}
+
+// ---- recording (docs/recording.md) ----
+
+/// Opens the session's recording if the ticket or the upstream asks for
+/// one: Ok(None) when not recorded, Err(why) when wanted but impossible.
+async fn open_recording(
+    cfg: &Config,
+    claims: &Claims,
+    up: &crate::config::Upstream,
+    vm: &str,
+    sid: &str,
+) -> Result<Option<crate::record::Recording>, String> {
+    use crate::config::Upstream;
+    use crate::record::writer::{Framing, Kind, Spec};
+    if !cfg.recording.wanted(&claims.upstream, claims.record) {
+        return Ok(None);
+    }
+    let Some(store) = &cfg.recording.store else {
+        return Err("recording_not_configured".into());
+    };
+    let proxmox = matches!(up, Upstream::Proxmox(_));
+    let kind = match claims.console {
+        Console::Term => Kind::Cast { termproxy: proxmox },
+        // The relay makes the browser's RFB handshake itself for Proxmox.
+        Console::Vnc => Kind::Vnc {
+            handshake: !proxmox,
+        },
+    };
+    let raw = matches!(up, Upstream::Tcp { .. } | Upstream::Demo);
+    let ext = match claims.console {
+        Console::Term => crate::record::CAST_EXT,
+        Console::Vnc => crate::record::VNC_EXT,
+    };
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let spec = Spec {
+        dir: store.dir.clone(),
+        name: crate::record::file_name(micros / 1_000_000, &claims.sub, vm, sid, ext),
+        kind,
+        max_bytes: store.max_bytes,
+        unix_micros: micros,
+        title: format!("{} on {vm} ({sid})", claims.sub),
+        up: if raw {
+            Framing::Raw
+        } else {
+            Framing::ClientFrames
+        },
+    };
+    crate::record::writer::open(spec).await.map(Some)
+}
+
+/// The `session_end` audit fields of a recording.
+fn recording_fields<'a>(
+    s: Option<&'a crate::record::Summary>,
+    error: Option<&'a str>,
+) -> Vec<(&'static str, V<'a>)> {
+    let mut f = Vec::new();
+    if let Some(s) = s {
+        f.push(("recording", V::S(&s.file)));
+        if let Some(h) = &s.sha256 {
+            f.push(("recording_sha256", V::S(h)));
+        }
+        f.push(("recording_bytes", V::N(s.bytes)));
+        if let Some(why) = s.truncated {
+            f.push(("recording_truncated", V::B(true)));
+            f.push(("recording_truncated_reason", V::S(why)));
+        }
+        if let Some(e) = &s.error {
+            f.push(("recording_error", V::S(e)));
+        }
+    } else if let Some(e) = error {
+        f.push(("recording_error", V::S(e)));
+    }
+    f
 }
 
 type Head = (Stream, RequestHead, Vec<u8>, IpAddr);

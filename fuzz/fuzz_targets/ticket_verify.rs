@@ -142,6 +142,7 @@ fn claims(u: &mut Unstructured<'_>) -> arbitrary::Result<Claims> {
         console: if bool::arbitrary(u)? { Console::Vnc } else { Console::Term },
         ip: opt(u, 64)?,
         max_session: Option::<u64>::arbitrary(u)?,
+        record: bool::arbitrary(u)?,
     })
 }
 

@@ -10,7 +10,8 @@
 //!
 //!  header  {"alg":"HS256","kid":"k1","typ":"JWT"}
 //!  claims  {"exp":…,"iat":…,"jti":"…","sub":"…","upstream":"pve1",
-//!           "console":"vnc", optional nbf aud node vmid guest ip max_session}
+//!           "console":"vnc", optional nbf aud node vmid guest ip max_session
+//!           record}
 //! ```
 //!
 //! Order of work, cheapest and most hostile first: length cap, shape,
@@ -295,6 +296,9 @@ pub struct Claims {
     /// Session lifetime cap, seconds (the caller clamps it to config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_session: Option<u64>,
+    /// Record this console (`"record": true`; docs/recording.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record: bool,
 }
 
 /// Why a ticket was refused: one variant per rule.
@@ -756,6 +760,7 @@ fn claims_from_map(m: &Map<String, Value>) -> Result<Claims, TicketError> {
         })?,
         ip: optional(m, "ip", |v| text(v, 0, usize::MAX))?,
         max_session: optional(m, "max_session", int)?,
+        record: optional(m, "record", serde_json::Value::as_bool)?.unwrap_or(false),
     })
 }
 
@@ -847,6 +852,9 @@ fn claims_to_map(c: &Claims) -> Map<String, Value> {
     }
     if let Some(max) = c.max_session {
         put("max_session", max.into());
+    }
+    if c.record {
+        put("record", true.into());
     }
     m
 }

@@ -101,6 +101,7 @@ fn full_claims() -> Claims {
         console: Console::Term,
         ip: Some("192.0.2.7".into()),
         max_session: Some(3600),
+        record: true,
     }
 }
 
@@ -805,5 +806,20 @@ fn error_text_never_echoes_the_ticket() {
                 assert!(!text.contains(value), "{text}");
             }
         }
+    }
+}
+
+#[test]
+fn record_claim_is_a_bool_and_defaults_to_false() {
+    let mut p = good_payload();
+    assert!(!check(&with_payload(&p)).unwrap().record);
+    p["record"] = Value::Bool(true);
+    assert!(check(&with_payload(&p)).unwrap().record);
+    for bad in [Value::String("yes".into()), Value::from(1), Value::Null] {
+        p["record"] = bad;
+        assert_eq!(
+            check(&with_payload(&p)),
+            Err(TicketError::BadClaim("record"))
+        );
     }
 }

@@ -1,0 +1,1 @@
+//! `nexor-relay replay FILE`.
