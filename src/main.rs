@@ -26,6 +26,9 @@ USAGE:
                                        print a signed ticket (JWT HS256)
   nexor-relay ticket inspect [-c FILE] TOKEN
                                        decode a ticket; with -c also verify it
+  nexor-relay replay FILE [--listen ADDR] [--assets DIR]
+                                       play a recording (.cast or .vncrec) in a browser:
+                                       prints the page's URL (default 127.0.0.1:8090)
   nexor-relay fingerprint https://host:8006
                                        print the SHA-256 of a server's certificate, to pin
   nexor-relay --version
@@ -127,6 +130,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
             _ => bail!("`ticket mint` or `ticket inspect`"),
         },
         "demo" => demo(rest),
+        "replay" => replay(rest),
         "fingerprint" => match rest {
             [url] => {
                 let fp = tls::fetch_fingerprint(url).map_err(|e| anyhow!("{url}: {e}"))?;
@@ -145,6 +149,35 @@ fn run(args: &[String]) -> Result<ExitCode> {
         }
         other => bail!("unknown command `{other}` (see `nexor-relay help`)"),
     }
+}
+
+/// `replay FILE`: serves the recording until killed (docs/recording.md).
+fn replay(rest: &[String]) -> Result<ExitCode> {
+    let a = Args::parse(rest, &["listen", "assets"])?;
+    let [file] = a.positional.as_slice() else {
+        bail!("replay FILE [--listen ADDR] [--assets DIR]");
+    };
+    let listen = a
+        .get("listen")
+        .unwrap_or("127.0.0.1:8090")
+        .parse()
+        .map_err(|_| anyhow!("--listen: an ip:port"))?;
+    let opts = nexor_relay::record::replay::Options {
+        file: PathBuf::from(file),
+        listen,
+        assets: a.get("assets").map(PathBuf::from),
+    };
+    let (addr, serve) = nexor_relay::record::replay::bind(&opts).map_err(|e| anyhow!(e))?;
+    // Written once, errors ignored: whoever started us may stop reading.
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "replay: http://{addr}/\n        http://{addr}/?speed=4   (speed 0 = as fast as possible)"
+    );
+    let _ = out.flush();
+    serve();
+    Ok(ExitCode::SUCCESS)
 }
 
 type Banner = Box<dyn FnOnce(std::net::SocketAddr)>;

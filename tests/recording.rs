@@ -462,3 +462,162 @@ fn required_recording_that_cannot_open_refuses_with_503() {
         "{end}"
     );
 }
+
+// ---- replay in Chromium -------------------------------------------------------------
+
+/// `nexor-relay replay FILE` on a free port; its page URL.
+fn replay(file: &Path) -> (support::Proc, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nexor-relay"));
+    cmd.arg("replay")
+        .arg(file)
+        .args(["--listen", "127.0.0.1:0", "--assets"])
+        .arg(support::assets())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    let mut p = support::Proc::spawn("nexor-relay replay", &mut cmd);
+    let out = p.child.stdout.take().unwrap();
+    let mut out = std::io::BufReader::new(out);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    // Keep reading, so that the process never writes to a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let url = line
+        .trim()
+        .strip_prefix("replay: ")
+        .unwrap_or_else(|| panic!("replay banner: {line:?}"))
+        .to_string();
+    (p, url)
+}
+
+/// Saves a page screenshot as docs/NAME when missing (or with
+/// NEXOR_UPDATE_DEMO_PNG=1), for the README.
+fn doc_shot(b: &mut support::Browser, page: &str, name: &str) {
+    let shot = support::artifacts().join(name);
+    b.shot(page, &shot, false);
+    let docs = support::root().join("docs").join(name);
+    if !docs.exists() || std::env::var_os("NEXOR_UPDATE_DEMO_PNG").is_some() {
+        std::fs::copy(&shot, &docs).unwrap();
+    }
+}
+
+const CONNECT: Duration = Duration::from_secs(20);
+
+/// Polls the canvas until it equals QEMU's screen; the fraction equal.
+fn canvas_matches(b: &mut support::Browser, page: &str, rgb: &[u8]) -> f64 {
+    let t = Instant::now();
+    loop {
+        let c = b.canvas(page);
+        let eq = if (c.width, c.height) == (640, 480) {
+            c.equal_fraction(rgb)
+        } else {
+            0.0
+        };
+        if eq > 0.99 || t.elapsed() > CONNECT {
+            return eq;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn vnc_recording_of_qemu_replays_to_the_same_screen_in_chromium() {
+    if skip_without(&["chromium", "novnc", "qemu"]) {
+        return;
+    }
+    let qemu = support::QemuVnc::start("vm-replay");
+    let mut b = support::Browser::start("recording");
+    for legacy in DRIVERS {
+        let d = driver_name(legacy);
+        let dir = tempfile::tempdir().unwrap();
+        let mut rb = RelayBuilder::new(false).server(&support::page_config());
+        if legacy {
+            rb = rb.env("MONOIO_FORCE_LEGACY_DRIVER", "1");
+        }
+        rb = rb.upstream("qemu", &format!("kind = \"tcp\"\naddr = \"{}\"", qemu.vnc));
+        rb.upstreams.push_str(&recording_section(dir.path(), ""));
+        let r = rb.start();
+        let page = format!("live-{d}");
+        let t = r.sign(&recorded("qemu", Console::Vnc));
+        let base = r.url("").replacen("ws://", "http://", 1);
+        b.open(&page, &format!("{base}/#console=vnc&ticket={t}"));
+        b.wait_event(&page, "connect", CONNECT);
+        let (w, h, rgb) = qemu.screendump();
+        assert_eq!((w, h), (640, 480));
+        let live = canvas_matches(&mut b, &page, &rgb);
+        assert!(live > 0.99, "{d}: live canvas matches QEMU at {live:.3}");
+        b.close(&page);
+        let end = session_end(&r);
+        let file = dir.path().join(end["recording"].as_str().unwrap());
+        let bytes = recording_file(dir.path(), &end, "vncrec");
+        let v = nexor_relay::record::parse_vnc(&bytes).unwrap();
+        // The ServerInit first: QEMU's 640x480 screen and its name.
+        let first = v.records[0];
+        assert_eq!(first.dir, nexor_relay::record::VncDir::ToBrowser);
+        assert_eq!(&first.data[..4], &[2, 128, 1, 224], "{d}");
+        let name = b"QEMU (vm-replay)";
+        assert_eq!(&first.data[24..24 + name.len()], name, "{d}");
+        assert!(v
+            .records
+            .iter()
+            .any(|r| r.dir == nexor_relay::record::VncDir::FromBrowser));
+        // Replayed to a fresh noVNC: the same screen.
+        let (_server, url) = replay(&file);
+        let page = format!("replay-{d}");
+        b.open(&page, &format!("{url}?speed=0"));
+        b.wait_event(&page, "connect", CONNECT);
+        b.wait(&page, "window.nexor.replay.done", CONNECT);
+        assert_eq!(
+            b.wait(&page, "window.nexor.desktopName", CONNECT),
+            "QEMU (vm-replay)"
+        );
+        let replayed = canvas_matches(&mut b, &page, &rgb);
+        assert!(
+            replayed > 0.99,
+            "{d}: the replayed canvas matches QEMU's screendump at only {replayed:.3}"
+        );
+        if !legacy {
+            doc_shot(&mut b, &page, "recording-replay-vnc.png");
+        }
+        b.close(&page);
+    }
+}
+
+#[test]
+fn terminal_cast_replays_in_xterm_js() {
+    if skip_without(&["chromium", "novnc"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let r = relay(
+        false,
+        &[("demo", "kind = \"demo\"".into())],
+        &recording_section(dir.path(), ""),
+    );
+    let mut c = Client::open(&r, &recorded("demo", Console::Term)).unwrap();
+    c.until(b"$ ");
+    for line in ["hello replay", "recorded by nexor-relay"] {
+        c.send(format!("{line}\r").as_bytes());
+        c.until(format!("you typed: {line}\r\n$ ").as_bytes());
+    }
+    drop(c.close());
+    let end = session_end(&r);
+    let file = dir.path().join(end["recording"].as_str().unwrap());
+    let (_server, url) = replay(&file);
+    let mut b = support::Browser::start("recording-term");
+    b.open("cast", &format!("{url}?speed=0"));
+    b.wait(
+        "cast",
+        "window.nexor.replay && window.nexor.replay.done",
+        CONNECT,
+    );
+    let text = b.wait_term("cast", "you typed: recorded by nexor-relay", CONNECT);
+    assert!(text.starts_with("nexor-relay demo terminal"), "{text}");
+    assert!(text.contains("you typed: hello replay"), "{text}");
+    // Paused at 1×, the clock stands still.
+    b.open("cast-slow", &format!("{url}?speed=1"));
+    b.wait("cast-slow", "!!window.nexor.term", CONNECT);
+    b.eval("cast-slow", "document.getElementById('pause').click()");
+    assert_eq!(b.eval("cast-slow", "window.nexor.replay.paused"), true);
+    doc_shot(&mut b, "cast", "recording-replay-term.png");
+}
