@@ -317,6 +317,65 @@ token_secret = \"{TOKEN_SECRET}\"\nfingerprint = \"{}\"\nconnect_timeout = \"3s\
     }
 }
 
+#[test]
+fn proxmox_vnc_recording_starts_at_qemus_server_init() {
+    if skip_without(&["qemu", "pve-emu"]) {
+        return;
+    }
+    use nexor_relay::record::{parse_vnc, VncDir};
+    let qemu = Qemu::start("vm-pxrec").unwrap();
+    let emu = PveEmu::with_qemu(&qemu, 100, &[]).unwrap();
+    for legacy in DRIVERS {
+        let d = driver_name(legacy);
+        let dir = tempfile::tempdir().unwrap();
+        let pve = format!(
+            "kind = \"proxmox\"\napi = \"https://127.0.0.1:{}\"\ntoken_id = \"{TOKEN_ID}\"\n\
+token_secret = \"{TOKEN_SECRET}\"\nfingerprint = \"{}\"\nconnect_timeout = \"3s\"",
+            emu.addr.port(),
+            emu.fingerprint
+        );
+        let r = relay(legacy, &[("pve", pve)], &recording_section(dir.path(), ""));
+        let mut claims = recorded("pve", Console::Vnc);
+        claims.node = Some("pve1".into());
+        claims.vmid = Some(100);
+        claims.guest = Some(Guest::Qemu);
+        let mut c = Client::open(&r, &claims).unwrap();
+        // The relay's own RFB handshake (security None), then QEMU's ServerInit.
+        c.until_len(12);
+        c.send(b"RFB 003.008\n");
+        c.until_len(14);
+        c.send(&[1]);
+        c.until_len(18);
+        c.send(&[1]);
+        let name = b"QEMU (vm-pxrec)";
+        c.until(name);
+        let fbur = [3u8, 0, 0, 0, 0, 0, 0, 16, 0, 16];
+        c.send(&fbur);
+        c.until_len(18 + 24 + name.len() + 4);
+        let got = c.close();
+        let end = session_end(&r);
+        let bytes = recording_file(dir.path(), &end, "vncrec");
+        let v = parse_vnc(&bytes).unwrap();
+        let down: Vec<u8> = (v.records.iter())
+            .filter(|r| r.dir == VncDir::ToBrowser)
+            .flat_map(|r| r.data.to_vec())
+            .collect();
+        let up: Vec<u8> = (v.records.iter())
+            .filter(|r| r.dir == VncDir::FromBrowser)
+            .flat_map(|r| r.data.to_vec())
+            .collect();
+        assert_eq!(
+            &down[..],
+            &got[18..],
+            "{d}: server stream from ServerInit on"
+        );
+        assert_eq!(&down[..4], &[2, 128, 1, 224], "{d}: 640x480");
+        assert_eq!(up, fbur, "{d}: the browser's messages after ClientInit");
+        let micros: Vec<u64> = v.records.iter().map(|r| r.micros).collect();
+        assert!(micros.windows(2).all(|w| w[0] <= w[1]), "{d}");
+    }
+}
+
 /// A raw `tcp` terminal to an echo server: `n` pattern bytes there and back.
 fn echo_session(r: &Relay, n: usize) -> (Vec<u8>, Value) {
     let mut c = Client::open(r, &recorded("echo", Console::Term)).unwrap();
@@ -432,6 +491,31 @@ fn full_disk_truncates_the_recording_and_the_console_goes_on() {
 }
 
 #[test]
+fn a_writer_that_falls_behind_truncates_the_recording_not_the_console() {
+    let echo = Server::tcp_echo();
+    for legacy in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        // Debug-build fault: the writer sleeps per message, the queue is small.
+        let mut b = RelayBuilder::new(false).env("NEXOR_TEST_FAULTS", "slow-recorder");
+        if legacy {
+            b = b.env("MONOIO_FORCE_LEGACY_DRIVER", "1");
+        }
+        b = b.upstream("echo", &format!("kind = \"tcp\"\naddr = \"{}\"", echo.addr));
+        b.upstreams.push_str(&recording_section(dir.path(), ""));
+        let r = b.start();
+        let (_, end) = echo_session(&r, 4 << 20);
+        let d = driver_name(legacy);
+        assert_eq!(end["recording_truncated"], true, "{d}: {end}");
+        assert_eq!(
+            end["recording_truncated_reason"], "queue_full",
+            "{d}: {end}"
+        );
+        assert_eq!(end["code"], 1000, "{d}: {end}");
+        CastFile::parse(&recording_file(dir.path(), &end, "cast"));
+    }
+}
+
+#[test]
 fn required_recording_that_cannot_open_refuses_with_503() {
     let echo = Server::tcp_echo();
     let up = [("echo", format!("kind = \"tcp\"\naddr = \"{}\"", echo.addr))];
@@ -445,6 +529,13 @@ fn required_recording_that_cannot_open_refuses_with_503() {
     let refused = audit(&r, "refused", |v| v["reason"] == "recording_unavailable");
     assert_eq!(refused["status"], 503);
     assert!(r.wait_log("recording unavailable"));
+    let (_, metrics) = r.admin_request("GET", "/metrics", None);
+    assert!(
+        metrics.contains(
+            "nexor_sessions_refused_total{reason=\"recording_unavailable\",status=\"503\"} 1"
+        ),
+        "{metrics}"
+    );
     // An unrecorded ticket is not refused.
     let mut c = Client::open(&r, &Relay::claims("echo", Console::Term)).unwrap();
     c.send(b"x");

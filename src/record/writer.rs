@@ -54,6 +54,34 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a session's end waits for its recording to close.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// [`QUEUE_MAX`], or 256 KiB under the test fault `slow-recorder`.
+fn queue_max() -> usize {
+    if fault::slow() {
+        256 << 10
+    } else {
+        QUEUE_MAX
+    }
+}
+
+/// Debug builds only: `NEXOR_TEST_FAULTS=slow-recorder` makes the writer
+/// sleep 20 ms per data message and the queue small, as a disk that
+/// falls behind would (tests/recording.rs).
+mod fault {
+    #[cfg(debug_assertions)]
+    pub fn slow() -> bool {
+        static SLOW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *SLOW.get_or_init(|| {
+            std::env::var("NEXOR_TEST_FAULTS")
+                .is_ok_and(|v| v.split(',').any(|f| f == "slow-recorder"))
+        })
+    }
+
+    #[cfg(not(debug_assertions))]
+    pub fn slow() -> bool {
+        false
+    }
+}
+
 /// Bytes (plus [`MSG_COST`] each) in the channel now.
 pub static QUEUED: AtomicUsize = AtomicUsize::new(0);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -275,7 +303,7 @@ impl Recording {
 
     fn send_data(&self, up: bool, payload: bool, bytes: &[u8]) {
         let cost = bytes.len() + MSG_COST;
-        if QUEUED.fetch_add(cost, Ordering::Relaxed) + cost > QUEUE_MAX {
+        if QUEUED.fetch_add(cost, Ordering::Relaxed) + cost > queue_max() {
             QUEUED.fetch_sub(cost, Ordering::Relaxed);
             return self.fall_behind();
         }
@@ -393,6 +421,9 @@ fn run(rx: mpsc::Receiver<Msg>) {
                 micros,
                 bytes,
             } => {
+                if fault::slow() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 QUEUED.fetch_sub(bytes.len() + MSG_COST, Ordering::Relaxed);
                 if let Some(r) = open.get_mut(&id) {
                     r.on_data(up, payload, micros, &bytes);
@@ -592,6 +623,12 @@ impl Open {
             self.commit(out);
         }
         self.flush();
+        if let Enc::Vnc { skip: Some(s) } = &self.enc {
+            if s.unparsed() {
+                self.error
+                    .get_or_insert_with(|| "rfb_handshake_unrecognised: recorded raw".into());
+            }
+        }
         if queue_full && self.truncated.is_none() {
             self.truncated = Some("queue_full");
         }
