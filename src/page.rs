@@ -638,6 +638,36 @@ mod tests {
     }
 
     #[test]
+    fn replay_page_uses_the_same_assets_and_policy() {
+        let p = Page::new("/replay", None).unwrap();
+        let html = String::from_utf8(
+            p.replay_get("/", ReplayKind::Vnc, "a<b>.vncrec")
+                .unwrap()
+                .body,
+        )
+        .unwrap();
+        assert!(html.contains("<script type=\"module\" src=\"/replay.js\"></script>"));
+        assert!(html.contains(&format!(
+            "<script type=\"importmap\">{}</script>",
+            p.import_map()
+        )));
+        assert!(
+            html.contains("a_b_.vncrec") && !html.contains("a<b>"),
+            "{html}"
+        );
+        for kind in [ReplayKind::Cast, ReplayKind::Vnc] {
+            let js =
+                String::from_utf8(p.replay_get("/replay.js", kind, "x").unwrap().body).unwrap();
+            assert!(js.contains(&format!("import RFB from \"{NOVNC_CDN}/core/rfb.js\"")));
+            assert!(js.contains(&format!("const kind = \"{}\";", kind.as_str())));
+            assert!(!js.contains("@@"), "{js}");
+        }
+        // Replay mode serves no console script and nothing unknown.
+        assert!(p.replay_get("/console.js", ReplayKind::Cast, "x").is_none());
+        assert!(p.replay_get("/etc/passwd", ReplayKind::Cast, "x").is_none());
+    }
+
+    #[test]
     fn console_page_pins_cdn_files() {
         let p = Page::new("/console", None).unwrap();
         let html = String::from_utf8(p.get("/").unwrap().body).unwrap();

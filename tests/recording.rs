@@ -712,3 +712,41 @@ fn terminal_cast_replays_in_xterm_js() {
     assert_eq!(b.eval("cast-slow", "window.nexor.replay.paused"), true);
     doc_shot(&mut b, "cast", "recording-replay-term.png");
 }
+
+#[test]
+fn replay_refuses_files_it_cannot_play() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[u8], &str); 4] = [
+        ("missing.cast", b"", "missing.cast"),
+        (
+            "garbage.bin",
+            b"\x00\x01garbage",
+            "neither a VNC recording nor an asciicast",
+        ),
+        (
+            "v2.cast",
+            b"{\"version\":2,\"width\":80,\"height\":24}\n",
+            "not version 3",
+        ),
+        (
+            "empty.vncrec",
+            b"NXVNCREC\x01\x00\x00\x00\0\0\0\0\0\0\0\0",
+            "no ServerInit",
+        ),
+    ];
+    for (name, bytes, why) in cases {
+        let path = dir.path().join(name);
+        if !bytes.is_empty() {
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nexor-relay"))
+            .arg("replay")
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(why), "{name}: {err}");
+    }
+}

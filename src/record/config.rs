@@ -201,6 +201,26 @@ mod tests {
     }
 
     #[test]
+    fn config_reads_recording_and_upstream_record() {
+        let key = "+Zk/OZaZj71MopmacevP/LMU28iqsoxSXd0O+BzYJv0=";
+        let text = format!(
+            "[tickets]\nkeys = [{{ id = \"k1\", secret = \"{key}\" }}]\n\
+[upstreams.d]\nkind = \"demo\"\nrecord = \"always\"\n[upstreams.t]\nkind = \"tcp\"\naddr = \"127.0.0.1:1\"\n\
+[recording]\ndir = \"rec\"\nrequired = true\n"
+        );
+        let c = crate::config::Config::from_toml(&text, Path::new("/srv")).unwrap();
+        let s = c.recording.store.as_ref().unwrap();
+        assert_eq!((s.dir.as_path(), s.required), (Path::new("/srv/rec"), true));
+        assert!(c.recording.wanted("d", false) && !c.recording.wanted("t", false));
+        let bad = text.replace("required = true", "max_bytes = \"lots\"");
+        let e = crate::config::Config::from_toml(&bad, Path::new("/")).unwrap_err();
+        assert_eq!(e.key, "recording.max_bytes");
+        let none = text.replace("[recording]\ndir = \"rec\"\nrequired = true\n", "");
+        let e = crate::config::Config::from_toml(&none, Path::new("/")).unwrap_err();
+        assert_eq!(e.key, "upstreams.d.record");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         type Case<'a> = (&'a str, &'a [(String, Option<String>)], &'a str);
         let cases: &[Case] = &[

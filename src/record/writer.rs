@@ -47,8 +47,10 @@ pub const QUEUE_MAX: usize = 64 << 20;
 /// What a queued message costs beyond its bytes.
 const MSG_COST: usize = 64;
 /// The writer's buffer per recording: written out when this full, when
-/// the queue runs empty, and at close.
+/// the queue runs empty, at least each second, and at close.
 const FLUSH_AT: usize = 64 << 10;
+/// Buffers are written out at least this often, however busy the queue.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How long a session waits for its recording to open.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a session's end waits for its recording to close.
@@ -391,7 +393,15 @@ struct Open {
 
 fn run(rx: mpsc::Receiver<Msg>) {
     let mut open: HashMap<u64, Open> = HashMap::new();
+    let mut flushed = Instant::now();
     loop {
+        // A queue that never runs empty still reaches the disk each second.
+        if flushed.elapsed() >= FLUSH_EVERY {
+            for r in open.values_mut() {
+                r.flush();
+            }
+            flushed = Instant::now();
+        }
         let msg = match rx.try_recv() {
             Ok(m) => m,
             Err(mpsc::TryRecvError::Empty) => {
@@ -399,6 +409,7 @@ fn run(rx: mpsc::Receiver<Msg>) {
                 for r in open.values_mut() {
                     r.flush();
                 }
+                flushed = Instant::now();
                 match rx.recv() {
                     Ok(m) => m,
                     Err(_) => return,
