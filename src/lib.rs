@@ -10,7 +10,9 @@
 //!
 //! ```text
 //! main → server → {session, admin} → state → {relay, upstream, task, transport, tls}
-//!                                         → pure cores: http, ws, ticket, registry,
+//!                                         → registry (the admission ledger's lock, session
+//!                                           controls, handshake slots)
+//!                                         → pure cores: admission, http, ws, ticket,
 //!                                           client_addr, preamble, demo (+ config's parse)
 //! ```
 //!
@@ -20,6 +22,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+#[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
+pub mod admission;
 pub mod audit;
 #[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod client_addr;

@@ -22,7 +22,8 @@ USAGE:
   nexor-relay check-config -c FILE     validate a config; errors name the key
   nexor-relay ticket mint -c FILE --upstream NAME [--console vnc|term] [--sub ID]
         [--ttl 60s] [--kid ID] [--jti ID] [--node N --vmid N --guest qemu|lxc]
-        [--ip ADDR] [--aud ID] [--max-session SECS] [--record true]
+        [--ip ADDR] [--aud ID] [--max-session SECS] [--mode control|view]
+        [--record true]
                                        print a signed ticket (JWT HS256)
   nexor-relay ticket inspect [-c FILE] TOKEN
                                        decode a ticket; with -c also verify it
@@ -228,6 +229,7 @@ fn mint(rest: &[String]) -> Result<ExitCode> {
             "ip",
             "aud",
             "max-session",
+            "mode",
             "record",
         ],
     )?;
@@ -289,6 +291,11 @@ fn mint(rest: &[String]) -> Result<ExitCode> {
         },
         ip: a.get("ip").map(str::to_string),
         max_session: num("max-session")?,
+        mode: match a.get("mode").unwrap_or("control") {
+            "control" => ticket::Mode::Control,
+            "view" => ticket::Mode::View,
+            m => bail!("--mode {m}: control or view"),
+        },
         record: match a.get("record") {
             None | Some("false") => false,
             Some("true") => true,
@@ -412,6 +419,7 @@ max_ttl = \"{}s\"\n[admin]\nlisten = \"off\"\n[audit]\noutput = \"stderr\"\n[ups
                     console,
                     ip: None,
                     max_session: None,
+                    mode: Default::default(),
                     record: false,
                 },
                 &key,

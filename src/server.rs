@@ -103,7 +103,7 @@ pub fn serve(
     let (listen, workers, admin) = (cfg.server.listen, cfg.server.workers, cfg.admin.listen);
     let state = Arc::new(State::new(
         Live::build(cfg, tls)?,
-        Registry::new(),
+        Registry::new(crate::state::unix_now),
         Metrics::new(workers),
         audit,
     ));

@@ -1,6 +1,7 @@
 //! Process-wide state: what every worker, the admin listener and the
 //! signal handler share. Below `server`, `session` and `admin`; above the
-//! pure cores (`registry`, `config`, ...).
+//! shared registry (src/registry: the admission ledger behind its lock) and
+//! the pure cores (`admission`, `config`, ...).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -88,7 +89,7 @@ impl State {
     }
 }
 
-/// Seconds since the Unix epoch: the clock of the ticket and registry
+/// Seconds since the Unix epoch: the clock of the ticket and admission
 /// checks, read here in the glue and passed down to the pure cores.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -378,7 +378,7 @@ fn every_proxmox_failure_maps_to_its_status() {
     let relay = relay_for(&emu, "");
     let mut c = claims.clone();
     c.vmid = None;
-    assert_eq!(Browser::open(&relay, &c).err(), Some(502));
+    assert_eq!(Browser::open(&relay, &c).err(), Some(401));
     assert!(relay.wait_log("ticket_without_vm"));
 }
 

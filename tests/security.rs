@@ -464,9 +464,13 @@ token_secret = \"0b9a4c52-7d1e-4f0a-9c3b-5e6f7a8b9c0d\"\nconnect_timeout = \"2s\
         ("pve-a", 1_000_000_000),
     ] {
         let (status, _, _) = try_open(&relay, &relay.sign(&mk(node, vmid)), "");
-        assert!(status >= 400, "{node} {vmid}: {status}");
+        assert_eq!(status, 401, "{node} {vmid}");
     }
     assert!(relay.wait_log("ticket_bad_vm"));
+    // No node or vmid at all: 401 too, before any API call.
+    let (status, _, _) = try_open(&relay, &relay.sign(&Relay::claims("pve", Console::Vnc)), "");
+    assert_eq!(status, 401);
+    assert!(relay.wait_log("ticket_without_vm"));
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         0,

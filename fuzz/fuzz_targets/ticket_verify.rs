@@ -13,7 +13,7 @@
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use nexor_relay::ticket::{
-    decode_unverified, mint, verify, verify_signature, Claims, Console, Guest, Key, KeyRing,
+    decode_unverified, mint, verify, verify_signature, Claims, Console, Guest, Key, KeyRing, Mode,
     Policy, TicketError, MAX_TICKET_LEN,
 };
 
@@ -142,6 +142,7 @@ fn claims(u: &mut Unstructured<'_>) -> arbitrary::Result<Claims> {
         console: if bool::arbitrary(u)? { Console::Vnc } else { Console::Term },
         ip: opt(u, 64)?,
         max_session: Option::<u64>::arbitrary(u)?,
+        mode: if bool::arbitrary(u)? { Mode::View } else { Mode::Control },
         record: bool::arbitrary(u)?,
     })
 }

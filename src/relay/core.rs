@@ -44,6 +44,13 @@
 //! them). The walk keeps its offset between calls and the glue drops the
 //! walked prefix once per read, so control frames cost O(their size).
 //!
+//! View-only sessions ([`Settings::view`]) are the exception: the
+//! browser's payloads are unmasked in place and fed to the
+//! [`ViewFilter`]; what it lets through goes upstream as relay-made bytes
+//! ([`Next::Own`]): raw in Bytes mode, else complete binary frames under a
+//! fresh mask key (at most [`PVE_MAX_PAYLOAD`] each). A stream the filter
+//! cannot follow ends the session: 1008 `view_only_violation`.
+//!
 //! [`Decoder`] is the same walk on its own: the Proxmox preamble
 //! (src/upstream/proxmox.rs) reads its frames with it, so frames are
 //! decoded in one place.
@@ -63,6 +70,7 @@ use crate::ws::frame::{
 };
 use crate::ws::mask;
 
+use super::viewonly::{ViewFilter, Violation};
 use super::{Mode, Outcome, Settings, Side, CLOSE_GRACE};
 
 /// Room in front of a raw upstream read for the frame header (2 + 8 bytes).
@@ -154,6 +162,9 @@ pub enum Next {
     },
     /// Write this relay-made frame header to the other leg (Proxmox re-cut).
     Header { bytes: [u8; MAX_HEADER], len: u8 },
+    /// Write these relay-made bytes to the other leg (view-only: what the
+    /// filter let through, framed for the upstream); `count` data bytes.
+    Own { bytes: Vec<u8>, count: u64 },
     /// All whole steps are walked: remove `buf[headroom..headroom +
     /// consumed]` and read more after what is left.
     Read { consumed: usize },
@@ -201,6 +212,11 @@ struct Dir {
     unmask: bool,
     /// Re-cut frames pveproxy would die on.
     recut_mode: bool,
+    /// View-only: payloads go through this filter (browser → upstream).
+    /// Boxed: control sessions, the many, keep one word for it.
+    filter: Option<Box<ViewFilter>>,
+    /// With `filter`: what passes goes out as masked frames (else raw).
+    reframe: bool,
     pos: usize,
     run: Option<(usize, usize)>,
     recut: Option<Recut>,
@@ -270,12 +286,15 @@ fn control_frame(opcode: OpCode, payload: &[u8], masked: bool) -> Vec<u8> {
 }
 
 impl Core {
-    pub fn new(mode: Mode, settings: Settings, now: Instant) -> Core {
-        let up = Dir::new(
+    pub fn new(mode: Mode, mut settings: Settings, now: Instant) -> Core {
+        let filter = settings.view.take();
+        let mut up = Dir::new(
             Some(Tracker::new(Sender::Client, settings.max_frame)),
-            mode == Mode::Bytes,
-            mode == Mode::Proxmox,
+            mode == Mode::Bytes || filter.is_some(),
+            mode == Mode::Proxmox && filter.is_none(),
         );
+        up.filter = filter.map(Box::new);
+        up.reframe = mode != Mode::Bytes;
         let down = Dir::new(
             (mode != Mode::Bytes).then(|| Tracker::new(Sender::Server, settings.max_frame)),
             false,
@@ -530,6 +549,14 @@ impl Core {
                     return Next::Forward { range: r, count: n };
                 }
                 Walk::Header { bytes, len } => return Next::Header { bytes, len },
+                Walk::Own { bytes, count } => {
+                    self.count(from, count, now);
+                    return Next::Own { bytes, count };
+                }
+                Walk::Violation(v) => {
+                    self.view_violation(v, now);
+                    return Next::Stop;
+                }
                 Walk::Read { consumed } => return Next::Read { consumed },
                 Walk::Error(e) => {
                     self.protocol_error(from, e, now);
@@ -791,6 +818,21 @@ impl Core {
         self.begin_closing(now);
     }
 
+    /// A view-only browser sent what the filter cannot follow: 1008 to
+    /// it, the upstream closed, nothing more of the browser's is read.
+    fn view_violation(&mut self, v: Violation, now: Instant) {
+        self.dirs[LegId::Browser.i()].stopped = true;
+        let se = err(
+            LegId::Browser,
+            "protocol",
+            Some(format!("{}: {v}", Violation::LABEL)),
+        );
+        self.record(close::POLICY, Violation::LABEL, Side::Browser, Some(se));
+        self.close_browser(close::POLICY, Violation::LABEL);
+        self.close_upstream(close::GOING_AWAY);
+        self.begin_closing(now);
+    }
+
     /// `leg` answered no ping in time: it is dead. Close the other side
     /// with 1011 and end now.
     fn pong_timeout(&mut self, leg: LegId) {
@@ -825,6 +867,30 @@ impl Core {
     }
 }
 
+/// `payload` as complete binary frames for an upstream WebSocket: masked
+/// with a fresh key (the relay is the client there), none over pveproxy's
+/// cap.
+fn masked_frames(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + MAX_HEADER);
+    for chunk in payload.chunks(PVE_MAX_PAYLOAD as usize) {
+        let key = mask::random_key();
+        let h = FrameHeader {
+            fin: true,
+            rsv: 0,
+            opcode: OpCode::Binary,
+            mask: Some(key),
+            len: chunk.len() as u64,
+        };
+        let mut hb = [0u8; MAX_HEADER];
+        let n = h.encode(&mut hb);
+        out.extend_from_slice(&hb[..n]);
+        let at = out.len();
+        out.extend_from_slice(chunk);
+        mask::apply(&mut out[at..], key, 0);
+    }
+    out
+}
+
 /// Extends the run of bytes to forward by `a..b`; returns the old run if
 /// `a..b` does not follow it (it must be written first).
 fn add(run: &mut Option<(usize, usize)>, a: usize, b: usize) -> Option<(usize, usize)> {
@@ -852,6 +918,14 @@ pub enum Walk {
         bytes: [u8; MAX_HEADER],
         len: u8,
     },
+    /// View-only: what the filter let through, ready for the upstream;
+    /// `count` payload bytes.
+    Own {
+        bytes: Vec<u8>,
+        count: u64,
+    },
+    /// View-only: the filter cannot follow the browser's stream.
+    Violation(Violation),
     /// A whole control frame at `at..end`; payload (still masked if it was)
     /// at `payload_at..end`.
     Control {
@@ -876,6 +950,8 @@ impl Dir {
             pos: 0,
             run: None,
             recut: None,
+            filter: None,
+            reframe: false,
             held: None,
             stopped: false,
             raw_sent: false,
@@ -977,6 +1053,23 @@ impl Dir {
                         if let Some(k) = mask {
                             mask::apply(&mut buf[at..at + len], k, offset);
                         }
+                    }
+                    if let Some(f) = self.filter.as_mut() {
+                        // No run is ever open here: data leaves as Own.
+                        let mut out = Vec::new();
+                        if let Err(v) = f.feed(&buf[at..at + len], &mut out) {
+                            return Walk::Violation(v);
+                        }
+                        if out.is_empty() {
+                            continue;
+                        }
+                        let count = out.len() as u64;
+                        let bytes = if self.reframe {
+                            masked_frames(&out)
+                        } else {
+                            out
+                        };
+                        return Walk::Own { bytes, count };
                     }
                     if let Some(r) = add(&mut self.run, at, at + len) {
                         return Walk::Data(r.0..r.1);

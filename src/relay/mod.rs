@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Every decision (frame tracking, the close handshake, ping/pong, limits,
-//! the Proxmox re-cut, framing for `tcp`/`demo`) is in [`core::Core`]; this
+//! the Proxmox re-cut, framing for `tcp`/`demo`, the view-only filter of
+//! [`viewonly`]) is in [`core::Core`]; this
 //! file only reads, writes and sleeps. Two modes of upstream, see [`Mode`].
 //!
 //! Writers are shared through [`WriterLock`]: a pump holds the other leg's
@@ -29,6 +30,8 @@
 pub mod core;
 #[cfg(test)]
 mod tests;
+#[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
+pub mod viewonly;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -83,6 +86,9 @@ pub struct Settings {
     pub lifetime: Option<Duration>,
     /// No data frames either way for this long: 4003. Pings do not count.
     pub idle_timeout: Option<Duration>,
+    /// View-only session (ticket `mode = "view"`): the browser's stream
+    /// goes through this filter, in the state the preamble left it in.
+    pub view: Option<viewonly::ViewFilter>,
 }
 
 /// Where a session counts its bytes: its worker's metrics block, and its
@@ -513,6 +519,19 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
                         return;
                     };
                     (res, 0)
+                }
+                Next::Own { bytes, count } => {
+                    tap(rec.as_deref(), from, &bytes);
+                    match hold_writer(&s, to, &mut guard).await {
+                        None => return,
+                        Some(false) => continue,
+                        Some(true) => {}
+                    }
+                    let Some(g) = guard.as_mut() else { return };
+                    let Some((res, _)) = or_done(&s.done, g.write_all(bytes)).await else {
+                        return;
+                    };
+                    (res, count)
                 }
             };
             if let Err(e) = res {

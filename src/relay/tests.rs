@@ -105,6 +105,7 @@ fn settings() -> Settings {
         pong_timeout: None,
         lifetime: None,
         idle_timeout: None,
+        view: None,
     }
 }
 
@@ -178,6 +179,10 @@ impl Sim {
                 }
                 Next::Header { bytes, len } => {
                     self.outbox[to].extend_from_slice(&bytes[..len as usize]);
+                }
+                Next::Own { bytes, .. } => {
+                    assert!(!self.shut[to], "data after FIN");
+                    self.outbox[to].extend_from_slice(&bytes);
                 }
             }
             // The relay's own frames may go out whenever the writer is free.
@@ -1073,6 +1078,147 @@ fn hostile_bytes_never_panic_and_output_stays_bounded() {
         parse_all(&sim.outbox[0]);
         if mode != Mode::Bytes {
             parse_all(&sim.outbox[1]);
+        }
+    }
+}
+
+/// A view-only browser: noVNC's handshake and messages, input among them,
+/// in frames cut anywhere (a message split over frames, pings between).
+fn view_stream(rng: &mut Rng) -> (Vec<u8>, Vec<u8>) {
+    let mut msgs: Vec<(Vec<u8>, bool)> = vec![
+        (b"RFB 003.008\n".to_vec(), true),
+        (vec![1], true),
+        (vec![0], false), // ClientInit: forced to 1 below
+    ];
+    for _ in 0..20 {
+        msgs.push(match rng.below(5) {
+            0 => (vec![3, 1, 0, 0, 0, 0, 2, 128, 1, 224], true),
+            1 => (vec![4, 1, 0, 0, 0, 0, 0, 0x61], false),
+            2 => (vec![5, 1, 0, 10, 0, 20], false),
+            3 => {
+                let mut m = vec![2, 0, 0, 3];
+                m.extend_from_slice(&rng.bytes(12));
+                (m, true)
+            }
+            _ => (vec![6, 0, 0, 0, 0, 0, 0, 3, b'a', b'b', b'c'], false),
+        });
+    }
+    let mut stream = Vec::new();
+    let mut expected = Vec::new();
+    for (i, (m, keep)) in msgs.iter().enumerate() {
+        stream.extend_from_slice(m);
+        if *keep {
+            expected.extend_from_slice(m);
+        } else if i == 2 {
+            expected.push(1);
+        }
+    }
+    let mut wire = Vec::new();
+    let mut at = 0;
+    while at < stream.len() {
+        let n = (1 + rng.below(30) as usize).min(stream.len() - at);
+        let key = (rng.next() as u32).to_be_bytes();
+        let op = if rng.chance(50) {
+            OpCode::Binary
+        } else {
+            OpCode::Text
+        };
+        wire.extend_from_slice(&frame(true, op, &stream[at..at + n], Some(key)));
+        if rng.chance(20) {
+            wire.extend_from_slice(&masked(OpCode::Ping, b"p"));
+        }
+        at += n;
+    }
+    (wire, expected)
+}
+
+fn view_settings(view: super::viewonly::View) -> Settings {
+    let mut s = settings();
+    s.view = Some(super::viewonly::ViewFilter::new(view));
+    s
+}
+
+#[test]
+fn view_only_sessions_pass_only_what_the_filter_lets_through() {
+    use super::viewonly::View;
+    for seed in 0..40 {
+        let mut rng = Rng::new(seed);
+        let (wire, expected) = view_stream(&mut rng);
+        let down = plain(OpCode::Binary, b"RFB 003.008\n");
+        for mode in [Mode::Bytes, Mode::Frames, Mode::Proxmox] {
+            let up_wire: &[u8] = if mode == Mode::Bytes {
+                b"RFB 003.008\n"
+            } else {
+                &down
+            };
+            let sim = feed(
+                mode,
+                view_settings(View::RfbHandshake),
+                seed,
+                &wire,
+                up_wire,
+            );
+            let got = if mode == Mode::Bytes {
+                sim.outbox[1].clone()
+            } else {
+                // Whole masked binary frames under pveproxy's cap.
+                let frames = sim.frames_to(LegId::Upstream);
+                for f in &frames {
+                    assert!(f.h.fin && f.h.mask.is_some(), "{mode:?}");
+                    assert!(f.h.opcode == OpCode::Binary && f.h.len <= 128 * 1024);
+                }
+                data_payload(&frames)
+            };
+            assert_eq!(got, expected, "seed {seed} {mode:?}");
+            assert_eq!(sim.outcome().bytes_up, expected.len() as u64);
+            // Pings are still answered, the console's output still flows.
+            assert!(last_pong(&sim.frames_to(LegId::Browser)).is_some() || !wire_has_ping(&wire));
+            assert_eq!(
+                data_payload(&sim.frames_to(LegId::Browser)),
+                b"RFB 003.008\n"
+            );
+        }
+    }
+}
+
+fn wire_has_ping(wire: &[u8]) -> bool {
+    parse_all(wire).iter().any(|f| f.h.opcode == OpCode::Ping)
+}
+
+#[test]
+fn a_view_only_violation_ends_the_session_with_1008() {
+    use super::viewonly::View;
+    for seed in 0..20 {
+        let mut wire = masked(OpCode::Binary, &[3, 0, 0, 0, 0, 0, 0, 1, 0, 1]);
+        // gii (253): not a message noVNC sends, its length unknown here.
+        wire.extend_from_slice(&masked(OpCode::Binary, &[253, 0, 0, 4, 1, 2, 3, 4]));
+        wire.extend_from_slice(&masked(OpCode::Binary, &[3, 0, 0, 0, 0, 0, 0, 1, 0, 1]));
+        for mode in [Mode::Frames, Mode::Bytes, Mode::Proxmox] {
+            let sim = feed(mode, view_settings(View::Rfb), seed, &wire, b"");
+            assert_eq!(last_close(&sim, LegId::Browser), Some(1008));
+            let close = sim.frames_to(LegId::Browser);
+            assert_eq!(&close.last().unwrap().payload[2..], b"view_only_violation");
+            assert_eq!(
+                summary(&sim.outcome()),
+                (
+                    1008,
+                    "view_only_violation",
+                    Side::Browser,
+                    Some("browser_protocol")
+                )
+            );
+            assert_eq!(
+                sim.outcome().error.unwrap().to_string(),
+                "browser_protocol: view_only_violation: unknown RFB message type 253"
+            );
+            // Only the request before it went upstream.
+            assert_eq!(sim.outcome().bytes_up, 10);
+            if mode == Mode::Bytes {
+                assert_eq!(sim.outbox[1], [3, 0, 0, 0, 0, 0, 0, 1, 0, 1]);
+                assert!(sim.shut[1]);
+            } else {
+                assert_eq!(last_close(&sim, LegId::Upstream), Some(1001));
+            }
         }
     }
 }

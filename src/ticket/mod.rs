@@ -11,7 +11,7 @@
 //!  header  {"alg":"HS256","kid":"k1","typ":"JWT"}
 //!  claims  {"exp":…,"iat":…,"jti":"…","sub":"…","upstream":"pve1",
 //!           "console":"vnc", optional nbf aud node vmid guest ip max_session
-//!           record}
+//!           mode record}
 //! ```
 //!
 //! Order of work, cheapest and most hostile first: length cap, shape,
@@ -257,6 +257,30 @@ pub enum Guest {
     Lxc,
 }
 
+/// What the browser may do on the console (`mode` claim, docs/design.md §2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Input reaches the console (`"control"`, the default).
+    #[default]
+    Control,
+    /// The relay drops every input message (`"view"`): src/relay/viewonly.rs.
+    View,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Control => "control",
+            Mode::View => "view",
+        }
+    }
+
+    fn is_control(&self) -> bool {
+        *self == Mode::Control
+    }
+}
+
 /// The verified claims of a ticket (DESIGN §2 claim table).
 ///
 /// `Debug` prints the `jti`, which is a bearer secret until used:
@@ -296,6 +320,9 @@ pub struct Claims {
     /// Session lifetime cap, seconds (the caller clamps it to config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_session: Option<u64>,
+    /// View only or control (absent: control).
+    #[serde(default, skip_serializing_if = "Mode::is_control")]
+    pub mode: Mode,
     /// Record this console (`"record": true`; docs/recording.md).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub record: bool,
@@ -760,6 +787,12 @@ fn claims_from_map(m: &Map<String, Value>) -> Result<Claims, TicketError> {
         })?,
         ip: optional(m, "ip", |v| text(v, 0, usize::MAX))?,
         max_session: optional(m, "max_session", int)?,
+        mode: optional(m, "mode", |v| match v.as_str()? {
+            "control" => Some(Mode::Control),
+            "view" => Some(Mode::View),
+            _ => None,
+        })?
+        .unwrap_or_default(),
         record: optional(m, "record", serde_json::Value::as_bool)?.unwrap_or(false),
     })
 }
@@ -852,6 +885,9 @@ fn claims_to_map(c: &Claims) -> Map<String, Value> {
     }
     if let Some(max) = c.max_session {
         put("max_session", max.into());
+    }
+    if c.mode != Mode::Control {
+        put("mode", c.mode.as_str().into());
     }
     if c.record {
         put("record", true.into());

@@ -101,6 +101,7 @@ fn full_claims() -> Claims {
         console: Console::Term,
         ip: Some("192.0.2.7".into()),
         max_session: Some(3600),
+        mode: Mode::View,
         record: true,
     }
 }

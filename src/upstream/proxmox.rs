@@ -24,16 +24,17 @@ use monoio::net::TcpStream;
 
 use super::Opened;
 use crate::config::{Proxmox, WsUrl};
-use crate::error::UpstreamError;
+use crate::error::{BrowserPhaseError, ProxmoxError, UpstreamError};
 use crate::http::{parse_response, HeadLimits, Headers};
 use crate::preamble::rfb::VncPreamble;
 use crate::preamble::term::TermPreamble;
 use crate::registry::VmGates;
 use crate::relay::core::{Decoder, Walk};
+use crate::relay::viewonly::{ViewFilter, Violation};
 use crate::relay::Mode;
 use crate::ticket::{Claims, Console, Guest};
 use crate::transport::Stream;
-use crate::ws::frame::{FrameHeader, OpCode, Sender, MAX_HEADER};
+use crate::ws::frame::{FrameError, FrameHeader, OpCode, Sender, MAX_HEADER};
 use crate::ws::handshake::{check_response, client_key, client_request};
 use crate::ws::mask;
 
@@ -66,33 +67,23 @@ pub fn pct(s: &str) -> String {
     out
 }
 
-/// A ticket's `node` and `vmid` as Proxmox names them: a node is a host
-/// name label (`[A-Za-z0-9-]{1,63}`), a VM id is 100..=999999999. Checked
-/// before any API call, so a claim can never reshape the API path (which
-/// percent-encodes its segments as well).
-pub fn valid_vm(node: &str, vmid: u64) -> bool {
-    (1..=63).contains(&node.len())
-        && node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && (100..=999_999_999).contains(&vmid)
-}
-
 /// Parses the JSON answer of vncproxy/termproxy: `port` as number or
 /// string; `password` if present; `ticket` never split on `:`.
-pub fn parse_console_ticket(body: &[u8]) -> Result<ConsoleTicket, &'static str> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| "proxmox_bad_json")?;
-    let d = v.get("data").ok_or("proxmox_no_data")?;
+pub fn parse_console_ticket(body: &[u8]) -> Result<ConsoleTicket, ProxmoxError> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| ProxmoxError::BadJson)?;
+    let d = v.get("data").ok_or(ProxmoxError::NoData)?;
     let port = match d.get("port") {
         Some(serde_json::Value::Number(n)) => n.as_u64(),
         Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
         _ => None,
     }
     .filter(|p| (1..=65535).contains(p))
-    .ok_or("proxmox_bad_port")? as u16;
+    .ok_or(ProxmoxError::BadPort)? as u16;
     let ticket = d
         .get("ticket")
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
-        .ok_or("proxmox_no_ticket")?;
+        .ok_or(ProxmoxError::NoTicket)?;
     let s = |k: &str| d.get(k).and_then(|v| v.as_str()).map(str::to_string);
     Ok(ConsoleTicket {
         port,
@@ -134,8 +125,8 @@ fn body_len(value: Option<&str>) -> Result<Option<usize>, UpstreamError> {
     let Some(v) = value else { return Ok(None) };
     match v.trim().parse::<u64>() {
         Ok(len) if len <= MAX_API_RESPONSE as u64 => Ok(Some(len as usize)),
-        Ok(_) => Err(UpstreamError::Api("proxmox_response_too_large")),
-        Err(_) => Err(UpstreamError::Api("proxmox_bad_response")),
+        Ok(_) => Err(UpstreamError::Proxmox(ProxmoxError::ResponseTooLarge)),
+        Err(_) => Err(UpstreamError::Proxmox(ProxmoxError::BadResponse)),
     }
 }
 
@@ -151,7 +142,7 @@ async fn read_response(stream: &mut Stream) -> Result<(u16, Vec<u8>), UpstreamEr
             }
         }
         if buf.len() >= MAX_API_RESPONSE {
-            return Err(UpstreamError::Api("proxmox_response_too_large"));
+            return Err(UpstreamError::Proxmox(ProxmoxError::ResponseTooLarge));
         }
         let (res, b) = stream.read_more(buf).await;
         buf = b;
@@ -160,14 +151,14 @@ async fn read_response(stream: &mut Stream) -> Result<(u16, Vec<u8>), UpstreamEr
             match parse_response(&buf, HeadLimits::default()) {
                 Ok(Some((h, n))) => {
                     if h.all("transfer-encoding").next().is_some() {
-                        return Err(UpstreamError::Api("proxmox_chunked_response"));
+                        return Err(UpstreamError::Proxmox(ProxmoxError::ChunkedResponse));
                     }
                     let len = body_len(h.one("content-length").ok().flatten())?;
                     head = Some((h.status, n, len));
                     continue;
                 }
                 Ok(None) if !eof => continue,
-                _ => return Err(UpstreamError::Api("proxmox_bad_response")),
+                _ => return Err(UpstreamError::Proxmox(ProxmoxError::BadResponse)),
             }
         }
         if eof {
@@ -212,11 +203,11 @@ Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnect
     res.map_err(|_| UpstreamError::Closed)?;
     let (status, body) = read_response(&mut stream).await?;
     match status {
-        200 => parse_console_ticket(&body).map_err(UpstreamError::Api),
-        401 => Err(UpstreamError::Api("proxmox_api_401")),
-        403 => Err(UpstreamError::Api("proxmox_api_403")),
-        500..=599 => Err(UpstreamError::Api("proxmox_api_5xx")),
-        _ => Err(UpstreamError::Api("proxmox_api_status")),
+        200 => parse_console_ticket(&body).map_err(UpstreamError::Proxmox),
+        401 => Err(UpstreamError::Proxmox(ProxmoxError::Api401)),
+        403 => Err(UpstreamError::Proxmox(ProxmoxError::Api403)),
+        500..=599 => Err(UpstreamError::Proxmox(ProxmoxError::Api5xx)),
+        _ => Err(UpstreamError::Proxmox(ProxmoxError::ApiStatus)),
     }
 }
 
@@ -249,18 +240,19 @@ async fn websocket(
     let mut stream = dial(ep, connector).await?;
     let (res, _) = stream.write_all(req).await;
     res.map_err(|_| UpstreamError::Closed)?;
-    let (head, early) = match super::ws::read_upgrade_answer(&mut stream, HeadLimits::default())
-        .await
-    {
-        Ok(v) => v,
-        // pveproxy closes without an answer when nothing listens on the port.
-        Err(UpstreamError::Closed) => return Err(UpstreamError::Api("proxmox_websocket_closed")),
-        Err(_) => return Err(UpstreamError::Api("proxmox_bad_response")),
-    };
+    let (head, early) =
+        match super::ws::read_upgrade_answer(&mut stream, HeadLimits::default()).await {
+            Ok(v) => v,
+            // pveproxy closes without an answer when nothing listens on the port.
+            Err(UpstreamError::Closed) => {
+                return Err(UpstreamError::Proxmox(ProxmoxError::WebsocketClosed))
+            }
+            Err(_) => return Err(UpstreamError::Proxmox(ProxmoxError::BadResponse)),
+        };
     match check_response(&head, &key, Some("binary")) {
         Ok(_) => Ok((stream, early)),
-        Err(_) if head.status == 401 => Err(UpstreamError::Api("proxmox_websocket_401")),
-        Err(_) => Err(UpstreamError::Api("proxmox_websocket_refused")),
+        Err(_) if head.status == 401 => Err(UpstreamError::Proxmox(ProxmoxError::Websocket401)),
+        Err(_) => Err(UpstreamError::Proxmox(ProxmoxError::WebsocketRefused)),
     }
 }
 
@@ -328,16 +320,17 @@ impl FrameReader {
     }
 
     /// Processes buffered bytes, reading more first if nothing whole is
-    /// buffered. `Err` on EOF or a protocol violation.
-    pub async fn next(&mut self, stream: &mut Stream) -> Result<Incoming, &'static str> {
+    /// buffered. `Err` on EOF (`None`) or a protocol violation.
+    pub async fn next(&mut self, stream: &mut Stream) -> Result<Incoming, Option<FrameError>> {
         loop {
             let mut inc = Incoming::default();
             loop {
                 match self.decoder.walk(&mut self.buf) {
-                    Walk::Error(e) => return Err(e.label()),
+                    Walk::Error(e) => return Err(Some(e)),
                     // Payloads come unmasked, headers dropped.
                     Walk::Data(r) => inc.data.extend_from_slice(&self.buf[r]),
-                    Walk::Header { .. } => {}
+                    // Never from a Decoder: it has no view filter.
+                    Walk::Header { .. } | Walk::Own { .. } | Walk::Violation(_) => {}
                     Walk::Control {
                         payload_at,
                         end,
@@ -366,7 +359,7 @@ impl FrameReader {
             let (res, b) = stream.read_more(std::mem::take(&mut self.buf)).await;
             self.buf = b;
             if !matches!(res, Ok(n) if n > 0) {
-                return Err("closed");
+                return Err(None);
             }
         }
     }
@@ -392,10 +385,11 @@ pub async fn open(
     gates: &Arc<VmGates>,
 ) -> Result<Opened, UpstreamError> {
     let (Some(node), Some(vmid)) = (c.node.as_deref(), c.vmid) else {
-        return Err(UpstreamError::Api("ticket_without_vm"));
+        return Err(UpstreamError::Proxmox(ProxmoxError::TicketWithoutVm));
     };
-    if !valid_vm(node, vmid) {
-        return Err(UpstreamError::Api("ticket_bad_vm"));
+    // Admission refused these already (401); checked again before the path is built.
+    if !crate::admission::valid_vm(node, vmid) {
+        return Err(UpstreamError::Proxmox(ProxmoxError::TicketBadVm));
     }
     let _gate = match c.console {
         Console::Vnc => Some(gates.acquire(crate::registry::vm_key(c)).await),
@@ -408,20 +402,22 @@ pub async fn open(
     match c.console {
         Console::Vnc => {
             let password = t.password.as_deref().unwrap_or(&t.ticket);
-            let mut vnc = VncPreamble::new(password.as_bytes(), px.force_shared);
+            // A viewer never takes the console for itself (shared flag 1).
+            let shared = px.force_shared || c.mode == crate::ticket::Mode::View;
+            let mut vnc = VncPreamble::new(password.as_bytes(), shared);
             let mut to_browser = Vec::new();
             vnc.start(&mut to_browser);
             while !(vnc.upstream_authenticated() && reader.at_boundary()) {
                 let inc = reader
                     .next(&mut ws)
                     .await
-                    .map_err(|_| UpstreamError::Api("vnc_upstream_closed"))?;
+                    .map_err(|_| UpstreamError::Proxmox(ProxmoxError::VncUpstreamClosed))?;
                 if inc.close {
-                    return Err(UpstreamError::Api("vnc_upstream_closed"));
+                    return Err(UpstreamError::Proxmox(ProxmoxError::VncUpstreamClosed));
                 }
                 let mut to_up = Vec::new();
                 vnc.on_upstream(&inc.data, &mut to_up, &mut to_browser)
-                    .map_err(|e| UpstreamError::Api(e.label()))?;
+                    .map_err(|e| UpstreamError::Proxmox(ProxmoxError::Login(e)))?;
                 write_frames(&mut ws, &to_up, true)
                     .await
                     .map_err(|_| UpstreamError::Closed)?;
@@ -441,8 +437,8 @@ pub async fn open(
         }
         Console::Term => {
             let user = t.user.as_deref().unwrap_or(&px.token_id);
-            let mut term =
-                TermPreamble::new(user, &t.ticket).map_err(|e| UpstreamError::Api(e.label()))?;
+            let mut term = TermPreamble::new(user, &t.ticket)
+                .map_err(|e| UpstreamError::Proxmox(ProxmoxError::Login(e)))?;
             let mut to_up = Vec::new();
             term.start(&mut to_up);
             write_frames(&mut ws, &to_up, true)
@@ -457,13 +453,13 @@ pub async fn open(
                         let e = term
                             .on_upstream_eof()
                             .err()
-                            .map_or("term_auth_failed", |e| e.label());
-                        return Err(UpstreamError::Api(e));
+                            .map_or(ProxmoxError::TermAuthFailed, ProxmoxError::Login);
+                        return Err(UpstreamError::Proxmox(e));
                     }
                 };
                 let mut to_up = Vec::new();
                 term.on_upstream(&inc.data, &mut to_up, &mut to_browser)
-                    .map_err(|e| UpstreamError::Api(e.label()))?;
+                    .map_err(|e| UpstreamError::Proxmox(ProxmoxError::Login(e)))?;
             }
             Ok(Opened {
                 stream: ws,
@@ -479,7 +475,9 @@ pub async fn open(
 
 /// Step 4 for VNC, after the 101: greet the browser as an RFB server and
 /// read its security choice and ClientInit; returns the bytes left over on
-/// each leg for the pump.
+/// each leg for the pump. A view-only session's messages after ClientInit
+/// go through `view` (whose state the pump then takes over); one it
+/// cannot follow gets the browser a 1008 close.
 pub async fn finish_browser(
     mut phase: BrowserPhase,
     browser: &mut Stream,
@@ -487,16 +485,20 @@ pub async fn finish_browser(
     upstream: &mut Stream,
     max_frame: u64,
     timeout: Duration,
-) -> Result<(Vec<u8>, Vec<u8>), &'static str> {
+    mut view: Option<&mut ViewFilter>,
+) -> Result<(Vec<u8>, Vec<u8>), BrowserPhaseError> {
     let work = async {
         write_frames(browser, &phase.to_browser, false)
             .await
-            .map_err(|_| "browser_gone")?;
+            .map_err(|_| BrowserPhaseError::BrowserGone)?;
         let mut reader = FrameReader::new(Sender::Client, max_frame, browser_early);
         while !(phase.vnc.is_done() && reader.at_boundary()) {
-            let inc = reader.next(browser).await?;
+            let inc = reader.next(browser).await.map_err(|e| match e {
+                Some(e) => BrowserPhaseError::BrowserFrame(e),
+                None => BrowserPhaseError::BrowserEof,
+            })?;
             if inc.close {
-                return Err("browser_closed_in_preamble");
+                return Err(BrowserPhaseError::BrowserClosed);
             }
             if let Some(p) = inc.ping {
                 let mut f = [0u8; crate::ws::frame::MAX_CONTROL_FRAME];
@@ -505,25 +507,43 @@ pub async fn finish_browser(
                     .write_all(f[..n].to_vec())
                     .await
                     .0
-                    .map_err(|_| "browser_gone")?;
+                    .map_err(|_| BrowserPhaseError::BrowserGone)?;
             }
             let (mut up, mut br) = (Vec::new(), Vec::new());
+            let was_done = phase.vnc.is_done();
             phase
                 .vnc
                 .on_browser(&inc.data, &mut up, &mut br)
-                .map_err(|e| e.label())?;
+                .map_err(BrowserPhaseError::Rfb)?;
+            if let Some(f) = view.as_deref_mut() {
+                // ClientInit leads what the preamble lets through first.
+                let init = usize::from(!was_done && phase.vnc.is_done()).min(up.len());
+                let mut kept = up[..init].to_vec();
+                if f.feed(&up[init..], &mut kept).is_err() {
+                    let mut c = [0u8; crate::ws::frame::MAX_CONTROL_FRAME];
+                    let n = crate::ws::frame::write_close(
+                        &mut c,
+                        crate::ws::frame::close::POLICY,
+                        Violation::LABEL,
+                        None,
+                    );
+                    let _ = browser.write_all(c[..n].to_vec()).await;
+                    return Err(BrowserPhaseError::ViewOnly);
+                }
+                up = kept;
+            }
             write_frames(upstream, &up, true)
                 .await
-                .map_err(|_| "upstream_gone")?;
+                .map_err(|_| BrowserPhaseError::UpstreamGone)?;
             write_frames(browser, &br, false)
                 .await
-                .map_err(|_| "browser_gone")?;
+                .map_err(|_| BrowserPhaseError::BrowserGone)?;
         }
         Ok(reader.into_leftover())
     };
     let browser_left = monoio::time::timeout(timeout, work)
         .await
-        .map_err(|_| "preamble_timeout")??;
+        .map_err(|_| BrowserPhaseError::Timeout)??;
     Ok((browser_left, phase.upstream.into_leftover()))
 }
 
@@ -538,17 +558,18 @@ mod tests {
         for huge in ["18446744073709551615", "262145", "1048577000"] {
             assert!(matches!(
                 body_len(Some(huge)),
-                Err(UpstreamError::Api("proxmox_response_too_large"))
+                Err(UpstreamError::Proxmox(ProxmoxError::ResponseTooLarge))
             ));
         }
         assert!(matches!(
             body_len(Some("-1")),
-            Err(UpstreamError::Api("proxmox_bad_response"))
+            Err(UpstreamError::Proxmox(ProxmoxError::BadResponse))
         ));
     }
 
     #[test]
     fn proxmox_claims_are_node_names_and_vm_ids() {
+        use crate::admission::valid_vm;
         assert!(valid_vm("pve-a", 100) && valid_vm(&"a".repeat(63), 999_999_999));
         for (node, vmid) in [
             ("pve-a", 99),
@@ -591,16 +612,16 @@ mod tests {
         assert_eq!((t.port, t.password), (5901, None));
         assert_eq!(
             parse_console_ticket(br#"{"data":{"ticket":"x","port":"abc"}}"#),
-            Err("proxmox_bad_port")
+            Err(ProxmoxError::BadPort)
         );
         assert_eq!(
             parse_console_ticket(br#"{"data":{"port":5900}}"#),
-            Err("proxmox_no_ticket")
+            Err(ProxmoxError::NoTicket)
         );
-        assert_eq!(parse_console_ticket(b"<html>"), Err("proxmox_bad_json"));
+        assert_eq!(parse_console_ticket(b"<html>"), Err(ProxmoxError::BadJson));
         assert_eq!(
             parse_console_ticket(br#"{"data":null}"#),
-            Err("proxmox_bad_port")
+            Err(ProxmoxError::BadPort)
         );
     }
 }

@@ -8,7 +8,7 @@ use monoio::net::TcpStream;
 
 use super::Opened;
 use crate::config::WsUrl;
-use crate::error::UpstreamError;
+use crate::error::{UpgradeAnswer, UpstreamError};
 use crate::http::{parse_response, HeadLimits, ResponseHead};
 use crate::relay::Mode;
 use crate::transport::Stream;
@@ -41,11 +41,11 @@ pub async fn open(
     let (head, early) = read_upgrade_answer(&mut stream, limits).await?;
     let selected = check_response(&head, &key, protocol).map_err(|e| {
         UpstreamError::Handshake(match e {
-            ResponseError::Status(_) => "upstream_refused_upgrade",
-            ResponseError::NotWebSocket => "upstream_not_websocket",
-            ResponseError::BadAccept => "upstream_bad_accept",
-            ResponseError::BadProtocol => "upstream_bad_protocol",
-            ResponseError::Extension => "upstream_extension",
+            ResponseError::Status(_) => UpgradeAnswer::Refused,
+            ResponseError::NotWebSocket => UpgradeAnswer::NotWebSocket,
+            ResponseError::BadAccept => UpgradeAnswer::BadAccept,
+            ResponseError::BadProtocol => UpgradeAnswer::BadProtocol,
+            ResponseError::Extension => UpgradeAnswer::Extension,
         })
     })?;
     Ok(Opened {
@@ -73,7 +73,7 @@ pub async fn read_upgrade_answer(
         }
         match parse_response(&buf, limits) {
             Ok(None) => continue,
-            Err(_) => return Err(UpstreamError::Handshake("upstream_bad_response")),
+            Err(_) => return Err(UpstreamError::Handshake(UpgradeAnswer::BadResponse)),
             Ok(Some((head, n))) => return Ok((head, buf.split_off(n))),
         }
     }

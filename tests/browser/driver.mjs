@@ -11,6 +11,7 @@
 //   eval   {page, expr}                the JS expression's value
 //   canvas {page}                      noVNC's canvas: {width, height, rgba (base64)}
 //   type   {page, text}                focus xterm.js, type text, press Enter
+//   vnc_type {page, text}              click noVNC's canvas, type text, press Enter
 //   shot   {page, path, canvas?}       PNG screenshot (of the page or just the canvas)
 //   reload {page} / close {page}
 //   dump   {dir, prefix}               screenshots and logs of every open page
@@ -131,6 +132,15 @@ async function run(cmd) {
     case "type": {
       const { page } = get(cmd.page);
       await page.evaluate("window.nexor.term.focus()");
+      await page.keyboard.type(cmd.text, { delay: 5 });
+      await page.keyboard.press("Enter");
+      return null;
+    }
+    case "vnc_type": {
+      // A real click (noVNC focuses its canvas and sends PointerEvents),
+      // then real key presses (KeyEvents or QEMU extended key events).
+      const { page } = get(cmd.page);
+      await page.locator("#screen canvas").click({ position: { x: 200, y: 200 } });
       await page.keyboard.type(cmd.text, { delay: 5 });
       await page.keyboard.press("Enter");
       return null;

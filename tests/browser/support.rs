@@ -372,6 +372,19 @@ pub struct QemuVnc {
 
 impl QemuVnc {
     pub fn start(name: &str) -> QemuVnc {
+        QemuVnc::spawn(name, false)
+    }
+
+    /// As [`QemuVnc::start`], but the VNC screen (and QMP `screendump`) is
+    /// QEMU's human monitor as a 640x480 text console (`-vga none -monitor
+    /// vc`): keys typed over VNC show up on the screen, so a screendump
+    /// says whether input reached QEMU. `monitor` is then unused. Only the
+    /// blinking cursor (one 8x16 cell, 128 pixels) changes by itself.
+    pub fn start_text(name: &str) -> QemuVnc {
+        QemuVnc::spawn(name, true)
+    }
+
+    fn spawn(name: &str, text: bool) -> QemuVnc {
         let bin = need("qemu-system-x86_64");
         let dir = tempfile::Builder::new()
             .prefix("nexor-qemu-")
@@ -383,12 +396,15 @@ impl QemuVnc {
         let mon_port = free_port();
         let qmp = dir.path().join("qmp.sock");
         let mut cmd = Command::new(bin);
+        let monitor = if text {
+            cmd.args(["-vga", "none", "-serial", "none", "-parallel", "none"]);
+            "vc:640x480".to_string()
+        } else {
+            format!("tcp:127.0.0.1:{mon_port},server=on,wait=off")
+        };
         cmd.args(["-display", "none", "-nic", "none", "-m", "64", "-S"])
             .args(["-vnc", &format!("127.0.0.1:{}", vnc_port - 5900)])
-            .args([
-                "-monitor",
-                &format!("tcp:127.0.0.1:{mon_port},server=on,wait=off"),
-            ])
+            .args(["-monitor", &monitor])
             .args([
                 "-qmp",
                 &format!("unix:{},server=on,wait=off", qmp.display()),
@@ -461,6 +477,12 @@ fn parse_ppm(b: &[u8]) -> (usize, usize, Vec<u8>) {
     assert_eq!(fields[0], "P6");
     let (w, h): (usize, usize) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
     (w, h, b[i..i + w * h * 3].to_vec())
+}
+
+/// Pixels that differ between two screendumps of the same size.
+pub fn pixels_differing(a: &[u8], b: &[u8]) -> usize {
+    assert_eq!(a.len(), b.len(), "screens of different sizes");
+    a.chunks(3).zip(b.chunks(3)).filter(|(x, y)| x != y).count()
 }
 
 // ---- the browser ----------------------------------------------------------------------
@@ -672,6 +694,11 @@ impl Browser {
     /// Types a line into xterm.js (then Enter).
     pub fn type_line(&mut self, page: &str, text: &str) {
         self.cmd(json!({"op": "type", "page": page, "text": text}));
+    }
+
+    /// Clicks noVNC's canvas, types a line into it (then Enter).
+    pub fn vnc_type(&mut self, page: &str, text: &str) {
+        self.cmd(json!({"op": "vnc_type", "page": page, "text": text}));
     }
 
     /// The terminal's buffer as text (lines joined with \n).

@@ -441,6 +441,7 @@ impl Relay {
             console,
             ip: None,
             max_session: None,
+            mode: Default::default(),
             record: false,
         }
     }
