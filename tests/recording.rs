@@ -750,3 +750,29 @@ fn replay_refuses_files_it_cannot_play() {
         assert!(err.contains(why), "{name}: {err}");
     }
 }
+
+#[test]
+fn a_console_that_never_opens_leaves_no_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = relay(
+        false,
+        &[(
+            "down",
+            format!("kind = \"tcp\"\naddr = \"{}\"", refused_addr()),
+        )],
+        &recording_section(dir.path(), "required = true"),
+    );
+    assert_eq!(
+        Client::open(&r, &recorded("down", Console::Term)).err(),
+        Some(502)
+    );
+    // The recording opened before the dial is removed, not left as .part.
+    assert!(
+        support::eventually(Duration::from_secs(5), || std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .is_none()),
+        "{:?}",
+        std::fs::read_dir(dir.path()).unwrap().collect::<Vec<_>>()
+    );
+}

@@ -347,3 +347,37 @@ fn vnc_records_read_back() {
         let _ = parse_vnc(&f[..n]);
     }
 }
+
+#[test]
+fn utf8_text_is_lossy_utf8_of_the_whole_however_cut() {
+    // A fixed-seed walk over byte strings rich in UTF-8 lead and
+    // continuation bytes: any cut gives `String::from_utf8_lossy` of the whole.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let alphabet = [
+        b'a', 0x80, 0xbf, 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xf0, 0x9d, 0x84, 0x9e, 0xff, 0xc0,
+    ];
+    for _ in 0..3000 {
+        let len = (next() % 24) as usize;
+        let data: Vec<u8> = (0..len)
+            .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+            .collect();
+        let want = String::from_utf8_lossy(&data).into_owned();
+        let mut u = Utf8Text::default();
+        let mut got = String::new();
+        let mut at = 0;
+        while at < data.len() {
+            let n = 1 + (next() % 4) as usize;
+            let end = (at + n).min(data.len());
+            u.push(&data[at..end], &mut got);
+            at = end;
+        }
+        u.finish(&mut got);
+        assert_eq!(got, want, "{data:x?}");
+    }
+}
