@@ -92,7 +92,7 @@ fn no_well_known_key_can_sign_tickets() {
         "{err}"
     );
     // Every sample an operator could copy: refused by `serve`, `check-config`
-    // and `ticket mint`, naming the key id, never showing the secret.
+    // and `ticket mint`, naming the key and its line, never showing the secret.
     for sample in [
         // The bytes 0..31: the old README and config example.
         "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
@@ -104,6 +104,8 @@ fn no_well_known_key_can_sign_tickets() {
             &format!("  {{ id = \"portal-7\", secret = \"{sample}\" }},"),
             1,
         );
+        // The line the sample is on: the error points there.
+        let line = 1 + text[..text.find(sample).unwrap()].matches('\n').count();
         std::fs::write(&cfg, text).unwrap();
         let c = cfg.to_str().unwrap();
         for args in [
@@ -114,7 +116,9 @@ fn no_well_known_key_can_sign_tickets() {
             let (code, out, err) = run(args);
             assert_eq!(code, 2, "{args:?}: {out}{err}");
             assert!(
-                err.contains("tickets.keys[0].secret") && err.contains("`portal-7`"),
+                err.contains("tickets.keys[0].secret")
+                    && err.contains("published sample")
+                    && err.contains(&format!("line {line}, column ")),
                 "{args:?}: {err}"
             );
             assert!(!err.contains(&sample[..12]) && !out.contains(&sample[..12]));

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 const PURE: &[&str] = &[
     "admission",
     "client_addr",
+    "config",
     "demo",
     "http",
     "preamble",

@@ -1,154 +1,196 @@
-//! `config::Config::from_toml(text, "/nonexistent")`.
+//! `config::parse(text)`: the pure phase of the config (src/config/mod.rs),
+//! on any text (bytes that are not UTF-8 are replaced, never skipped).
 //!
-//! Invariants: never panics; an error's Display is non-empty, one line, and
-//! never contains a secret from the input: no 40-character window of a
-//! base64 run (≥ 40 chars) inside a `secret = "..."` value, no 32-character
-//! window of a `token_secret = "..."` value and no 16-character window of an
-//! `[admin] token = "..."` value, unless that
-//! window also appears in the input outside secret values. A loaded
-//! config's `Debug` does not show them either.
+//! The claim under test: an error is built only from a position, the key
+//! path and an `ErrorKind` with a fixed message, so it cannot show a value
+//! from the file; and a parsed config's `Debug` hides the secrets.
 //!
-//! Inputs naming device or proc files (a `secret_file` of `/dev/zero` would
-//! read forever) are skipped: reading files is the operator's business.
+//! Invariants:
+//! * never panics;
+//! * an error's Display is non-empty, one line, printable, and exactly
+//!   `line L, column C: ` + key path + `: ` + the kind's message; the pure
+//!   phase names no file;
+//! * text that is not TOML is a `Syntax` error with no key; TOML text never is;
+//! * every segment of the key path is a key of the config (`KEY_NAMES`), a
+//!   key written in the input, or `HIDDEN_NAME`;
+//! * no value leaks. The input's string values are cut into pieces: maximal
+//!   runs of base64/word characters (`A-Z a-z 0-9 + / = _ -`) of 8 or more.
+//!   Display and Debug join their parts with other characters, so a piece
+//!   found in them lies inside one part: it is a leak unless that part may
+//!   hold it (a key name of the input or of the config, the kind's fixed
+//!   text, a number);
+//! * a parsed config's `Debug` shows no piece of a secret value (`[admin]
+//!   token`, a ticket key's `secret`, an upstream's `token_secret`) inside a
+//!   quoted string, unless the piece is
+//!   also in a key, in a value that is not secret (shown as written,
+//!   escaped, or lowercased) or in a default the parse fills in.
 #![no_main]
 
-use std::path::Path;
-
 use libfuzzer_sys::fuzz_target;
-use nexor_relay::config::Config;
+use nexor_relay::config::{parse, ErrorKind, DEFAULT_PATH, HIDDEN_NAME, KEY_NAMES};
 
-fn is_b64(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')
+/// The strings a parse puts in a config itself (defaults).
+const DEFAULTS: &[&str] = &[DEFAULT_PATH];
+use toml_edit::{Item, Table, Value};
+
+/// The keys whose values are secrets, by path (array indices left out).
+fn is_secret(path: &[String]) -> bool {
+    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    matches!(
+        p.as_slice(),
+        ["admin", "token"] | ["tickets", "keys", "secret"] | ["upstreams", _, "token_secret"]
+    )
 }
 
-/// Byte ranges of the values of keys ending in `secret` (quoted strings),
-/// with the window length that counts as a leak for each.
-fn secret_values(text: &str) -> Vec<(std::ops::Range<usize>, usize)> {
-    let b = text.as_bytes();
+fn word(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "+/=_-".contains(c)
+}
+
+/// Maximal runs of word characters of 8 or more.
+fn pieces(v: &str) -> impl Iterator<Item = &str> {
+    v.split(|c: char| !word(c)).filter(|p| p.len() >= 8)
+}
+
+/// The string literals of a Debug text, escapes left as written.
+fn quoted(debug: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut from = 0;
-    loop {
-        // The next `secret` or `token` key name.
-        let Some((i, word)) = ["secret", "token"]
-            .iter()
-            .filter_map(|w| text[from..].find(w).map(|i| (i, *w)))
-            .min()
-        else {
-            break;
-        };
-        let key_start = from + i;
-        let mut j = key_start + word.len();
-        from = j;
-        if key_start > 0 && {
-            let c = b[key_start - 1];
-            c.is_ascii_alphanumeric() || (c == b'_' && word == "token")
-        } {
-            continue;
+    let mut cur: Option<String> = None;
+    let mut chars = debug.chars();
+    while let Some(c) = chars.next() {
+        match (&mut cur, c) {
+            (None, '"') => cur = Some(String::new()),
+            (None, _) => {}
+            (Some(s), '\\') => {
+                s.push(c);
+                s.extend(chars.next());
+            }
+            (Some(_), '"') => out.extend(cur.take()),
+            (Some(s), _) => s.push(c),
         }
-        // `secret` (40), `token_secret` (32), `token` of [admin] (16).
-        let window = match word {
-            "token" => 16,
-            _ if text[..key_start].ends_with("token_") => 32,
-            _ => 40,
-        };
-        // Skip `secret_file` and other longer keys.
-        if b.get(j).is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-') {
-            continue;
-        }
-        if b.get(j) == Some(&b'"') || b.get(j) == Some(&b'\'') {
-            j += 1; // a quoted key: "secret" = ...
-        }
-        while b.get(j).is_some_and(|c| *c == b' ' || *c == b'\t') {
-            j += 1;
-        }
-        if b.get(j) != Some(&b'=') {
-            continue;
-        }
-        j += 1;
-        while b.get(j).is_some_and(|c| *c == b' ' || *c == b'\t') {
-            j += 1;
-        }
-        let Some(&q) = b.get(j) else { break };
-        if q != b'"' && q != b'\'' {
-            continue;
-        }
-        let start = j + 1;
-        let end = b[start..]
-            .iter()
-            .position(|&c| c == q || c == b'\n')
-            .map_or(b.len(), |p| start + p);
-        out.push((start..end, window));
-        from = end;
     }
     out
 }
 
-fn known_toml_snippet() -> bool {
-    static KNOWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *KNOWN.get_or_init(|| {
-        std::env::var("NEXOR_FUZZ_KNOWN").is_ok_and(|v| v.split(',').any(|k| k == "toml-snippet"))
-    })
+#[derive(Default)]
+struct Seen {
+    keys: Vec<String>,
+    /// (value, is a secret).
+    values: Vec<(String, bool)>,
+}
+
+impl Seen {
+    fn item(&mut self, path: &mut Vec<String>, item: &Item) {
+        match item {
+            Item::None => {}
+            Item::Value(v) => self.value(path, v),
+            Item::Table(t) => self.table(path, t),
+            Item::ArrayOfTables(a) => a.iter().for_each(|t| self.table(path, t)),
+        }
+    }
+
+    fn table(&mut self, path: &mut Vec<String>, t: &Table) {
+        for (k, item) in t.iter() {
+            self.keys.push(k.to_string());
+            path.push(k.to_string());
+            self.item(path, item);
+            path.pop();
+        }
+    }
+
+    fn value(&mut self, path: &mut Vec<String>, v: &Value) {
+        match v {
+            Value::String(s) => self.values.push((s.value().clone(), is_secret(path))),
+            Value::Array(a) => a.iter().for_each(|v| self.value(path, v)),
+            Value::InlineTable(t) => {
+                for (k, v) in t.iter() {
+                    self.keys.push(k.to_string());
+                    path.push(k.to_string());
+                    self.value(path, v);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if ["dev", "proc", "sys", "fd", "\\u", "\\U", "stdin"]
-        .iter()
-        .any(|s| text.contains(s))
-        && text.contains("_file")
-    {
-        return;
+    let text = String::from_utf8_lossy(data);
+    let result = parse(&text);
+    let doc = toml_edit::ImDocument::parse(text.as_ref());
+    let mut seen = Seen::default();
+    if let Ok(doc) = &doc {
+        seen.table(&mut Vec::new(), doc.as_table());
     }
-    let result = Config::from_toml(text, Path::new("/nonexistent"));
-    let shown = match &result {
-        Ok(cfg) => format!("{cfg:?}"),
+    let in_key = |p: &str| {
+        seen.keys.iter().any(|k| k.contains(p)) || KEY_NAMES.iter().any(|k| k.contains(p))
+    };
+    match &result {
         Err(e) => {
-            let s = e.to_string();
-            assert!(!s.trim().is_empty(), "empty error: {e:?}");
-            assert!(!s.contains('\n'), "multi-line error: {s:?}");
-            s
-        }
-    };
-    // NEXOR_FUZZ_KNOWN=toml-snippet tolerates the known leak (toml's parse
-    // error quotes the offending source line; fuzz/regressions/config/) so a
-    // long run can look for other leaks. Unset: every leak is a crash.
-    if known_toml_snippet() && result.is_err() && shown.starts_with("TOML parse error") {
-        return;
-    }
-    let secrets = secret_values(text);
-    if secrets.is_empty() {
-        return;
-    }
-    // The input with secret values blanked: a window found here is not a leak.
-    let mut masked = data.to_vec();
-    for (r, _) in &secrets {
-        masked[r.clone()].fill(b' ');
-    }
-    let masked = String::from_utf8_lossy(&masked);
-    for (r, win) in secrets {
-        let v = &data[r];
-        let mut i = 0;
-        while i < v.len() {
-            if !is_b64(v[i]) {
-                i += 1;
-                continue;
+            let shown = e.to_string();
+            let debug = format!("{e:?}");
+            assert!(!shown.is_empty(), "empty error: {debug}");
+            assert!(!shown.contains(|c: char| c.is_control()), "{shown:?}");
+            assert!(e.file.is_none(), "the pure phase names a file: {debug}");
+            let mut rebuilt = String::new();
+            if let Some(p) = e.at {
+                rebuilt += &format!("line {}, column {}: ", p.line, p.column);
             }
-            let run_end = v[i..].iter().position(|&c| !is_b64(c)).map_or(v.len(), |p| i + p);
-            let run = &v[i..run_end];
-            if run.len() >= win {
-                for w in run.windows(win) {
-                    let w = std::str::from_utf8(w).unwrap();
-                    if shown.contains(w) && !masked.contains(w) {
-                        panic!(
-                            "{} shows secret material {w:?}: {shown}",
-                            if result.is_ok() { "Config Debug" } else { "error" }
-                        );
+            if !e.key.is_empty() {
+                rebuilt += &format!("{}: ", e.key);
+            }
+            rebuilt += &e.kind.to_string();
+            assert_eq!(shown, rebuilt, "Display adds to the parts");
+            assert_eq!(
+                doc.is_err(),
+                e.kind == ErrorKind::Syntax && e.key.is_empty(),
+                "{shown}"
+            );
+            for seg in e.key.split('.').filter(|s| !s.is_empty()) {
+                let seg = seg.split('[').next().unwrap_or_default();
+                assert!(
+                    seg == HIDDEN_NAME
+                        || KEY_NAMES.contains(&seg)
+                        || seen.keys.iter().any(|k| k == seg),
+                    "key path segment {seg:?} is no key of the input: {shown}"
+                );
+            }
+            let fixed = format!("{} {:?} ConfigError", e.kind, e.kind);
+            for (v, _) in &seen.values {
+                for p in pieces(v) {
+                    if (shown.contains(p) || debug.contains(p))
+                        && !(in_key(p) || fixed.contains(p) || p.bytes().all(|b| b.is_ascii_digit()))
+                    {
+                        panic!("error shows value text {p:?}: {debug}");
                     }
                 }
             }
-            i = run_end;
+        }
+        Ok(parsed) => {
+            assert!(doc.is_ok(), "parsed what is not TOML");
+            let debug = format!("{parsed:?}");
+            let quoted = quoted(&debug);
+            let plain: Vec<String> = seen
+                .values
+                .iter()
+                .filter(|(_, secret)| !secret)
+                .flat_map(|(v, _)| [v.to_ascii_lowercase(), format!("{v:?}").to_ascii_lowercase()])
+                .collect();
+            for (v, secret) in &seen.values {
+                if !secret {
+                    continue;
+                }
+                for p in pieces(v) {
+                    let low = p.to_ascii_lowercase();
+                    if quoted.iter().any(|q| q.contains(p))
+                        && !(in_key(p)
+                            || plain.iter().any(|v| v.contains(&low))
+                            || DEFAULTS.iter().any(|d| d.contains(p)))
+                    {
+                        panic!("parsed config's Debug shows secret text {p:?}: {debug}");
+                    }
+                }
+            }
         }
     }
 });

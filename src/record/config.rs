@@ -1,6 +1,6 @@
-//! `[recording]` and `[upstreams.X] record`, parsed from the TOML value
-//! (docs/recording.md). Errors name the key (`recording.max_bytes`, …);
-//! src/config wraps them in its `ConfigError`.
+//! What `[recording]` and `[upstreams.X] record` configure
+//! (docs/recording.md). The pure config parse (src/config/mod.rs,
+//! `recording`) reads them; errors name the key (`recording.max_bytes`, …).
 //!
 //! ```toml
 //! [recording]
@@ -13,7 +13,7 @@
 //! ```
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Default cap of one recording file.
 pub const DEFAULT_MAX_BYTES: u64 = 512 << 20;
@@ -45,216 +45,102 @@ impl Recording {
     }
 }
 
-/// A config error: the key at fault and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyError {
-    pub key: String,
-    pub message: String,
-}
-
-fn err(key: &str, message: impl Into<String>) -> KeyError {
-    KeyError {
-        key: key.into(),
-        message: message.into(),
-    }
-}
-
-/// A size: bytes, or a string with a unit (`"512MiB"`).
-fn size(key: &str, v: &toml::Value) -> Result<u64, KeyError> {
-    let text = match v {
-        toml::Value::Integer(n) if *n > 0 => return Ok(*n as u64),
-        toml::Value::String(s) => s.trim(),
-        _ => return Err(err(key, "a size: bytes or e.g. \"512MiB\"")),
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (num, unit) = text.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| err(key, format!("`{text}` is not a size (e.g. \"512MiB\")")))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        other => {
-            return Err(err(
-                key,
-                format!("`{text}`: unknown unit `{other}` (B, KiB, MiB, GiB, TiB)"),
-            ))
-        }
-    };
-    match n.checked_mul(mult) {
-        Some(0) => Err(err(key, "must be more than 0")),
-        Some(b) => Ok(b),
-        None => Err(err(key, format!("`{text}` is too large"))),
-    }
-}
-
-/// Parses `[recording]` (`table`, absent: no store) and each upstream's
-/// `record` (`modes`: name → value). Relative `dir`s are taken from `base`.
-pub fn parse(
-    table: Option<&toml::Value>,
-    modes: &[(String, Option<String>)],
-    base: &Path,
-) -> Result<Recording, KeyError> {
-    let store = match table {
-        None => None,
-        Some(toml::Value::Table(t)) => {
-            for k in t.keys() {
-                if !matches!(k.as_str(), "dir" | "max_bytes" | "required") {
-                    return Err(err(
-                        &format!("recording.{k}"),
-                        "unknown key (dir, max_bytes, required)",
-                    ));
-                }
-            }
-            let dir = match t.get("dir") {
-                Some(toml::Value::String(s)) if !s.trim().is_empty() => base.join(s.trim()),
-                Some(_) => return Err(err("recording.dir", "a directory path (a string)")),
-                None => return Err(err("recording.dir", "required in [recording]")),
-            };
-            let max_bytes = match t.get("max_bytes") {
-                Some(v) => size("recording.max_bytes", v)?,
-                None => DEFAULT_MAX_BYTES,
-            };
-            let required = match t.get("required") {
-                Some(toml::Value::Boolean(b)) => *b,
-                Some(_) => return Err(err("recording.required", "true or false")),
-                None => false,
-            };
-            Some(RecordingConfig {
-                dir,
-                max_bytes,
-                required,
-            })
-        }
-        Some(_) => return Err(err("recording", "must be a table: [recording]")),
-    };
-    let mut always = BTreeSet::new();
-    for (name, mode) in modes {
-        let key = format!("upstreams.{name}.record");
-        match mode.as_deref() {
-            None | Some("ticket") => {}
-            Some("always") => {
-                if store.is_none() {
-                    return Err(err(&key, "\"always\" needs [recording] dir"));
-                }
-                always.insert(name.clone());
-            }
-            Some(other) => {
-                return Err(err(
-                    &key,
-                    format!("unknown value \"{other}\" (\"ticket\" or \"always\")"),
-                ))
-            }
-        }
-    }
-    Ok(Recording { store, always })
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::config::{parse, Config, ErrorKind};
+    use std::path::Path;
 
-    fn table(text: &str) -> toml::Value {
-        let v: toml::Value = toml::from_str(text).unwrap();
-        v["recording"].clone()
+    const KEY: &str = "+Zk/OZaZj71MopmacevP/LMU28iqsoxSXd0O+BzYJv0=";
+
+    fn text(upstreams: &str, recording: &str) -> String {
+        format!(
+            "[tickets]\nkeys = [{{ id = \"k1\", secret = \"{KEY}\" }}]\n{upstreams}\n{recording}\n"
+        )
     }
 
     #[test]
-    fn defaults_and_units() {
-        let r = parse(
-            Some(&table("[recording]\ndir = \"rec\"")),
-            &[],
-            Path::new("/etc/nexor"),
-        )
-        .unwrap();
-        assert_eq!(
-            r.store,
-            Some(RecordingConfig {
-                dir: PathBuf::from("/etc/nexor/rec"),
-                max_bytes: 512 << 20,
-                required: false,
-            })
-        );
-        let r = parse(
-            Some(&table(
-                "[recording]\ndir = \"/r\"\nmax_bytes = \"64KiB\"\nrequired = true",
-            )),
-            &[("pve".into(), Some("always".into())), ("d".into(), None)],
-            Path::new("/"),
-        )
-        .unwrap();
-        let s = r.store.as_ref().unwrap();
-        assert_eq!((s.max_bytes, s.required), (64 << 10, true));
-        assert!(r.wanted("pve", false) && !r.wanted("d", false) && r.wanted("d", true));
-        let r = parse(
-            Some(&table("[recording]\ndir = \"/r\"\nmax_bytes = 4096")),
-            &[],
-            Path::new("/"),
-        )
-        .unwrap();
-        assert_eq!(r.store.unwrap().max_bytes, 4096);
-    }
-
-    #[test]
-    fn config_reads_recording_and_upstream_record() {
-        let key = "+Zk/OZaZj71MopmacevP/LMU28iqsoxSXd0O+BzYJv0=";
-        let text = format!(
-            "[tickets]\nkeys = [{{ id = \"k1\", secret = \"{key}\" }}]\n\
-[upstreams.d]\nkind = \"demo\"\nrecord = \"always\"\n[upstreams.t]\nkind = \"tcp\"\naddr = \"127.0.0.1:1\"\n\
-[recording]\ndir = \"rec\"\nrequired = true\n"
-        );
-        let c = crate::config::Config::from_toml(&text, Path::new("/srv")).unwrap();
+    fn defaults_units_and_relative_dir() {
+        let ups = "[upstreams.d]\nkind = \"demo\"\nrecord = \"always\"\n[upstreams.t]\nkind = \"demo\"\nrecord = \"ticket\"\n[upstreams.u]\nkind = \"demo\"";
+        let c =
+            Config::from_toml(&text(ups, "[recording]\ndir = \"rec\""), Path::new("/srv")).unwrap();
         let s = c.recording.store.as_ref().unwrap();
-        assert_eq!((s.dir.as_path(), s.required), (Path::new("/srv/rec"), true));
-        assert!(c.recording.wanted("d", false) && !c.recording.wanted("t", false));
-        let bad = text.replace("required = true", "max_bytes = \"lots\"");
-        let e = crate::config::Config::from_toml(&bad, Path::new("/")).unwrap_err();
-        assert_eq!(e.key, "recording.max_bytes");
-        let none = text.replace("[recording]\ndir = \"rec\"\nrequired = true\n", "");
-        let e = crate::config::Config::from_toml(&none, Path::new("/")).unwrap_err();
-        assert_eq!(e.key, "upstreams.d.record");
+        assert_eq!(s.dir, Path::new("/srv/rec"));
+        assert_eq!((s.max_bytes, s.required), (512 << 20, false));
+        assert!(c.recording.wanted("d", false));
+        assert!(!c.recording.wanted("t", false) && !c.recording.wanted("u", false));
+        assert!(c.recording.wanted("u", true));
+        let c = Config::from_toml(
+            &text(
+                ups,
+                "[recording]\ndir = \"/r\"\nmax_bytes = \"64KiB\"\nrequired = true",
+            ),
+            Path::new("/srv"),
+        )
+        .unwrap();
+        let s = c.recording.store.unwrap();
+        assert_eq!(
+            (s.dir.as_path(), s.max_bytes, s.required),
+            (Path::new("/r"), 64 << 10, true)
+        );
+        // No [recording]: nothing recorded, unless an upstream says always.
+        let c =
+            Config::from_toml(&text("[upstreams.u]\nkind = \"demo\"", ""), Path::new("/")).unwrap();
+        assert!(c.recording.store.is_none());
     }
 
     #[test]
     fn errors_name_the_key() {
-        type Case<'a> = (&'a str, &'a [(String, Option<String>)], &'a str);
-        let cases: &[Case] = &[
-            ("[recording]\nmax_bytes = \"1MiB\"", &[], "recording.dir"),
-            ("[recording]\ndir = 3", &[], "recording.dir"),
+        let demo = "[upstreams.d]\nkind = \"demo\"";
+        let cases: [(&str, &str, &str, ErrorKind); 7] = [
             (
+                demo,
+                "[recording]\nmax_bytes = \"1MiB\"",
+                "recording.dir",
+                ErrorKind::Required,
+            ),
+            (
+                demo,
+                "[recording]\ndir = 3",
+                "recording.dir",
+                ErrorKind::WrongType {
+                    expected: "a string",
+                    found: "an integer",
+                },
+            ),
+            (
+                demo,
                 "[recording]\ndir = \"/r\"\nmax_bytes = \"1 PB\"",
-                &[],
                 "recording.max_bytes",
+                ErrorKind::Size,
             ),
             (
+                demo,
                 "[recording]\ndir = \"/r\"\nmax_bytes = 0",
-                &[],
                 "recording.max_bytes",
+                ErrorKind::NotZero,
             ),
             (
-                "[recording]\ndir = \"/r\"\nrequired = \"yes\"",
-                &[],
-                "recording.required",
+                demo,
+                "[recording]\ndir = \"/r\"\nfoo = 1",
+                "recording.foo",
+                ErrorKind::UnknownKey,
             ),
-            ("[recording]\ndir = \"/r\"\nfoo = 1", &[], "recording.foo"),
+            (
+                "[upstreams.d]\nkind = \"demo\"\nrecord = \"sometimes\"",
+                "[recording]\ndir = \"/r\"",
+                "upstreams.d.record",
+                ErrorKind::OneOf(&["ticket", "always"]),
+            ),
+            (
+                "[upstreams.d]\nkind = \"demo\"\nrecord = \"always\"",
+                "",
+                "upstreams.d.record",
+                ErrorKind::Rule("\"always\" needs a [recording] dir"),
+            ),
         ];
-        for (text, modes, key) in cases {
-            let e = parse(Some(&table(text)), modes, Path::new("/")).unwrap_err();
-            assert_eq!(e.key, *key, "{text}: {e:?}");
+        for (ups, rec, key, kind) in cases {
+            let e = parse(&text(ups, rec)).unwrap_err();
+            assert_eq!((e.key.as_str(), e.kind), (key, kind), "{ups} {rec}");
         }
-        let e = parse(None, &[("x".into(), Some("always".into()))], Path::new("/")).unwrap_err();
-        assert_eq!(e.key, "upstreams.x.record");
-        let e = parse(
-            Some(&table("[recording]\ndir = \"/r\"")),
-            &[("x".into(), Some("sometimes".into()))],
-            Path::new("/"),
-        )
-        .unwrap_err();
-        assert_eq!(e.key, "upstreams.x.record");
     }
 }
