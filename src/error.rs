@@ -249,6 +249,9 @@ pub enum Refusal {
     StoreUnavailable,
     /// The relay is shutting down.
     Draining,
+    /// `[recording] required` and the session's recording could not be
+    /// opened (docs/recording.md).
+    RecordingUnavailable,
     Upstream(UpstreamError),
 }
 
@@ -264,7 +267,10 @@ impl Refusal {
             Refusal::Replay | Refusal::Revoked => 403,
             Refusal::RateLimited => 429,
             Refusal::VmLimit | Refusal::UserLimit | Refusal::GlobalLimit => 429,
-            Refusal::Draining | Refusal::CacheFull | Refusal::StoreUnavailable => 503,
+            Refusal::Draining
+            | Refusal::CacheFull
+            | Refusal::StoreUnavailable
+            | Refusal::RecordingUnavailable => 503,
             Refusal::Upstream(UpstreamError::Timeout) => 504,
             Refusal::Upstream(_) => 502,
         }
@@ -291,6 +297,7 @@ impl Refusal {
             Refusal::CacheFull => "ticket_cache_full",
             Refusal::StoreUnavailable => "fleet_store_unavailable",
             Refusal::Draining => "draining",
+            Refusal::RecordingUnavailable => "recording_unavailable",
             Refusal::Upstream(u) => u.label(),
         }
     }
@@ -315,6 +322,7 @@ impl Refusal {
             Refusal::WrongIp => "ticket refused: bound to another client".into(),
             Refusal::RateLimited => "too many connection attempts, retry shortly".into(),
             Refusal::Draining => "relay shutting down, reconnect".into(),
+            Refusal::RecordingUnavailable => "console recording unavailable, retry later".into(),
             Refusal::Replay => "ticket refused: already used".into(),
             Refusal::Revoked => "ticket refused: revoked".into(),
             Refusal::CacheFull => "relay busy, retry shortly".into(),

@@ -41,6 +41,9 @@ pub mod metrics;
 pub mod page;
 #[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod preamble;
+/// Console recordings: pure encoders (denied the clock and files in
+/// src/record/mod.rs) with the writer thread and replay as glue.
+pub mod record;
 #[deny(clippy::disallowed_methods)] // pure: no clock, DNS or files (clippy.toml)
 pub mod registry;
 pub mod relay;

@@ -23,9 +23,13 @@ USAGE:
   nexor-relay ticket mint -c FILE --upstream NAME [--console vnc|term] [--sub ID]
         [--ttl 60s] [--kid ID] [--jti ID] [--node N --vmid N --guest qemu|lxc]
         [--ip ADDR] [--aud ID] [--max-session SECS] [--mode control|view]
+        [--record true]
                                        print a signed ticket (JWT HS256)
   nexor-relay ticket inspect [-c FILE] TOKEN
                                        decode a ticket; with -c also verify it
+  nexor-relay replay FILE [--listen ADDR] [--assets DIR]
+                                       play a recording (.cast or .vncrec) in a browser:
+                                       prints the page's URL (default 127.0.0.1:8090)
   nexor-relay fingerprint https://host:8006
                                        print the SHA-256 of a server's certificate, to pin
   nexor-relay --version
@@ -127,6 +131,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
             _ => bail!("`ticket mint` or `ticket inspect`"),
         },
         "demo" => demo(rest),
+        "replay" => replay(rest),
         "fingerprint" => match rest {
             [url] => {
                 let fp = tls::fetch_fingerprint(url).map_err(|e| anyhow!("{url}: {e}"))?;
@@ -145,6 +150,35 @@ fn run(args: &[String]) -> Result<ExitCode> {
         }
         other => bail!("unknown command `{other}` (see `nexor-relay help`)"),
     }
+}
+
+/// `replay FILE`: serves the recording until killed (docs/recording.md).
+fn replay(rest: &[String]) -> Result<ExitCode> {
+    let a = Args::parse(rest, &["listen", "assets"])?;
+    let [file] = a.positional.as_slice() else {
+        bail!("replay FILE [--listen ADDR] [--assets DIR]");
+    };
+    let listen = a
+        .get("listen")
+        .unwrap_or("127.0.0.1:8090")
+        .parse()
+        .map_err(|_| anyhow!("--listen: an ip:port"))?;
+    let opts = nexor_relay::record::replay::Options {
+        file: PathBuf::from(file),
+        listen,
+        assets: a.get("assets").map(PathBuf::from),
+    };
+    let (addr, serve) = nexor_relay::record::replay::bind(&opts).map_err(|e| anyhow!(e))?;
+    // Written once, errors ignored: whoever started us may stop reading.
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "replay: http://{addr}/\n        http://{addr}/?speed=4   (speed 0 = as fast as possible)"
+    );
+    let _ = out.flush();
+    serve();
+    Ok(ExitCode::SUCCESS)
 }
 
 type Banner = Box<dyn FnOnce(std::net::SocketAddr)>;
@@ -196,6 +230,7 @@ fn mint(rest: &[String]) -> Result<ExitCode> {
             "aud",
             "max-session",
             "mode",
+            "record",
         ],
     )?;
     let cfg = a.config()?;
@@ -260,6 +295,11 @@ fn mint(rest: &[String]) -> Result<ExitCode> {
             "control" => ticket::Mode::Control,
             "view" => ticket::Mode::View,
             m => bail!("--mode {m}: control or view"),
+        },
+        record: match a.get("record") {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(r) => bail!("--record {r}: true or false"),
         },
     };
     let token = ticket::mint(&claims, key);
@@ -380,6 +420,7 @@ max_ttl = \"{}s\"\n[admin]\nlisten = \"off\"\n[audit]\noutput = \"stderr\"\n[ups
                     ip: None,
                     max_session: None,
                     mode: Default::default(),
+                    record: false,
                 },
                 &key,
             )

@@ -246,6 +246,28 @@ pub const XTERM_JS_SRI: &str =
 pub const XTERM_CSS_SRI: &str =
     "sha384-n2n7twoohnW+d3myBKaUgl7DSiwidw6MkQy9oesGzkPpMjejKRR3XlnD+5yCdtBD";
 
+/// The replay page's script (src/page/replay.js), with `@@NOVNC@@` and
+/// `@@KIND@@` filled in when served.
+const REPLAY_JS: &str = include_str!("page/replay.js");
+
+/// What `nexor-relay replay` plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayKind {
+    /// asciicast v3, played in xterm.js.
+    Cast,
+    /// A VNC recording, streamed to noVNC by the replay server.
+    Vnc,
+}
+
+impl ReplayKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayKind::Cast => "cast",
+            ReplayKind::Vnc => "vnc",
+        }
+    }
+}
+
 /// Local copies are served under these prefixes.
 const NOVNC_LOCAL: &str = "/assets/novnc";
 const XTERM_LOCAL: &str = "/assets/xterm";
@@ -452,6 +474,81 @@ if (kind === "vnc") {{
         )
     }
 
+    /// The replay page of `nexor-relay replay` (docs/recording.md): the
+    /// same assets and CSP as the console page, a control bar, and
+    /// `/replay.js` (src/page/replay.js) instead of `/console.js`.
+    fn replay_html(&self, title: &str) -> String {
+        let (pin, css_sri, js_sri) = if self.cdn() {
+            (
+                format!(
+                    "<script type=\"importmap\">{}</script>\n",
+                    self.import_map()
+                ),
+                format!(" integrity=\"{XTERM_CSS_SRI}\" crossorigin=\"anonymous\""),
+                format!(" integrity=\"{XTERM_JS_SRI}\" crossorigin=\"anonymous\""),
+            )
+        } else {
+            Default::default()
+        };
+        let title = title
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>();
+        format!(
+            r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>nexor-relay replay · {title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+{pin}<link rel="stylesheet" href="{x}/css/xterm.css"{css_sri}>
+<style>
+html,body{{margin:0;height:100%;background:#111;color:#ddd;font:14px system-ui,sans-serif}}
+#bar{{padding:4px 10px;background:#222;border-bottom:1px solid #333;display:flex;gap:10px;align-items:center;height:24px;white-space:nowrap;overflow:hidden}}
+#bar b{{font-weight:600;overflow:hidden;text-overflow:ellipsis;max-width:40%}}
+#bar button,#bar select{{background:#333;color:#ddd;border:1px solid #555;border-radius:3px}}
+#clock{{font-variant-numeric:tabular-nums;color:#9c9}}
+#screen{{position:absolute;top:33px;left:0;right:0;bottom:0}}
+</style></head>
+<body><div id="bar">nexor-relay replay · <b>{title}</b> <button id="pause">pause</button>
+<label>speed <select id="speed"><option value="0.5">0.5×</option><option value="1">1×</option><option value="2">2×</option><option value="4">4×</option><option value="8">8×</option><option value="0">max</option></select></label>
+<span id="clock">0.0 s</span> <span id="status">loading…</span></div><div id="screen"></div>
+<script src="{x}/lib/xterm.js"{js_sri}></script>
+<script type="module" src="/replay.js"></script>
+</body></html>
+"#,
+            x = self.xterm_base
+        )
+    }
+
+    /// Answers a GET of the replay page for a recording of `kind` (file
+    /// name `title`): the page, its script, or an asset; None: 404.
+    pub fn replay_get(&self, path: &str, kind: ReplayKind, title: &str) -> Option<Response> {
+        match path {
+            "/" | "/index.html" => Some(Response {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: self.replay_html(title).into_bytes(),
+                cache: "no-store",
+            }),
+            "/replay.js" => Some(Response {
+                status: 200,
+                content_type: "text/javascript; charset=utf-8",
+                body: REPLAY_JS
+                    .replace("@@NOVNC@@", &self.novnc_base)
+                    .replace("@@KIND@@", kind.as_str())
+                    .into_bytes(),
+                cache: "no-store",
+            }),
+            "/console.js" => None,
+            p => self.get(p),
+        }
+    }
+
     /// Answers a GET for `path`, or None (404).
     pub fn get(&self, path: &str) -> Option<Response> {
         match path {
@@ -538,6 +635,36 @@ mod tests {
             .contains("https://cdn.jsdelivr.net/npm/@novnc/novnc@1.7.0/"));
         assert!(Page::new("/console", Some(Path::new("/nonexistent"))).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn replay_page_uses_the_same_assets_and_policy() {
+        let p = Page::new("/replay", None).unwrap();
+        let html = String::from_utf8(
+            p.replay_get("/", ReplayKind::Vnc, "a<b>.vncrec")
+                .unwrap()
+                .body,
+        )
+        .unwrap();
+        assert!(html.contains("<script type=\"module\" src=\"/replay.js\"></script>"));
+        assert!(html.contains(&format!(
+            "<script type=\"importmap\">{}</script>",
+            p.import_map()
+        )));
+        assert!(
+            html.contains("a_b_.vncrec") && !html.contains("a<b>"),
+            "{html}"
+        );
+        for kind in [ReplayKind::Cast, ReplayKind::Vnc] {
+            let js =
+                String::from_utf8(p.replay_get("/replay.js", kind, "x").unwrap().body).unwrap();
+            assert!(js.contains(&format!("import RFB from \"{NOVNC_CDN}/core/rfb.js\"")));
+            assert!(js.contains(&format!("const kind = \"{}\";", kind.as_str())));
+            assert!(!js.contains("@@"), "{js}");
+        }
+        // Replay mode serves no console script and nothing unknown.
+        assert!(p.replay_get("/console.js", ReplayKind::Cast, "x").is_none());
+        assert!(p.replay_get("/etc/passwd", ReplayKind::Cast, "x").is_none());
     }
 
     #[test]

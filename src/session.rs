@@ -54,6 +54,14 @@ fn head_limits(cfg: &Config) -> HeadLimits {
 }
 
 impl Worker {
+    /// The next session id on this worker (`worker-n`), taken once a
+    /// connection is admitted (a recording is named after it).
+    fn next_sid(&self) -> String {
+        let n = self.started.get() + 1;
+        self.started.set(n);
+        format!("{}-{n}", self.id)
+    }
+
     /// Answers a refusal, counted and audited.
     async fn refuse(&self, stream: &mut Stream, client: IpAddr, r: Refusal) {
         self.state
@@ -132,12 +140,23 @@ pub async fn handle(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         Err(r) => return worker.refuse(&mut stream, client, r).await,
     };
     drop(head);
-    let ready = match connect(&worker.state, &live, &mut stream, admission, early, slot).await {
+    let sid = worker.next_sid();
+    let ready = match connect(
+        &worker.state,
+        &live,
+        &mut stream,
+        admission,
+        early,
+        slot,
+        &sid,
+    )
+    .await
+    {
         Ok(ready) => ready,
         Err(Stop::Refuse(r)) => return worker.refuse(&mut stream, client, r).await,
         Err(Stop::Drop(why)) => return worker.dropped(client, why),
     };
-    let phase = RelayPhase::new(&worker, cfg, client, ready, stream);
+    let phase = RelayPhase::new(sid, cfg, client, ready, stream);
     // The relay phase is its own task, so everything the handshake held
     // (head, ticket, config, upstream dial) is freed for the session's life.
     // Behind the panic net: a panic ends this session, not the worker.
@@ -360,6 +379,7 @@ struct Ready {
     /// View-only tickets: the filter of the browser's stream, already fed
     /// what the preamble passed on.
     view: Option<ViewFilter>,
+    recording: RecordingStart,
     /// From admission to ready.
     connect_time: Duration,
 }
@@ -374,8 +394,12 @@ async fn connect(
     admission: Admission,
     early: Vec<u8>,
     slot: HandshakeSlot,
+    sid: &str,
 ) -> Result<Ready, Stop> {
     let t_connect = Instant::now();
+    let recording = record_stage(&live.cfg, &admission, sid)
+        .await
+        .map_err(Stop::Refuse)?;
     let opened = dial(state, live, &admission).await.map_err(Stop::Refuse)?;
     upgrade(stream, &admission, &opened)
         .await
@@ -384,11 +408,15 @@ async fn connect(
     let (opened, early, view) = preamble(stream, opened, early, &admission.claims, &live.cfg)
         .await
         .map_err(Stop::Drop)?;
+    if let Some(r) = &recording.file {
+        r.tap_payload_down(&opened.to_browser);
+    }
     Ok(Ready {
         admission,
         opened,
         early,
         view,
+        recording,
         connect_time: t_connect.elapsed(),
     })
 }
@@ -481,25 +509,19 @@ struct RelayPhase {
     upstream: Leg,
     /// Released (with the grant the outcome allows) when the phase ends.
     slots: Slots,
+    recording: RecordingStart,
 }
 
 impl RelayPhase {
     /// Stage: the two legs and the session's settings; the head, ticket
     /// and upstream dial are let go here.
-    fn new(
-        worker: &Worker,
-        cfg: &Config,
-        client: IpAddr,
-        ready: Ready,
-        stream: Stream,
-    ) -> RelayPhase {
-        let n = worker.started.get() + 1;
-        worker.started.set(n);
+    fn new(sid: String, cfg: &Config, client: IpAddr, ready: Ready, stream: Stream) -> RelayPhase {
         let Ready {
             admission,
             opened,
             early,
             view,
+            recording,
             connect_time,
         } = ready;
         let Admission {
@@ -513,7 +535,7 @@ impl RelayPhase {
         let (br, bw) = stream.into_split();
         let (ur, uw) = opened.stream.into_split();
         RelayPhase {
-            sid: format!("{}-{n}", worker.id),
+            sid,
             console,
             access: claims.mode.as_str(),
             client: client.to_string(),
@@ -538,6 +560,7 @@ impl RelayPhase {
                 early: opened.early,
             },
             slots,
+            recording,
         }
     }
 }
@@ -562,12 +585,21 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
             ("client", V::S(&p.client)),
             ("reconnect", V::B(ctl.reconnect)),
             ("connect_ms", V::N(p.connect_time.as_millis() as u64)),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            p.recording
+                .file
+                .as_ref()
+                .map(|r| ("recording", V::S(r.name()))),
+        )
+        .collect::<Vec<_>>(),
     );
     let started = Instant::now();
     let meter = Meter {
         metrics: worker.state.metrics.clone(),
         core: worker.id,
+        recording: p.recording.file.clone(),
     };
     let out = relay::run(
         p.browser,
@@ -583,6 +615,10 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
         monoio::time::sleep(d).await;
     }
     let duration = started.elapsed();
+    let recorded = match &p.recording.file {
+        Some(r) => Some(r.close().await),
+        None => None,
+    };
     counters.ended(&ctl.upstream, p.console, out.code, duration);
     // Failures only: a close from a peer, a deliberate end by the relay
     // and a console that really closed carry no error.
@@ -610,9 +646,121 @@ async fn relay_phase(worker: Rc<Worker>, p: RelayPhase) {
         ]
         .into_iter()
         .chain(error.as_deref().map(|e| ("error", V::S(e))))
+        .chain(recording_fields(
+            recorded.as_ref(),
+            p.recording.error.as_deref(),
+        ))
         .collect::<Vec<_>>(),
     );
     // Last (as `slots` drops): the drain exits once no session is live,
     // and must not lose the line above.
     slots.set_outcome(out.code, out.by.as_str());
+}
+
+// ---- recording (docs/recording.md) ----
+
+/// A session's recording as it starts: the open file, or why a wanted
+/// one is missing.
+#[derive(Default)]
+struct RecordingStart {
+    file: Option<Rc<crate::record::Recording>>,
+    error: Option<String>,
+}
+
+/// Stage: the recording, opened before the upstream so that `required`
+/// refuses with a clean 503 (`recording_unavailable`) before the 101.
+async fn record_stage(cfg: &Config, a: &Admission, sid: &str) -> Result<RecordingStart, Refusal> {
+    match open_recording(cfg, &a.claims, &a.slots.ctl().vm, sid).await {
+        Ok(file) => Ok(RecordingStart {
+            file: file.map(Rc::new),
+            error: None,
+        }),
+        Err(e) => {
+            crate::log::warn(
+                "recording unavailable",
+                &[("sid", V::S(sid)), ("error", V::S(&e))],
+            );
+            if cfg.recording.store.as_ref().is_some_and(|s| s.required) {
+                return Err(Refusal::RecordingUnavailable);
+            }
+            Ok(RecordingStart {
+                file: None,
+                error: Some(e),
+            })
+        }
+    }
+}
+
+/// Opens the session's recording if the ticket or the upstream asks for
+/// one: Ok(None) when not recorded, Err(why) when wanted but impossible.
+async fn open_recording(
+    cfg: &Config,
+    claims: &Claims,
+    vm: &str,
+    sid: &str,
+) -> Result<Option<crate::record::Recording>, String> {
+    use crate::config::Upstream;
+    use crate::record::writer::{Framing, Kind, Spec};
+    if !cfg.recording.wanted(&claims.upstream, claims.record) {
+        return Ok(None);
+    }
+    let Some(store) = &cfg.recording.store else {
+        return Err("recording_not_configured".into());
+    };
+    let up = cfg.upstreams.get(&claims.upstream);
+    let proxmox = matches!(up, Some(Upstream::Proxmox(_)));
+    let kind = match claims.console {
+        Console::Term => Kind::Cast { termproxy: proxmox },
+        // The relay makes the browser's RFB handshake itself for Proxmox.
+        Console::Vnc => Kind::Vnc {
+            handshake: !proxmox,
+        },
+    };
+    let raw = matches!(up, Some(Upstream::Tcp { .. } | Upstream::Demo));
+    let ext = match claims.console {
+        Console::Term => crate::record::CAST_EXT,
+        Console::Vnc => crate::record::VNC_EXT,
+    };
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let spec = Spec {
+        dir: store.dir.clone(),
+        name: crate::record::file_name(micros / 1_000_000, &claims.sub, vm, sid, ext),
+        kind,
+        max_bytes: store.max_bytes,
+        unix_micros: micros,
+        title: format!("{} on {vm} ({sid})", claims.sub),
+        up: if raw {
+            Framing::Raw
+        } else {
+            Framing::ClientFrames
+        },
+    };
+    crate::record::writer::open(spec).await.map(Some)
+}
+
+/// The `session_end` audit fields of a recording.
+fn recording_fields<'a>(
+    s: Option<&'a crate::record::Summary>,
+    error: Option<&'a str>,
+) -> Vec<(&'static str, V<'a>)> {
+    let mut f = Vec::new();
+    if let Some(s) = s {
+        f.push(("recording", V::S(&s.file)));
+        if let Some(h) = &s.sha256 {
+            f.push(("recording_sha256", V::S(h)));
+        }
+        f.push(("recording_bytes", V::N(s.bytes)));
+        if let Some(why) = s.truncated {
+            f.push(("recording_truncated", V::B(true)));
+            f.push(("recording_truncated_reason", V::S(why)));
+        }
+        if let Some(e) = &s.error {
+            f.push(("recording_error", V::S(e)));
+        }
+    } else if let Some(e) = error {
+        f.push(("recording_error", V::S(e)));
+    }
+    f
 }

@@ -373,10 +373,12 @@ fn idle_console_survives_nginx_read_timeout_with_pings() {
     // Control: without pings nginx closes the idle tunnel (the browser sees 1006).
     let expr = "window.nexor.events.find(e => e.startsWith('close-'))";
     let ev = b.wait("idle-noping", expr, Duration::from_secs(10));
-    let cut = t0.elapsed();
     assert_eq!(ev, "close-1006", "close seen by the browser");
-    assert!(cut >= Duration::from_millis(2500), "cut after only {cut:?}");
-    // nginx's own account: the upgraded request ended after its 3 s read timeout.
+    // How long the tunnel lived is nginx's own account, not a clock here:
+    // t0 is taken only once both pages reported their connect, which on a
+    // loaded machine is most of a second after the tunnel opened (a CI run
+    // measured 2.39 s from t0 for a tunnel nginx held 3.1 s).
+    // The upgraded request ended after its 3 s read timeout:
     assert!(
         eventually(Duration::from_secs(5), || upgraded_times(&n2).len() == 1),
         "{}",

@@ -143,6 +143,7 @@ fn claims(u: &mut Unstructured<'_>) -> arbitrary::Result<Claims> {
         ip: opt(u, 64)?,
         max_session: Option::<u64>::arbitrary(u)?,
         mode: if bool::arbitrary(u)? { Mode::View } else { Mode::Control },
+        record: bool::arbitrary(u)?,
     })
 }
 

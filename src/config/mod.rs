@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::record::config::{Recording, RecordingConfig};
 use crate::ticket::{Key, KeyRing, Policy};
 
 mod error;
@@ -54,6 +55,8 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     /// `[fleet]`: shared state on a Redis store (None: this relay alone).
     pub fleet: Option<fleet::FleetConfig>,
+    /// `[recording]` and the upstreams' `record` (docs/recording.md).
+    pub recording: Recording,
 }
 
 /// `[server]`.
@@ -467,6 +470,8 @@ pub struct Parsed {
     pub upstreams: BTreeMap<String, ParsedUpstream>,
     /// `relay_id` is None when the file leaves it to the host name.
     pub fleet: Option<fleet::FleetConfig>,
+    /// `dir` as written ([`resolve`] makes it absolute).
+    pub recording: Recording,
 }
 
 /// `[admin]` before its `token_file` is read.
@@ -712,6 +717,11 @@ pub const KEY_NAMES: &[&str] = &[
     "on_store_error",
     "lease",
     "key_prefix",
+    "recording",
+    "dir",
+    "max_bytes",
+    "required",
+    "record",
     "listen",
     "workers",
     "path",
@@ -791,6 +801,7 @@ pub fn parse(text: &str) -> Result<Parsed, ConfigError> {
         "limits",
         "upstreams",
         "fleet",
+        "recording",
     ]))?;
     let server = server(&top.sub(
         "server",
@@ -852,11 +863,20 @@ pub fn parse(text: &str) -> Result<Parsed, ConfigError> {
         ],
     )?)?;
     let mut upstreams = BTreeMap::new();
+    let mut record_always = Vec::new();
     if let Some(f) = top.get("upstreams") {
         for (name, u) in &f.table(None)?.entries {
             upstreams.insert(name.to_string(), upstream(name, u)?);
+            if let Some(r) = u.table(None)?.get("record") {
+                match r.str()? {
+                    "ticket" => {}
+                    "always" => record_always.push((name.to_string(), r.clone())),
+                    _ => return Err(r.err(ErrorKind::OneOf(RECORD_MODES))),
+                }
+            }
         }
     }
+    let recording = recording(&top, record_always)?;
     let tickets = tickets.ok_or_else(|| {
         top.err_at(
             "tickets",
@@ -884,6 +904,42 @@ pub fn parse(text: &str) -> Result<Parsed, ConfigError> {
         limits,
         upstreams,
         fleet,
+        recording,
+    })
+}
+
+/// Values of `[upstreams.X] record`.
+const RECORD_MODES: &[&str] = &["ticket", "always"];
+
+/// `[recording]`, and the upstreams whose `record` is `"always"` (which
+/// need it).
+fn recording(top: &Tbl, always: Vec<(String, Field)>) -> Result<Recording, ConfigError> {
+    let store = match top.get("recording") {
+        None => None,
+        Some(f) => {
+            let t = f.table(Some(&["dir", "max_bytes", "required"]))?;
+            let max_bytes = match t.get("max_bytes") {
+                Some(f) => match f.size()? {
+                    0 => return Err(f.err(ErrorKind::NotZero)),
+                    n => n,
+                },
+                None => crate::record::config::DEFAULT_MAX_BYTES,
+            };
+            Some(RecordingConfig {
+                dir: t.need("dir", ErrorKind::Required)?.path_buf()?,
+                max_bytes,
+                required: t.opt("required", Field::bool)?.unwrap_or(false),
+            })
+        }
+    };
+    if store.is_none() {
+        if let Some((_, f)) = always.first() {
+            return Err(f.err(ErrorKind::Rule("\"always\" needs a [recording] dir")));
+        }
+    }
+    Ok(Recording {
+        store,
+        always: always.into_iter().map(|(n, _)| n).collect(),
     })
 }
 
@@ -1241,6 +1297,7 @@ fn upstream(name: &str, u: &Field) -> Result<ParsedUpstream, ConfigError> {
         "token_secret_file",
         "nodes",
         "force_shared",
+        "record",
     ]))?;
     let kind_f = t.need("kind", ErrorKind::Required)?;
     let kind = KINDS

@@ -97,6 +97,10 @@ pub fn resolve(p: Parsed, base: &Path) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let mut recording = p.recording;
+    if let Some(store) = &mut recording.store {
+        store.dir = rel(base, &store.dir);
+    }
     Ok(Config {
         server,
         admin,
@@ -105,6 +109,7 @@ pub fn resolve(p: Parsed, base: &Path) -> Result<Config, ConfigError> {
         limits: p.limits,
         upstreams,
         fleet,
+        recording,
     })
 }
 

@@ -91,10 +91,12 @@ pub struct Settings {
     pub view: Option<viewonly::ViewFilter>,
 }
 
-/// Where a session counts its bytes: its worker's metrics block.
+/// Where a session counts its bytes: its worker's metrics block, and its
+/// recording if it has one ([`tap`]).
 pub struct Meter {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub core: usize,
+    pub recording: Option<Rc<crate::record::Recording>>,
 }
 
 /// One leg after its handshake: halves plus bytes read past the handshake.
@@ -467,6 +469,7 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
     let Some(head) = s.core(|c| c.headroom(from)) else {
         return;
     };
+    let rec = s.meter.as_ref().and_then(|m| m.recording.clone());
     let mut buf = Vec::with_capacity(SMALL_BUF.max(head + early.len()));
     buf.resize(head, 0);
     buf.extend_from_slice(&early);
@@ -489,6 +492,7 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
                     break;
                 }
                 Next::Forward { range, count } => {
+                    tap(rec.as_deref(), from, &buf[range.clone()]);
                     match hold_writer(&s, to, &mut guard).await {
                         None => return,
                         Some(false) => continue,
@@ -503,6 +507,7 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
                     (res, count)
                 }
                 Next::Header { bytes, len } => {
+                    tap(rec.as_deref(), from, &bytes[..len as usize]);
                     match hold_writer(&s, to, &mut guard).await {
                         None => return,
                         Some(false) => continue,
@@ -516,6 +521,7 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
                     (res, 0)
                 }
                 Next::Own { bytes, count } => {
+                    tap(rec.as_deref(), from, &bytes);
                     match hold_writer(&s, to, &mut guard).await {
                         None => return,
                         Some(false) => continue,
@@ -601,4 +607,15 @@ async fn take_writer(s: &Shared, leg: LegId) -> Option<WriterGuard> {
         return None;
     }
     Some(g)
+}
+
+/// Hands what the core decided to forward to the session's recording, if
+/// any (docs/recording.md): before the write, so that the writer sees the
+/// browser's bytes before the answer they cause. Unrecorded sessions pay
+/// one branch; a recorded one a copy into the writer's queue, never a wait.
+#[inline]
+fn tap(rec: Option<&crate::record::Recording>, from: LegId, bytes: &[u8]) {
+    if let Some(r) = rec {
+        r.tap(from == LegId::Browser, bytes);
+    }
 }

@@ -963,6 +963,7 @@ fn a_panic_in_the_core_ends_only_its_session() {
                 meter: Some(Meter {
                     metrics: m,
                     core: 0,
+                    recording: None,
                 }),
             });
             run_shared(s, br, Vec::new(), ur, Vec::new(), None).await

@@ -11,7 +11,7 @@
 //!  header  {"alg":"HS256","kid":"k1","typ":"JWT"}
 //!  claims  {"exp":…,"iat":…,"jti":"…","sub":"…","upstream":"pve1",
 //!           "console":"vnc", optional nbf aud node vmid guest ip max_session
-//!           mode}
+//!           mode record}
 //! ```
 //!
 //! Order of work, cheapest and most hostile first: length cap, shape,
@@ -323,6 +323,9 @@ pub struct Claims {
     /// View only or control (absent: control).
     #[serde(default, skip_serializing_if = "Mode::is_control")]
     pub mode: Mode,
+    /// Record this console (`"record": true`; docs/recording.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record: bool,
 }
 
 /// Why a ticket was refused: one variant per rule.
@@ -790,6 +793,7 @@ fn claims_from_map(m: &Map<String, Value>) -> Result<Claims, TicketError> {
             _ => None,
         })?
         .unwrap_or_default(),
+        record: optional(m, "record", serde_json::Value::as_bool)?.unwrap_or(false),
     })
 }
 
@@ -884,6 +888,9 @@ fn claims_to_map(c: &Claims) -> Map<String, Value> {
     }
     if c.mode != Mode::Control {
         put("mode", c.mode.as_str().into());
+    }
+    if c.record {
+        put("record", true.into());
     }
     m
 }

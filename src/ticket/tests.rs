@@ -102,6 +102,7 @@ fn full_claims() -> Claims {
         ip: Some("192.0.2.7".into()),
         max_session: Some(3600),
         mode: Mode::View,
+        record: true,
     }
 }
 
@@ -806,5 +807,20 @@ fn error_text_never_echoes_the_ticket() {
                 assert!(!text.contains(value), "{text}");
             }
         }
+    }
+}
+
+#[test]
+fn record_claim_is_a_bool_and_defaults_to_false() {
+    let mut p = good_payload();
+    assert!(!check(&with_payload(&p)).unwrap().record);
+    p["record"] = Value::Bool(true);
+    assert!(check(&with_payload(&p)).unwrap().record);
+    for bad in [Value::String("yes".into()), Value::from(1), Value::Null] {
+        p["record"] = bad;
+        assert_eq!(
+            check(&with_payload(&p)),
+            Err(TicketError::BadClaim("record"))
+        );
     }
 }

@@ -442,6 +442,7 @@ impl Relay {
             ip: None,
             max_session: None,
             mode: Default::default(),
+            record: false,
         }
     }
 
