@@ -142,6 +142,9 @@ type AdmitJob = (Box<AdmitArgs>, Sender<Result<Admit, StoreError>>);
 enum Job {
     Admit(Box<AdmitArgs>, Sender<Result<Admit, StoreError>>),
     Release(Box<ReleaseArgs>),
+    /// Releases wait in [`Fleet`]'s shared list: the first one into an
+    /// empty list wakes the thread with this, the others do not.
+    Released,
     Revoke {
         sel: Selector,
         now_ms: u64,
@@ -152,6 +155,9 @@ enum Job {
     List(Sender<Result<Vec<serde_json::Value>, StoreError>>),
     Stop,
 }
+
+/// Releases handed from the workers to the store thread.
+type SharedReleases = Arc<std::sync::Mutex<Vec<ReleaseArgs>>>;
 
 /// What the events listener calls: a revoke to apply to this relay's
 /// sessions, or one of its sessions (by id) replaced.
@@ -166,6 +172,7 @@ pub struct Fleet {
     pub keys: Keys,
     pub stats: Arc<Stats>,
     tx: mpsc::Sender<Job>,
+    releases: SharedReleases,
     next_sid: AtomicU64,
     stop: Arc<AtomicBool>,
 }
@@ -209,6 +216,7 @@ impl Fleet {
         let stats = Arc::new(Stats::new());
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
+        let shared: SharedReleases = Arc::default();
         let mut worker = StoreThread {
             client: client.clone(),
             cfg: cfg.clone(),
@@ -224,6 +232,7 @@ impl Fleet {
             live: HashMap::new(),
             releases: Vec::new(),
             releases_due: None,
+            shared: shared.clone(),
         };
         std::thread::Builder::new()
             .name("nexor-fleet".into())
@@ -247,6 +256,7 @@ impl Fleet {
             keys,
             stats,
             tx,
+            releases: shared,
             next_sid: AtomicU64::new(0),
             stop,
         }))
@@ -309,7 +319,15 @@ impl Fleet {
 
     /// A session ended (fire and forget; retried after an outage).
     pub fn release(&self, args: ReleaseArgs) {
-        self.send(Job::Release(Box::new(args)));
+        // A session's end is not waited for: it joins the shared list, and
+        // only the first into an empty list wakes the store thread (which
+        // sends them together within RELEASE_DELAY).
+        let mut list = self.releases.lock().unwrap_or_else(|p| p.into_inner());
+        list.push(args);
+        if list.len() == 1 {
+            drop(list);
+            self.send(Job::Released);
+        }
     }
 
     /// A fleet-wide revoke (from the admin thread; blocks it, never a
@@ -433,6 +451,8 @@ struct StoreThread {
     /// trip), or once the store is back.
     releases: Vec<ReleaseArgs>,
     releases_due: Option<Instant>,
+    /// Where [`Fleet::release`] leaves them.
+    shared: SharedReleases,
 }
 
 /// Converts a script's reply into [`Item`]s (integers and strings).
@@ -467,6 +487,7 @@ impl StoreThread {
             if self.con.is_some() && Instant::now() >= next_renew {
                 // Releases first, so the store's count of this relay's
                 // sessions is the mirror's.
+                self.take_handed();
                 while !self.releases.is_empty() && self.con.is_some() {
                     let n = self.releases.len().min(MAX_BATCH);
                     let batch: Vec<ReleaseArgs> = self.releases.drain(..n).collect();
@@ -493,6 +514,7 @@ impl StoreThread {
                             Job::Stop => return,
                             Job::Admit(a, tx) => admits.push((a, tx)),
                             Job::Release(r) => self.queue_release(*r),
+                            Job::Released => {}
                             Job::Revoke {
                                 sel,
                                 now_ms,
@@ -515,6 +537,7 @@ impl StoreThread {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
+            self.take_handed();
             let releases_due = self.releases_due.is_some_and(|d| Instant::now() >= d)
                 || self.releases.len() >= MAX_BATCH;
             if !admits.is_empty() || (releases_due && self.con.is_some()) {
@@ -523,6 +546,15 @@ impl StoreThread {
                 self.releases_due = (!self.releases.is_empty()).then(Instant::now);
                 self.pipeline(admits, releases);
             }
+        }
+    }
+
+    /// Takes the releases the workers left in the shared list.
+    fn take_handed(&mut self) {
+        let handed: Vec<ReleaseArgs> =
+            std::mem::take(&mut *self.shared.lock().unwrap_or_else(|p| p.into_inner()));
+        for r in handed {
+            self.queue_release(r);
         }
     }
 
