@@ -419,8 +419,13 @@ fn store_thread_renews_reconnects_and_resyncs() {
     a.max_per_vm = 1;
     let dl = a.deadline;
     assert_eq!(block(f.admit(a.clone())), Ok(ok(false, dl)));
-    // Renewed: still counted after three leases.
+    // Renewed: still counted after three leases. The store forgets its
+    // scripts meanwhile (SCRIPT FLUSH): they are loaded again (NOSCRIPT).
     std::thread::sleep(Duration::from_secs(3));
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut r.con())
+        .unwrap();
     let mut b = args(jti(41), f.next_sid(), now_ms());
     b.lease_ms = 1000;
     b.max_per_vm = 1;

@@ -455,6 +455,19 @@ struct StoreThread {
     shared: SharedReleases,
 }
 
+/// `EVALSHA <hash> <n> keys... args...` in one buffer.
+fn evalsha(script: &Script, keys: Vec<String>, args: Vec<String>) -> redis::Cmd {
+    let mut c = redis::cmd("EVALSHA");
+    c.arg(script.get_hash()).arg(keys.len());
+    for k in keys {
+        c.arg(k);
+    }
+    for a in args {
+        c.arg(a);
+    }
+    c
+}
+
 /// Converts a script's reply into [`Item`]s (integers and strings).
 pub fn items(v: &Value) -> Option<Vec<Item>> {
     let Value::Array(a) = v else { return None };
@@ -636,29 +649,25 @@ impl StoreThread {
         pipe.ignore_errors();
         // Releases first: a session that ended before a reconnect of its
         // ticket arrived frees the ticket before the reconnect is decided.
+        // EVALSHA commands built in one buffer each (the Script type gives
+        // the hash and loads the code; NOSCRIPT is handled below).
         let mut invocations = Vec::with_capacity(admits.len() + releases.len());
         for r in &releases {
-            let mut inv = self.scripts.release.prepare_invoke();
-            for k in r.keys(&self.keys, &self.node) {
-                inv.key(k);
-            }
-            for v in r.argv() {
-                inv.arg(v);
-            }
-            invocations.push(inv);
+            invocations.push(evalsha(
+                &self.scripts.release,
+                r.keys(&self.keys, &self.node),
+                r.argv(),
+            ));
         }
         for (a, _) in &admits {
-            let mut inv = self.scripts.admit.prepare_invoke();
-            for k in a.keys(&self.keys, &self.node) {
-                inv.key(k);
-            }
-            for v in a.argv(&self.keys, &self.relay_id, &self.node) {
-                inv.arg(v);
-            }
-            invocations.push(inv);
+            invocations.push(evalsha(
+                &self.scripts.admit,
+                a.keys(&self.keys, &self.node),
+                a.argv(&self.keys, &self.relay_id, &self.node),
+            ));
         }
-        for inv in &invocations {
-            pipe.invoke_script(inv);
+        for c in &invocations {
+            pipe.add_command(c.clone());
         }
         let t = Instant::now();
         let result: redis::RedisResult<Vec<Value>> = pipe.query(con);
@@ -693,7 +702,7 @@ impl StoreThread {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for &i in &again {
-                pipe.invoke_script(&invocations[i]);
+                pipe.add_command(invocations[i].clone());
             }
             let rerun = self
                 .scripts
