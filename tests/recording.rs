@@ -657,9 +657,13 @@ fn vnc_recording_of_qemu_replays_to_the_same_screen_in_chromium() {
         let page = format!("replay-{d}");
         b.open(&page, &format!("{url}?speed=0"));
         b.wait_event(&page, "connect", CONNECT);
-        b.wait(&page, "window.nexor.replay.done", CONNECT);
+        b.wait(
+            &page,
+            "window.nexor && window.nexor.replay && window.nexor.replay.done",
+            CONNECT,
+        );
         assert_eq!(
-            b.wait(&page, "window.nexor.desktopName", CONNECT),
+            b.wait(&page, "window.nexor && window.nexor.desktopName", CONNECT),
             "QEMU (vm-replay)"
         );
         let replayed = canvas_matches(&mut b, &page, &rgb);
@@ -699,7 +703,7 @@ fn terminal_cast_replays_in_xterm_js() {
     b.open("cast", &format!("{url}?speed=0"));
     b.wait(
         "cast",
-        "window.nexor.replay && window.nexor.replay.done",
+        "window.nexor && window.nexor.replay && window.nexor.replay.done",
         CONNECT,
     );
     let text = b.wait_term("cast", "you typed: recorded by nexor-relay", CONNECT);
@@ -707,7 +711,11 @@ fn terminal_cast_replays_in_xterm_js() {
     assert!(text.contains("you typed: hello replay"), "{text}");
     // Paused at 1×, the clock stands still.
     b.open("cast-slow", &format!("{url}?speed=1"));
-    b.wait("cast-slow", "!!window.nexor.term", CONNECT);
+    b.wait(
+        "cast-slow",
+        "!!(window.nexor && window.nexor.term)",
+        CONNECT,
+    );
     b.eval("cast-slow", "document.getElementById('pause').click()");
     assert_eq!(b.eval("cast-slow", "window.nexor.replay.paused"), true);
     doc_shot(&mut b, "cast", "recording-replay-term.png");
