@@ -754,6 +754,15 @@ fn killed_relay_console_reconnects_elsewhere() {
         took < Duration::from_secs(10),
         "took {took:?} ({refusals} refusals)"
     );
+    // The fleet's list has the new session only: the dead relay's entries
+    // went with its lease.
+    let (status, body) = f.relays[now_at].admin_request("GET", "/sessions?fleet=1", None);
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{body}");
+    assert_eq!(list[0]["relay"], format!("relay-{}", now_at + 1));
+    assert_eq!(list[0]["reconnect"], true);
     // Still single use: a second browser gets nothing.
     assert_eq!(open(f.hap.addr(), &t).err(), Some(403));
 }
