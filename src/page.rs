@@ -438,15 +438,35 @@ const status = document.getElementById("status");
 const screen = document.getElementById("screen");
 window.nexor = {{ kind, events: [] }};
 if (kind === "vnc") {{
-  const rfb = new RFB(screen, url, {{ wsProtocols: protocols, shared: true }});
-  rfb.scaleViewport = true;
-  rfb.addEventListener("connect", () => {{
-    status.textContent = "connected" + (window.nexor.desktopName ? ": " + window.nexor.desktopName : "");
-    window.nexor.events.push("connect");
-  }});
-  rfb.addEventListener("desktopname", (e) => {{ window.nexor.desktopName = e.detail.name; status.textContent = "connected: " + e.detail.name; }});
-  rfb.addEventListener("disconnect", (e) => {{ status.textContent = e.detail.clean ? "disconnected" : "connection lost"; window.nexor.events.push(e.detail.clean ? "disconnect-clean" : "disconnect-error"); }});
-  window.nexor.rfb = rfb;
+  // `reconnect=1` in the fragment: after a drop the page opens the console
+  // again with the same ticket, as noVNC's own app does with
+  // `reconnect=true`: the relay (any relay of a fleet) admits it within
+  // `reconnect_grace` after an abnormal end. Bounded: 10 tries, 0.5 s to 2 s
+  // apart; a connect resets the count.
+  const reconnect = params.get("reconnect") === "1";
+  let tries = 0;
+  window.nexor.reconnects = 0;
+  const open = () => {{
+    const rfb = new RFB(screen, url, {{ wsProtocols: protocols, shared: true }});
+    rfb.scaleViewport = true;
+    rfb.addEventListener("connect", () => {{
+      tries = 0;
+      status.textContent = "connected" + (window.nexor.desktopName ? ": " + window.nexor.desktopName : "");
+      window.nexor.events.push("connect");
+    }});
+    rfb.addEventListener("desktopname", (e) => {{ window.nexor.desktopName = e.detail.name; status.textContent = "connected: " + e.detail.name; }});
+    rfb.addEventListener("disconnect", (e) => {{
+      status.textContent = e.detail.clean ? "disconnected" : "connection lost";
+      window.nexor.events.push(e.detail.clean ? "disconnect-clean" : "disconnect-error");
+      if (reconnect && tries < 10) {{
+        tries += 1;
+        status.textContent += ", reconnecting";
+        setTimeout(() => {{ window.nexor.reconnects += 1; screen.innerHTML = ""; open(); }}, Math.min(500 * tries, 2000));
+      }}
+    }});
+    window.nexor.rfb = rfb;
+  }};
+  open();
 }} else {{
   const term = new Terminal({{ cursorBlink: true }});
   term.open(screen);

@@ -936,36 +936,6 @@ fn write_config(extra: &str) -> std::path::PathBuf {
 
 // ---- the browser ------------------------------------------------------------------------
 
-/// What the portal's console page does when its console drops, as noVNC's
-/// own app (vnc.html with `reconnect=true`, app/ui.js) does: on a
-/// disconnect it did not ask for (noVNC reports a server's close as clean),
-/// a new RFB on the same URL and ticket after 500 ms, again after each
-/// failure. Installed into the relay's console page (src/page.rs), which
-/// has no reconnect of its own.
-const RECONNECT_JS: &str = r#"(() => {
-  const screen = document.getElementById("screen");
-  const params = new URLSearchParams(sessionStorage.getItem("nexor.console") || "");
-  const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/console";
-  const protocols = ["binary", "nexor.ticket." + params.get("ticket")];
-  const RFB = window.nexor.rfb.constructor;
-  window.nexor.reconnects = 0;
-  const arm = (rfb) => rfb.addEventListener("disconnect", () => {
-    setTimeout(() => {
-      window.nexor.reconnects++;
-      screen.innerHTML = "";
-      const r = new RFB(screen, url, { wsProtocols: protocols, shared: true });
-      r.scaleViewport = true;
-      r.addEventListener("connect", () => window.nexor.events.push("connect"));
-      r.addEventListener("desktopname", (e) => { window.nexor.desktopName = e.detail.name; });
-      r.addEventListener("disconnect", (e) => window.nexor.events.push(e.detail.clean ? "disconnect-clean" : "disconnect-error"));
-      arm(r);
-      window.nexor.rfb = r;
-    }, 500);
-  });
-  arm(window.nexor.rfb);
-  return true;
-})()"#;
-
 /// Stock noVNC in Chromium through HAProxy (round robin) to two relays of a
 /// fleet, on QEMU's VNC console. The relay carrying the console is killed
 /// (SIGKILL): the page reconnects by itself through HAProxy with the same
@@ -977,7 +947,7 @@ fn browser_novnc_fails_over_to_the_other_relay() {
     if skip_without(&["redis-server", "haproxy", "chromium", "novnc", "qemu"]) {
         return;
     }
-    use support::{console_url, page_config, Browser, QemuVnc};
+    use support::{console_url_reconnecting, page_config, Browser, QemuVnc};
     let qemu = QemuVnc::start("nexor-failover");
     let redis = RedisServer::start(false);
     let up = format!("kind = \"tcp\"\naddr = \"{}\"", qemu.vnc);
@@ -999,7 +969,8 @@ fn browser_novnc_fails_over_to_the_other_relay() {
     let t = relays[0].sign(&c);
     let mut b = Browser::start("fleet-failover");
     let base = format!("https://localhost:{}", hap.port);
-    b.open("fo", &console_url(&base, "vnc", &t, false));
+    // The relay's console page with its own reconnect on (`reconnect=1`).
+    b.open("fo", &console_url_reconnecting(&base, &t));
     b.wait_event("fo", "connect", Duration::from_secs(20));
     assert_eq!(
         b.wait("fo", "window.nexor.desktopName", Duration::from_secs(20)),
@@ -1028,7 +999,6 @@ fn browser_novnc_fails_over_to_the_other_relay() {
         }
     };
     let before = screen_matches(&mut b);
-    assert_eq!(b.eval("fo", RECONNECT_JS), true);
     let holder = relays
         .iter()
         .position(|r| r.admin_request("GET", "/sessions", None).1.contains(&h))

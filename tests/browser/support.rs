@@ -770,6 +770,12 @@ pub fn console_url(base: &str, console: &str, ticket: &str, termproxy: bool) -> 
     format!("{base}/#console={console}{proto}&ticket={ticket}")
 }
 
+/// As [`console_url`] for VNC, with the page's own reconnect on
+/// (`reconnect=1`: after a drop it opens the console again, same ticket).
+pub fn console_url_reconnecting(base: &str, ticket: &str) -> String {
+    format!("{base}/#console=vnc&reconnect=1&ticket={ticket}")
+}
+
 // ---- a WebSocket client through a proxy -----------------------------------------------
 
 /// Opens `wss://localhost:<port>/console` through `addr` (TLS, test CA) with extra
