@@ -571,31 +571,8 @@ impl Ledger {
         }
         self.next_id += 1;
         let id = self.next_id;
-        self.live.insert(
-            id,
-            LiveEntry {
-                jti_hash: key,
-                sub: r.claims.sub.clone(),
-                vm: vm.clone(),
-                closing: None,
-            },
-        );
-        self.per_vm.entry(vm.clone()).or_default().insert(id);
-        *self.per_user.entry(r.claims.sub.clone()).or_default() += 1;
-        let exp_until = r.claims.exp.saturating_add(r.leeway);
-        let entry = self.tickets.entry(key).or_insert(TicketEntry {
-            live: None,
-            client: r.client,
-            sub: r.claims.sub.clone(),
-            vm: vm.clone(),
-            revoked: false,
-            dropped_at: None,
-            deadline,
-            exp_until,
-            keep_until: exp_until,
-        });
-        entry.live = Some(id);
-        entry.dropped_at = None;
+        // The ticket is remembered: a new one passed the cap check above.
+        self.count_in(id, key, &r, &vm, deadline);
         Ok(Session {
             id,
             jti_hash: key,
@@ -604,6 +581,43 @@ impl Ledger {
             lifetime: deadline.saturating_sub(r.now),
             replaced,
         })
+    }
+
+    /// Session `id` is live and counted (relay, user, VM), and its ticket
+    /// remembered as in use by it from `r.client` until `deadline`, unless
+    /// the replay cache is full and the ticket new (only possible for a
+    /// session the fleet store admitted: [`Ledger::open`] refused it before).
+    fn count_in(&mut self, id: SessionId, key: JtiHash, r: &Request<'_>, vm: &str, deadline: u64) {
+        self.live.insert(
+            id,
+            LiveEntry {
+                jti_hash: key,
+                sub: r.claims.sub.clone(),
+                vm: vm.to_string(),
+                closing: None,
+            },
+        );
+        self.per_vm.entry(vm.to_string()).or_default().insert(id);
+        *self.per_user.entry(r.claims.sub.clone()).or_default() += 1;
+        if self.tickets.len() >= self.max_tickets && !self.tickets.contains_key(&key) {
+            return;
+        }
+        let exp_until = r.claims.exp.saturating_add(r.leeway);
+        let entry = self.tickets.entry(key).or_insert(TicketEntry {
+            live: None,
+            client: r.client,
+            sub: r.claims.sub.clone(),
+            vm: vm.to_string(),
+            revoked: false,
+            dropped_at: None,
+            deadline,
+            exp_until,
+            keep_until: exp_until,
+        });
+        entry.live = Some(id);
+        entry.dropped_at = None;
+        entry.client = r.client;
+        entry.deadline = deadline;
     }
 
     /// A session id not used yet: fleet mode names the session in the store
@@ -628,35 +642,7 @@ impl Ledger {
         self.purge(r.now);
         let key = JtiHash(r.claims.replay_key());
         let vm = vm_key(r.claims);
-        self.live.insert(
-            id,
-            LiveEntry {
-                jti_hash: key,
-                sub: r.claims.sub.clone(),
-                vm: vm.clone(),
-                closing: None,
-            },
-        );
-        self.per_vm.entry(vm.clone()).or_default().insert(id);
-        *self.per_user.entry(r.claims.sub.clone()).or_default() += 1;
-        let exp_until = r.claims.exp.saturating_add(r.leeway);
-        if self.tickets.len() < self.max_tickets || self.tickets.contains_key(&key) {
-            let entry = self.tickets.entry(key).or_insert(TicketEntry {
-                live: None,
-                client: r.client,
-                sub: r.claims.sub.clone(),
-                vm: vm.clone(),
-                revoked: false,
-                dropped_at: None,
-                deadline,
-                exp_until,
-                keep_until: exp_until,
-            });
-            entry.live = Some(id);
-            entry.dropped_at = None;
-            entry.client = r.client;
-            entry.deadline = deadline;
-        }
+        self.count_in(id, key, &r, &vm, deadline);
         Session {
             id,
             jti_hash: key,
