@@ -342,6 +342,95 @@ fn listeners_on_port(port: u16) -> usize {
         .sum()
 }
 
+/// io_uring setup flags of every worker's ring (see [`uring_flags`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UringFlags {
+    pub coop_taskrun: bool,
+    pub taskrun_flag: bool,
+    pub single_issuer: bool,
+    pub defer_taskrun: bool,
+}
+
+/// The ring's setup flags: the default, or `NEXOR_URING_FLAGS` (a comma
+/// list of `coop`, `taskrun`, `single`, `defer`, or `none`), the lever
+/// BENCHMARKING.md measures. An unknown word is ignored with a warning.
+pub fn uring_flags() -> UringFlags {
+    let spec = std::env::var("NEXOR_URING_FLAGS");
+    parse_uring_flags(spec.as_deref().unwrap_or(DEFAULT_URING_FLAGS))
+}
+
+/// What BENCHMARKING.md ("io_uring setup flags") measured best.
+const DEFAULT_URING_FLAGS: &str = "coop,single,defer";
+
+fn parse_uring_flags(spec: &str) -> UringFlags {
+    let mut f = UringFlags {
+        coop_taskrun: false,
+        taskrun_flag: false,
+        single_issuer: false,
+        defer_taskrun: false,
+    };
+    for word in spec.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        match word {
+            "coop" => f.coop_taskrun = true,
+            "taskrun" => f.taskrun_flag = true,
+            "single" => f.single_issuer = true,
+            // The kernel takes DEFER_TASKRUN only with SINGLE_ISSUER.
+            "defer" => (f.defer_taskrun, f.single_issuer) = (true, true),
+            "none" => {}
+            _ => log::warn(
+                "NEXOR_URING_FLAGS: unknown flag ignored",
+                &[("flag", V::S(word))],
+            ),
+        }
+    }
+    f
+}
+
+/// The worker's runtime: io_uring with [`uring_flags`]; io_uring without
+/// flags where the kernel refuses them (before 6.1); epoll where io_uring
+/// is unavailable (or `MONOIO_FORCE_LEGACY_DRIVER=1`). Called on the
+/// worker's own thread: with SINGLE_ISSUER only that thread may submit.
+type Runtime = FusionRuntime<
+    monoio::time::TimeDriver<monoio::IoUringDriver>,
+    monoio::time::TimeDriver<monoio::LegacyDriver>,
+>;
+
+fn runtime() -> std::io::Result<Runtime> {
+    let f = uring_flags();
+    let mut urb = io_uring::IoUring::builder();
+    if f.coop_taskrun {
+        urb.setup_coop_taskrun();
+    }
+    if f.taskrun_flag {
+        urb.setup_taskrun_flag();
+    }
+    if f.single_issuer {
+        urb.setup_single_issuer();
+    }
+    if f.defer_taskrun {
+        urb.setup_defer_taskrun();
+    }
+    let flagged = RuntimeBuilder::<FusionDriver>::new()
+        .enable_timer()
+        .with_entries(URING_ENTRIES)
+        .uring_builder(urb)
+        .build();
+    match flagged {
+        Ok(rt) => Ok(rt),
+        Err(e) if f != parse_uring_flags("none") => {
+            log::warn(
+                "io_uring refused the setup flags: running without them",
+                &[("error", V::S(&e.to_string()))],
+            );
+            RuntimeBuilder::<FusionDriver>::new()
+                .enable_timer()
+                .with_entries(URING_ENTRIES)
+                .build()
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn worker_main(
     id: usize,
     listener: std::net::TcpListener,
@@ -355,10 +444,7 @@ fn worker_main(
         listener: listener.try_clone().ok(),
     };
     crate::task::enter_worker(state.metrics.clone(), id);
-    let rt = RuntimeBuilder::<FusionDriver>::new()
-        .enable_timer()
-        .with_entries(URING_ENTRIES)
-        .build();
+    let rt = runtime();
     let mut rt = match rt {
         Ok(rt) => rt,
         Err(e) => {

@@ -41,7 +41,6 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use monoio::buf::{IoBuf, IoBufMut};
 
 use crate::registry::SessionCtl;
 use crate::transport::{Reader, Signal, Writer, WriterGuard, WriterLock};
@@ -448,19 +447,74 @@ fn mode_has_frames(s: &Shared, leg: LegId) -> bool {
             .is_ok_and(|c| c.headroom(LegId::Upstream) == 0)
 }
 
-/// Picks the next read buffer size: grow when a read filled the buffer,
-/// shrink back when traffic is light, so idle sessions hold little.
-/// `headroom` is capacity kept in front of the read room (the raw pump's
-/// frame header).
-fn resize(buf: &mut Vec<u8>, last_read: usize, room: usize, headroom: usize) {
-    let cap = buf.capacity();
-    if last_read == room && cap < LARGE_BUF + headroom {
-        buf.reserve_exact(LARGE_BUF + headroom - buf.len());
-    } else if cap > SMALL_BUF && last_read < SMALL_BUF / 4 && buf.len() < SMALL_BUF / 2 {
-        let mut small = Vec::with_capacity(SMALL_BUF);
-        small.extend_from_slice(buf);
-        *buf = small;
+/// The read buffers of a worker thread's pumps. A pump holds a buffer only
+/// from its socket's readiness until what it read was written on (or while
+/// it holds an unfinished frame), so an idle session holds none, and a busy
+/// worker reuses the same few instead of allocating per message.
+mod pool {
+    use std::cell::RefCell;
+
+    use super::{LARGE_BUF, SMALL_BUF};
+    use crate::relay::core::HEADROOM;
+
+    /// Capacities handed out: headroom plus the read size.
+    pub const SMALL: usize = SMALL_BUF + HEADROOM;
+    pub const LARGE: usize = LARGE_BUF + HEADROOM;
+    /// Buffers kept per worker beyond those in use (1 MiB and 2 MiB).
+    const KEEP_SMALL: usize = 1024;
+    const KEEP_LARGE: usize = 32;
+
+    thread_local! {
+        static FREE: RefCell<(Vec<Vec<u8>>, Vec<Vec<u8>>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     }
+
+    /// An empty buffer of at least `cap` ([`SMALL`] or [`LARGE`]).
+    pub fn take(cap: usize) -> Vec<u8> {
+        let reused = FREE.with(|f| {
+            let mut f = f.borrow_mut();
+            if cap <= SMALL {
+                f.0.pop()
+            } else {
+                f.1.pop()
+            }
+        });
+        reused.unwrap_or_else(|| Vec::with_capacity(cap))
+    }
+
+    /// Gives a buffer back (dropped if the pool is full or it is odd-sized).
+    pub fn give(mut buf: Vec<u8>) {
+        buf.clear();
+        let cap = buf.capacity();
+        FREE.with(|f| {
+            let mut f = f.borrow_mut();
+            if cap >= LARGE && f.1.len() < KEEP_LARGE {
+                f.1.push(buf);
+            } else if (SMALL..LARGE).contains(&cap) && f.0.len() < KEEP_SMALL {
+                f.0.push(buf);
+            }
+        });
+    }
+}
+
+/// Makes `buf` ready for a read of the size class `large` asks for, keeping
+/// what it holds (headroom and an unfinished frame); returns the room.
+fn ready_buf(buf: &mut Vec<u8>, head: usize, large: bool) -> usize {
+    let want = if large { pool::LARGE } else { pool::SMALL };
+    if buf.capacity() == 0 {
+        *buf = pool::take(want);
+        buf.resize(head, 0);
+    } else if (large && buf.capacity() < want)
+        || (!large && buf.capacity() >= pool::LARGE && buf.len() <= SMALL_BUF / 2)
+    {
+        let mut other = pool::take(want);
+        other.extend_from_slice(buf);
+        pool::give(std::mem::replace(buf, other));
+    }
+    if buf.capacity() - buf.len() < MAX_CONTROL_FRAME {
+        // An unfinished frame fills the buffer: room for a control frame.
+        buf.reserve(SMALL_BUF);
+    }
+    buf.capacity() - buf.len()
 }
 
 /// One direction: reads `from`, writes what the core says to the other leg.
@@ -470,16 +524,22 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
         return;
     };
     let rec = s.meter.as_ref().and_then(|m| m.recording.clone());
-    let mut buf = Vec::with_capacity(SMALL_BUF.max(head + early.len()));
-    buf.resize(head, 0);
-    buf.extend_from_slice(&early);
+    let mut buf = Vec::new();
+    if !early.is_empty() {
+        buf = pool::take(pool::SMALL.max(head + early.len()));
+        buf.resize(head, 0);
+        buf.extend_from_slice(&early);
+    }
     drop(early);
     let mut guard: Option<WriterGuard> = None;
-    let (mut last_read, mut room) = (0, 0);
+    // The size class of the next read: large while reads fill the buffer.
+    let mut large = false;
+    // One clock read per read, not per frame.
+    let mut now = Instant::now();
     loop {
         // Do what the core says with what the buffer holds.
-        loop {
-            let Some(next) = s.core(|c| c.next(from, &mut buf, Instant::now())) else {
+        while buf.len() > head {
+            let Some(next) = s.core(|c| c.next(from, &mut buf, now)) else {
                 return;
             };
             let (res, n) = match next {
@@ -499,23 +559,21 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
                         Some(true) => {}
                     }
                     let Some(g) = guard.as_mut() else { return };
-                    let Some((res, slice)) = or_done(&s.done, g.write_all(buf.slice(range))).await
-                    else {
+                    let Some(res) = or_done(&s.done, g.write(&buf[range])).await else {
                         return;
                     };
-                    buf = slice.into_inner();
                     (res, count)
                 }
                 Next::Header { bytes, len } => {
-                    tap(rec.as_deref(), from, &bytes[..len as usize]);
+                    let bytes = &bytes[..len as usize];
+                    tap(rec.as_deref(), from, bytes);
                     match hold_writer(&s, to, &mut guard).await {
                         None => return,
                         Some(false) => continue,
                         Some(true) => {}
                     }
                     let Some(g) = guard.as_mut() else { return };
-                    let h = bytes[..len as usize].to_vec();
-                    let Some((res, _)) = or_done(&s.done, g.write_all(h)).await else {
+                    let Some(res) = or_done(&s.done, g.write(bytes)).await else {
                         return;
                     };
                     (res, 0)
@@ -528,7 +586,7 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
                         Some(true) => {}
                     }
                     let Some(g) = guard.as_mut() else { return };
-                    let Some((res, _)) = or_done(&s.done, g.write_all(bytes)).await else {
+                    let Some(res) = or_done(&s.done, g.write(&bytes)).await else {
                         return;
                     };
                     (res, count)
@@ -552,22 +610,30 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
                 guard = None;
             }
         }
-        if room > 0 {
-            resize(&mut buf, last_read, room, head);
+        // Nothing unfinished: wait holding no buffer.
+        if buf.len() <= head && buf.capacity() > 0 {
+            pool::give(std::mem::take(&mut buf));
         }
-        if buf.capacity() - buf.len() < MAX_CONTROL_FRAME {
-            buf.reserve(SMALL_BUF);
-        }
-        let (filled, cap) = (buf.len(), buf.capacity());
-        room = cap - filled;
-        let Some((res, slice)) = or_done(&s.done, reader.read(buf.slice_mut(filled..cap))).await
-        else {
-            return;
+        let res = loop {
+            match or_done(&s.done, reader.ready()).await {
+                None => return,
+                Some(Err(e)) => break Err(e),
+                Some(Ok(())) => {}
+            }
+            let room = ready_buf(&mut buf, head, large);
+            match reader.try_read(&mut buf, room) {
+                // A spurious wake-up.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if buf.len() <= head {
+                        pool::give(std::mem::take(&mut buf));
+                    }
+                }
+                r => break r.map(|n| (n, room)),
+            }
         };
-        buf = slice.into_inner();
-        let now = Instant::now();
+        now = Instant::now();
         match res {
-            Ok(0) => {
+            Ok((0, _)) => {
                 s.core(|c| c.on_read_end(from, ReadEnd::Eof, now));
                 return;
             }
@@ -575,8 +641,12 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
                 s.core(|c| c.on_read_end(from, ReadEnd::Error(&e), now));
                 return;
             }
-            Ok(n) => {
-                last_read = n;
+            Ok((n, room)) => {
+                if n == room {
+                    large = true;
+                } else if n < SMALL_BUF / 4 {
+                    large = false;
+                }
                 if s.core(|c| c.on_read(from, n, now)).is_none() {
                     return;
                 }

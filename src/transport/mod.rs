@@ -3,21 +3,30 @@
 //! upstream), plus the two single-thread primitives the pump shares between
 //! its directions: [`WriterLock`] (frames are written whole, so the relay's
 //! own frames land only between them) and [`Signal`] (end of session).
+//!
+//! After the handshakes, a leg's socket is read and written by readiness:
+//! [`Reader::ready`] waits (an io_uring `PollAdd`, or epoll) holding no
+//! buffer, then [`Reader::try_read`] and the writers make plain
+//! non-blocking `recv`/`send` calls. So an idle leg pins no read buffer
+//! (the pump takes one from its worker's pool only when bytes are there),
+//! and a write goes out at once instead of waiting for the ring's next
+//! submission. BENCHMARKING.md ("readiness I/O") has the measurements.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io::{self, BufRead, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use monoio::buf::{IoBuf, IoBufMut, Slice, SliceMut};
-use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
-};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{TcpStream, UnixStream};
 use monoio::BufResult;
+use nix::errno::Errno;
+use nix::sys::socket::{self as sys, MsgFlags};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
@@ -50,16 +59,113 @@ pub enum Stream {
 
 /// The read half of a [`Stream`].
 pub enum Reader {
-    Tcp(OwnedReadHalf<TcpStream>),
+    Plain(Rc<Sock>),
     Tls(TlsReader),
-    Unix(OwnedReadHalf<UnixStream>),
 }
 
 /// The write half of a [`Stream`].
 pub enum Writer {
-    Tcp(OwnedWriteHalf<TcpStream>),
+    Plain(Rc<Sock>),
     Tls(TlsWriter),
-    Unix(OwnedWriteHalf<UnixStream>),
+}
+
+impl Drop for Writer {
+    /// FIN when the write half goes (as monoio's own halves do), so a peer
+    /// reads the end of the stream before a close with unread bytes resets it.
+    fn drop(&mut self) {
+        if let Writer::Plain(s) = self {
+            let _ = s.shutdown();
+        }
+    }
+}
+
+impl Drop for TlsWriter {
+    /// FIN (no close_notify: that is [`TlsWriter::shutdown`]'s), as [`Writer`].
+    fn drop(&mut self) {
+        let _ = self.sock.shutdown();
+    }
+}
+
+/// A connected socket after the split, shared by its two halves. Every
+/// call is non-blocking; the waits are the driver's readiness (a one-shot
+/// `PollAdd` on io_uring; on epoll the registration plus a `poll(0)` check,
+/// since a `recv` made here does not tell monoio the socket drained).
+pub enum Sock {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// `send` flags: never block, never raise SIGPIPE (a vanished peer is an error).
+const SEND_FLAGS: MsgFlags = MsgFlags::MSG_DONTWAIT.union(MsgFlags::MSG_NOSIGNAL);
+
+impl Sock {
+    fn fd(&self) -> RawFd {
+        match self {
+            Sock::Tcp(s) => s.as_raw_fd(),
+            Sock::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Waits until a `recv` would find bytes, the end or an error.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.readable(false).await,
+            Sock::Unix(s) => s.readable(false).await,
+        }
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.writable(false).await,
+            Sock::Unix(s) => s.writable(false).await,
+        }
+    }
+
+    /// One non-blocking `recv` into `dst`: `WouldBlock` when nothing is there.
+    fn recv(&self, dst: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match sys::recv(self.fd(), dst, MsgFlags::MSG_DONTWAIT) {
+                Err(Errno::EINTR) => continue,
+                r => return r.map_err(io::Error::from),
+            }
+        }
+    }
+
+    /// Reads what is there onto the end of `buf`, at most `room` bytes,
+    /// without waiting. `Ok(0)` is the end, `WouldBlock` nothing yet.
+    pub fn try_read(&self, buf: &mut Vec<u8>, room: usize) -> io::Result<usize> {
+        let at = buf.len();
+        // Zeroed, not uninitialised, so no `unsafe`: a memset of the room is
+        // noise next to the kernel's copy into it.
+        buf.resize(at + room, 0);
+        let r = self.recv(&mut buf[at..]);
+        buf.truncate(at + *r.as_ref().unwrap_or(&0));
+        r
+    }
+
+    /// Writes all of `bytes`: at once while the socket takes them, waiting
+    /// for room only when it is full.
+    pub async fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        while at < bytes.len() {
+            match sys::send(self.fd(), &bytes[at..], SEND_FLAGS) {
+                Ok(n) => at += n,
+                Err(Errno::EAGAIN) => self.writable().await?,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// FIN after what was written.
+    fn shutdown(&self) -> io::Result<()> {
+        match sys::shutdown(self.fd(), sys::Shutdown::Write) {
+            // The peer already went: nothing left to end.
+            Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 impl Stream {
@@ -99,53 +205,115 @@ impl Stream {
     }
 
     pub fn into_split(self) -> (Reader, Writer) {
+        let plain = |s: Sock| {
+            let s = Rc::new(s);
+            (Reader::Plain(s.clone()), Writer::Plain(s))
+        };
         match self {
-            Stream::Tcp(s) => {
-                let (r, w) = s.into_split();
-                (Reader::Tcp(r), Writer::Tcp(w))
-            }
+            Stream::Tcp(s) => plain(Sock::Tcp(s)),
+            Stream::Unix(s) => plain(Sock::Unix(s)),
             Stream::Tls(s) => {
                 let TlsStream { reader, writer } = *s;
                 (Reader::Tls(reader), Writer::Tls(writer))
-            }
-            Stream::Unix(s) => {
-                let (r, w) = s.into_split();
-                (Reader::Unix(r), Writer::Unix(w))
             }
         }
     }
 }
 
 impl Reader {
-    pub async fn read(&mut self, buf: ReadBuf) -> BufResult<usize, ReadBuf> {
+    /// Waits, holding no buffer, until [`Reader::try_read`] has something
+    /// to say: bytes, the end or an error. May wake spuriously.
+    pub async fn ready(&mut self) -> io::Result<()> {
         match self {
-            Reader::Tcp(s) => s.read(buf).await,
-            Reader::Tls(s) => s.read(buf).await,
-            Reader::Unix(s) => s.read(buf).await,
+            Reader::Plain(s) => s.readable().await,
+            Reader::Tls(s) => s.ready().await,
         }
+    }
+
+    /// Reads what is there onto the end of `buf`, at most `room` bytes,
+    /// without waiting: `Ok(0)` is the end, `WouldBlock` nothing yet.
+    pub fn try_read(&mut self, buf: &mut Vec<u8>, room: usize) -> io::Result<usize> {
+        match self {
+            Reader::Plain(s) => s.try_read(buf, room),
+            Reader::Tls(s) => s.try_read(buf, room),
+        }
+    }
+
+    /// Waits for and reads bytes into `dst` (its `Vec` from its length up
+    /// to the slice's end). `Ok(0)` is the end.
+    pub async fn read(&mut self, dst: ReadBuf) -> BufResult<usize, ReadBuf> {
+        read_ready(self, dst).await
     }
 }
 
-impl Writer {
-    pub async fn write_all<T: OwnedBytes>(&mut self, buf: T) -> BufResult<usize, T> {
-        match self {
-            Writer::Tcp(s) => s.write_all(buf).await,
-            Writer::Tls(s) => s.write_all(buf).await,
-            Writer::Unix(s) => s.write_all(buf).await,
+/// A reader that waits by readiness and then reads without waiting.
+trait ReadyRead {
+    async fn ready(&mut self) -> io::Result<()>;
+    fn try_read(&mut self, buf: &mut Vec<u8>, room: usize) -> io::Result<usize>;
+}
+
+impl ReadyRead for Reader {
+    async fn ready(&mut self) -> io::Result<()> {
+        Reader::ready(self).await
+    }
+    fn try_read(&mut self, buf: &mut Vec<u8>, room: usize) -> io::Result<usize> {
+        Reader::try_read(self, buf, room)
+    }
+}
+
+impl ReadyRead for TlsReader {
+    async fn ready(&mut self) -> io::Result<()> {
+        TlsReader::ready(self).await
+    }
+    fn try_read(&mut self, buf: &mut Vec<u8>, room: usize) -> io::Result<usize> {
+        TlsReader::try_read(self, buf, room)
+    }
+}
+
+/// Waits for and reads bytes into `dst`: the owned-buffer read the
+/// handshakes and tests use.
+async fn read_ready<R: ReadyRead>(r: &mut R, dst: ReadBuf) -> BufResult<usize, ReadBuf> {
+    let (begin, end) = (dst.begin(), dst.end());
+    let mut vec = dst.into_inner();
+    let res = loop {
+        if let Err(e) = r.ready().await {
+            break Err(e);
         }
+        let room = end - vec.len();
+        match r.try_read(&mut vec, room) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => break r,
+        }
+    };
+    (res, vec.slice_mut(begin..end))
+}
+
+impl Writer {
+    /// Writes all of `bytes` (encrypted on TLS). A write that is dropped
+    /// before it finished may leave part of them sent.
+    pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Writer::Plain(s) => s.write_all(bytes).await,
+            Writer::Tls(s) => s.write(bytes).await,
+        }
+    }
+
+    /// [`Writer::write`] of an owned buffer, handed back.
+    pub async fn write_all<T: OwnedBytes>(&mut self, buf: T) -> BufResult<usize, T> {
+        let res = self.write(buf.as_bytes()).await;
+        (res.map(|()| buf.as_bytes().len()), buf)
     }
 
     /// Sends FIN (and TLS close_notify) after what was written.
     pub async fn shutdown(&mut self) -> io::Result<()> {
         match self {
-            Writer::Tcp(s) => s.shutdown().await,
+            Writer::Plain(s) => s.shutdown(),
             Writer::Tls(s) => s.shutdown().await,
-            Writer::Unix(s) => s.shutdown().await,
         }
     }
 }
 
-// ---- TLS over monoio, with rustls, without fixed per-connection buffers ----
+// ---- TLS over monoio, with rustls, without per-connection buffers ----
 //
 // rustls does the protocol; this glue only moves bytes. The connection
 // sits in an `Rc<RefCell<_>>` shared by the two halves and is borrowed only
@@ -161,21 +329,25 @@ impl Writer {
 // a peer that writes faster than the relay drains is slowed down by TCP,
 // never refused.
 //
-// TLS bytes are read into a small buffer that grows while a connection is
-// busy and shrinks when it goes quiet, and no buffer is kept once rustls
-// took its bytes: an idle TLS console pins 1 KiB, not two fixed 16 KiB
-// buffers.
+// After the handshake the socket is read into, and records are encrypted
+// into, two scratch buffers of the worker thread ([`SCRATCH`]), used only
+// between awaits: a connection keeps a buffer of its own only for TLS bytes
+// rustls did not take yet, or the tail of a write the socket had no room
+// for. An idle TLS console pins nothing but rustls' state.
 
-/// TLS bytes read per call while quiet (a pending io_uring read pins it).
-const TLS_READ_SMALL: usize = 1024;
-/// TLS bytes read per call while busy: one full record and its overhead.
-const TLS_READ_LARGE: usize = 16 * 1024 + 512;
+/// TLS bytes read per call: one full record and its overhead.
+const TLS_READ: usize = 16 * 1024 + 512;
 /// TLS bytes read per call during the handshake.
 const TLS_READ_HANDSHAKE: usize = 4096;
 
 /// The most TLS bytes a [`TlsReader`] holds that rustls has not taken yet
 /// (one socket read); see [`TlsReader::buffered`].
-pub const TLS_HELD_MAX: usize = TLS_READ_LARGE;
+pub const TLS_HELD_MAX: usize = TLS_READ;
+
+thread_local! {
+    /// Per worker thread: TLS bytes just read, records just encrypted.
+    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = RefCell::new((vec![0; TLS_READ], Vec::new()));
+}
 
 /// Every TLS failure is `InvalidData` around a `rustls::Error`, so callers
 /// tell it from socket errors with `e.get_ref().is::<rustls::Error>()`.
@@ -229,8 +401,8 @@ pub struct TlsStream {
     writer: TlsWriter,
 }
 
-/// Encrypts what rustls has pending and writes it out.
-async fn flush_tls<W: AsyncWriteRent>(conn: &RefCell<Connection>, tcp: &mut W) -> io::Result<()> {
+/// Handshake: encrypts what rustls has pending and writes it out.
+async fn flush_handshake(conn: &RefCell<Connection>, tcp: &mut TcpStream) -> io::Result<()> {
     loop {
         let mut out = Vec::new();
         {
@@ -247,6 +419,40 @@ async fn flush_tls<W: AsyncWriteRent>(conn: &RefCell<Connection>, tcp: &mut W) -
     }
 }
 
+/// After the handshake: encrypts what rustls has pending into the scratch
+/// buffer and sends it; only a tail the socket had no room for is copied
+/// out, to wait for room.
+async fn flush_tls(conn: &RefCell<Connection>, sock: &Sock) -> io::Result<()> {
+    loop {
+        let rest = SCRATCH.with(|s| -> io::Result<Option<Vec<u8>>> {
+            let out = &mut s.borrow_mut().1;
+            out.clear();
+            let mut c = conn.borrow_mut();
+            if !c.wants_write() {
+                return Ok(None);
+            }
+            while c.wants_write() {
+                c.write_tls(out)?;
+            }
+            let mut at = 0;
+            while at < out.len() {
+                match sys::send(sock.fd(), &out[at..], SEND_FLAGS) {
+                    Ok(n) => at += n,
+                    Err(Errno::EINTR) => {}
+                    Err(Errno::EAGAIN) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(Some(out[at..].to_vec()))
+        })?;
+        match rest {
+            None => return Ok(()),
+            Some(rest) if rest.is_empty() => {}
+            Some(rest) => sock.write_all(&rest).await?,
+        }
+    }
+}
+
 /// TLS bytes read from the socket that rustls has not taken yet:
 /// `buf[at..]`, at most one socket read.
 #[derive(Default)]
@@ -260,29 +466,35 @@ impl Held {
         self.buf.len() - self.at
     }
 
-    /// Offers the held bytes to rustls for as long as it wants to read,
-    /// processing each piece it takes. Returns whether it took any. Once
-    /// all are taken the buffer is let go.
+    /// Offers the held bytes to rustls (see [`feed`]). Returns whether it
+    /// took any. Once all are taken the buffer is let go.
     fn feed(&mut self, c: &mut Connection) -> io::Result<bool> {
-        let mut took = false;
-        while self.at < self.buf.len() && c.wants_read() {
-            // rustls takes at most what fits its one-record buffer.
-            let n = c
-                .read_tls(&mut &self.buf[self.at..])
-                .map_err(|e| tls_err(rustls::Error::General(e.to_string())))?;
-            if n == 0 {
-                // Only after close_notify, which `wants_read` rules out.
-                break;
-            }
-            self.at += n;
-            took = true;
-            c.process_new_packets().map_err(tls_err)?;
-        }
+        let n = feed(c, &self.buf[self.at..])?;
+        self.at += n;
         if self.at == self.buf.len() {
             *self = Held::default();
         }
-        Ok(took)
+        Ok(n > 0)
     }
+}
+
+/// Offers `bytes` to rustls for as long as it wants to read, processing
+/// each piece it takes; returns how many it took.
+fn feed(c: &mut Connection, bytes: &[u8]) -> io::Result<usize> {
+    let mut at = 0;
+    while at < bytes.len() && c.wants_read() {
+        // rustls takes at most what fits its one-record buffer.
+        let n = c
+            .read_tls(&mut &bytes[at..])
+            .map_err(|e| tls_err(rustls::Error::General(e.to_string())))?;
+        if n == 0 {
+            // Only after close_notify, which `wants_read` rules out.
+            break;
+        }
+        at += n;
+        c.process_new_packets().map_err(tls_err)?;
+    }
+    Ok(at)
 }
 
 /// rustls holds TLS bytes it neither wants to process nor answer.
@@ -322,7 +534,7 @@ impl TlsStream {
         let conn = RefCell::new(conn);
         let mut held = Held::default();
         loop {
-            flush_tls(&conn, &mut tcp).await?;
+            flush_handshake(&conn, &mut tcp).await?;
             if !conn.borrow().is_handshaking() {
                 break;
             }
@@ -331,13 +543,13 @@ impl TlsStream {
                 // rustls may have a reply to send before it takes more.
                 Ok(true) => continue,
                 Ok(false) if held.len() > 0 => {
-                    let _ = flush_tls(&conn, &mut tcp).await;
+                    let _ = flush_handshake(&conn, &mut tcp).await;
                     return Err(stalled());
                 }
                 Ok(false) => {}
                 Err(e) => {
                     // Send the alert rustls queued, then give up.
-                    let _ = flush_tls(&conn, &mut tcp).await;
+                    let _ = flush_handshake(&conn, &mut tcp).await;
                     return Err(e);
                 }
             }
@@ -354,16 +566,15 @@ impl TlsStream {
         // Bytes after the handshake (the peer's first request, say) stay
         // held for the reader.
         let conn = Rc::new(conn);
-        let (r, w) = tcp.into_split();
+        let sock = Rc::new(Sock::Tcp(tcp));
         Ok(TlsStream {
             reader: TlsReader {
-                tcp: r,
+                sock: sock.clone(),
                 conn: conn.clone(),
                 held,
-                room: TLS_READ_SMALL,
             },
             writer: TlsWriter {
-                tcp: w,
+                sock,
                 conn,
                 cut: false,
             },
@@ -387,69 +598,73 @@ impl TlsStream {
 
 /// The read half of a TLS connection.
 pub struct TlsReader {
-    tcp: OwnedReadHalf<TcpStream>,
+    sock: Rc<Sock>,
     conn: Rc<RefCell<Connection>>,
     /// TLS bytes read but not yet taken by rustls.
     held: Held,
-    /// TLS bytes to ask for next (adapts between the two sizes).
-    room: usize,
 }
 
 impl TlsReader {
-    /// Reads plaintext onto the end of `dst`'s `Vec`, at most its room.
-    /// `Ok(0)` is the end: close_notify, or the peer closing TCP.
-    ///
-    /// Dropping it while it waits on the socket keeps the plaintext and the
-    /// held TLS bytes; only what that one socket read brought is lost (the
-    /// pump drops a read only when the session ends).
-    pub async fn read(&mut self, dst: ReadBuf) -> BufResult<usize, ReadBuf> {
-        let (begin, end) = (dst.begin(), dst.end());
-        let mut vec = dst.into_inner();
-        loop {
-            {
-                let mut c = self.conn.borrow_mut();
-                match take_plaintext(&mut c, &mut vec, end - begin) {
-                    Ok(Some(n)) => return (Ok(n), vec.slice_mut(begin..end)),
-                    Ok(None) => {}
-                    Err(e) => return (Err(e), vec.slice_mut(begin..end)),
-                }
-                match self.held.feed(&mut c) {
-                    // Plaintext, or progress toward it: look again.
-                    Ok(true) => continue,
-                    Ok(false) if self.held.len() > 0 => {
-                        return (Err(stalled()), vec.slice_mut(begin..end))
-                    }
-                    // Everything taken: only now read the socket.
-                    Ok(false) => {}
-                    Err(e) => return (Err(e), vec.slice_mut(begin..end)),
-                }
+    /// Waits, holding no buffer, until [`TlsReader::try_read`] has
+    /// something to say: plaintext or held TLS bytes at once, else the
+    /// socket's readiness.
+    pub async fn ready(&mut self) -> io::Result<()> {
+        {
+            let mut c = self.conn.borrow_mut();
+            let pending = !matches!(
+                c.reader().fill_buf(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            );
+            if pending || self.held.len() > 0 {
+                return Ok(());
             }
-            let buf = Vec::with_capacity(self.room);
-            let (res, slice) = self.tcp.read(buf.slice_mut(0..self.room)).await;
-            let n = match res {
-                Ok(n) => n,
-                Err(e) => return (Err(e), vec.slice_mut(begin..end)),
-            };
-            self.room = if n == self.room {
-                TLS_READ_LARGE
-            } else if n < TLS_READ_SMALL / 4 {
-                TLS_READ_SMALL
-            } else {
-                self.room
-            };
-            if n == 0 {
-                // EOF: rustls learns it from a zero-byte read; the next
-                // look at its plaintext reports the end.
-                if let Err(e) = self.conn.borrow_mut().read_tls(&mut &[][..]) {
-                    return (Err(e), vec.slice_mut(begin..end));
-                }
-                continue;
-            }
-            self.held = Held {
-                buf: slice.into_inner(),
-                at: 0,
-            };
         }
+        self.sock.readable().await
+    }
+
+    /// Reads plaintext onto the end of `dst`, at most `room` bytes, without
+    /// waiting. `Ok(0)` is the end: close_notify, or the peer closing TCP;
+    /// `WouldBlock`: no plaintext yet.
+    pub fn try_read(&mut self, dst: &mut Vec<u8>, room: usize) -> io::Result<usize> {
+        let mut c = self.conn.borrow_mut();
+        loop {
+            if let Some(n) = take_plaintext(&mut c, dst, room)? {
+                return Ok(n);
+            }
+            match self.held.feed(&mut c)? {
+                // Plaintext, or progress toward it: look again.
+                true => continue,
+                false if self.held.len() > 0 => return Err(stalled()),
+                // Everything taken: only now read the socket.
+                false => {}
+            }
+            let read = SCRATCH.with(|s| -> io::Result<usize> {
+                let scratch = &mut s.borrow_mut().0;
+                let n = self.sock.recv(scratch)?;
+                if n == 0 {
+                    // EOF: rustls learns it from a zero-byte read; the next
+                    // look at its plaintext reports the end.
+                    c.read_tls(&mut &[][..])?;
+                    return Ok(0);
+                }
+                let took = feed(&mut c, &scratch[..n])?;
+                if took < n {
+                    // rustls has plaintext to hand out first: keep the rest.
+                    self.held = Held {
+                        buf: scratch[took..n].to_vec(),
+                        at: 0,
+                    };
+                }
+                Ok(n)
+            });
+            read?;
+        }
+    }
+
+    /// Waits for and reads plaintext into `dst` (its `Vec` from its length
+    /// up to the slice's end). `Ok(0)` is the end.
+    pub async fn read(&mut self, dst: ReadBuf) -> BufResult<usize, ReadBuf> {
+        read_ready(self, dst).await
     }
 
     /// TLS bytes read from the socket that rustls has not taken yet: never
@@ -461,7 +676,7 @@ impl TlsReader {
 
 /// The write half of a TLS connection.
 pub struct TlsWriter {
-    tcp: OwnedWriteHalf<TcpStream>,
+    sock: Rc<Sock>,
     conn: Rc<RefCell<Connection>>,
     /// A write was dropped (cancelled) while its records were on their way:
     /// the peer may lack some of them, so nothing more can be sent.
@@ -477,54 +692,59 @@ fn cut_err() -> io::Error {
 }
 
 impl TlsWriter {
-    /// Encrypts and writes all of `buf`.
+    /// Encrypts and writes all of `bytes`.
     ///
     /// Not cancel-safe: records encrypted for a dropped write may be lost,
     /// and any later write fails with `BrokenPipe` rather than send records
     /// the peer cannot decrypt after the gap.
-    pub async fn write_all<T: OwnedBytes>(&mut self, buf: T) -> BufResult<usize, T> {
+    pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.cut {
-            return (Err(cut_err()), buf);
+            return Err(cut_err());
         }
         let mut at = 0;
-        while at < buf.as_bytes().len() {
+        while at < bytes.len() {
             // rustls takes what fits its send buffer and reports how much;
             // the rest is offered again once that went out.
             let n = {
                 let mut c = self.conn.borrow_mut();
-                match c.writer().write(&buf.as_bytes()[at..]) {
+                match c.writer().write(&bytes[at..]) {
                     Ok(0) if !c.wants_write() => {
                         // Nothing taken and nothing to send: never spin.
-                        let e = io::Error::new(io::ErrorKind::WriteZero, "TLS refused data");
-                        return (Err(e), buf);
+                        return Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "TLS refused data",
+                        ));
                     }
                     Ok(n) => n,
-                    Err(e) => return (Err(e), buf),
+                    Err(e) => return Err(e),
                 }
             };
             at += n;
             self.cut = true;
-            let flushed = flush_tls(&self.conn, &mut self.tcp).await;
             // A failed flush may have sent part of the records: a gap too.
-            self.cut = flushed.is_err();
-            if let Err(e) = flushed {
-                return (Err(e), buf);
-            }
+            flush_tls(&self.conn, &self.sock).await?;
+            self.cut = false;
         }
-        (Ok(at), buf)
+        Ok(())
+    }
+
+    /// [`TlsWriter::write`] of an owned buffer, handed back.
+    pub async fn write_all<T: OwnedBytes>(&mut self, buf: T) -> BufResult<usize, T> {
+        let res = self.write(buf.as_bytes()).await;
+        (res.map(|()| buf.as_bytes().len()), buf)
     }
 
     /// close_notify, then FIN (only FIN after a cancelled write).
     pub async fn shutdown(&mut self) -> io::Result<()> {
         if self.cut {
-            self.tcp.shutdown().await?;
+            self.sock.shutdown()?;
             return Err(cut_err());
         }
         self.conn.borrow_mut().send_close_notify();
         self.cut = true;
-        flush_tls(&self.conn, &mut self.tcp).await?;
+        flush_tls(&self.conn, &self.sock).await?;
         self.cut = false;
-        self.tcp.shutdown().await
+        self.sock.shutdown()
     }
 }
 
