@@ -52,7 +52,7 @@ const USAGE: &str =
   --idle-big N        also hold N plaintext idle sessions through the relay, spread over
                       5 upstream addresses (variant ws-max, informational; default 0: skipped)
   --hold S            seconds idle sessions are held before the check (default 5; --quick 1)
-  --quick             small sizes (a smoke test in about a minute)
+  --quick             small sizes, 2 s windows, 1 s idle hold (a smoke test, ~2 minutes)
   --out DIR           results folder (default bench/results): each run writes OUT/<UTC time>/
                       results.{json,md,svg} and OUT/latest.*; a full `all` run (no --quick,
                       --peers, --sessions, --echo-sessions or --seconds) also rewrites the
@@ -663,10 +663,12 @@ fn real_main() -> Result<()> {
         dir.display()
     );
     if o.full {
-        let readme = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let bench_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let readme = bench_dir.parent().unwrap_or(&bench_dir).join("README.md");
+        // The link in the README, relative to the workspace root.
         let rel = run_dir
-            .strip_prefix(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
-            .map(|p| p.display().to_string())
+            .strip_prefix(&bench_dir)
+            .map(|p| format!("bench/{}", p.display()))
             .unwrap_or_else(|_| run_dir.display().to_string());
         match report::update_readme(&readme, &report::readme_block(&rows, &meta, &rel)) {
             Ok(true) => println!("rewrote the benchmark table in {}", readme.display()),
