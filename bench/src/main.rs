@@ -1,10 +1,13 @@
 //! nexor-bench: the load generator and peer harness of nexor-relay.
 //!
-//! One command runs four scenarios (`bulk`, `echo`, `idle`, `churn`) against
-//! the relay on io_uring and on epoll, nginx and websockify, all on the same
-//! built-in upstreams in the same run, and reports every figure as a ratio
-//! against the peers: the relay's own CPU time (user + system, all threads)
-//! is the cost measure. See BENCHMARKING.md at the workspace root.
+//! One command runs five scenarios (`bulk`, `echo`, `idle`, `churn`,
+//! `churn-resume`) against the relay on io_uring and on epoll, nginx and
+//! websockify, all on the same built-in upstreams in the same run, and
+//! reports every figure as a ratio against the peers: the relay's own CPU
+//! time (user + system, all threads) is the cost measure. The WebSocket
+//! echo is paired: every peer runs at once and each tick sends the same
+//! message on one session of each, so the added latency over `direct` is
+//! taken per tick. See bench/README.md and BENCHMARKING.md.
 //!
 //! Three more scenarios run only when named: `soak` (many checked TLS
 //! sessions of four shapes for minutes: sessions lost, bytes verified, peak
@@ -14,9 +17,9 @@
 //! and the handshake's percentiles at 2 loops).
 //!
 //! ```text
-//! nexor-bench [all|bulk|echo|idle|churn|soak|control|fleet]... [--peers a,b] [--sessions N]
-//!             [--seconds S] [--minutes M] [--rate R] [--idle-big N] [--concurrency C]
-//!             [--quick] [--out DIR] [--relay PATH] [--no-pin] [--no-install]
+//! nexor-bench [all|bulk|echo|idle|churn|churn-resume|soak|control|fleet]... [--peers a,b]
+//!             [--sessions N] [--echo-sessions A,B] [--seconds S] [--minutes M] [--rate R]
+//!             [--idle-big N] [--quick] [--out DIR] [--relay PATH] [--no-pin] [--no-install]
 //! ```
 
 mod load;
@@ -35,19 +38,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: nexor-bench [all|bulk|echo|idle|churn|soak|control|fleet]... [options]
-  (`all` is bulk, echo, idle and churn; soak, control and fleet run when named)
+const USAGE: &str =
+    "usage: nexor-bench [all|bulk|echo|idle|churn|churn-resume|soak|control|fleet]... [options]
+  (`all` is bulk, echo, idle, churn and churn-resume; soak, control and fleet run when named)
   --peers LIST        comma list of relay-uring,relay-epoll,relay-fleet,nginx,websockify,direct
                       (default: all; relay-fleet runs in the fleet scenario only)
-  --sessions N        sessions of every selected variant (defaults: bulk 50, echo 1000 (tcp 100),
-                      idle 10000 TLS / 200 tcp, churn concurrency 32)
+  --sessions N        sessions of every selected variant (defaults: bulk 50, echo 200 and 1000
+                      paired (tcp 100), idle 10000, churn concurrency 32)
+  --echo-sessions L   comma list: one paired echo variant `ws-N` per N (default 200,1000)
   --seconds S         measuring window of bulk/echo/churn (default 5; echo 8)
   --rate R            echo messages per second per session (default 10)
   --size B            echo message size (default 64)
-  --idle-big N        plaintext idle sessions through relay-uring (default 100000; 0 skips)
-  --hold S            seconds idle sessions are held before the check (default 5)
-  --quick             small sizes (a smoke test in about a minute)
-  --out DIR           results folder (default bench/results)
+  --idle-big N        also hold N plaintext idle sessions through the relay, spread over
+                      5 upstream addresses (variant ws-max, informational; default 0: skipped)
+  --hold S            seconds idle sessions are held before the check (default 5; --quick 1)
+  --quick             small sizes, 2 s windows, 1 s idle hold (a smoke test, ~2 minutes)
+  --out DIR           results folder (default bench/results): each run writes OUT/<UTC time>/
+                      results.{json,md,svg} and OUT/latest.*; a full `all` run (no --quick,
+                      --peers, --sessions, --echo-sessions or --seconds) also rewrites the
+                      table between <!-- bench:begin --> and <!-- bench:end --> in README.md
   --relay PATH        relay binary (default target/release/nexor-relay)
   --no-pin            do not pin peers to CPU 0 and the generator to CPU 1
   --no-install        do not install missing peers (apt nginx, pip websockify)
@@ -72,7 +81,12 @@ pub struct Opts {
     scenarios: Vec<String>,
     peers: Vec<PeerKind>,
     sessions: Option<usize>,
+    echo_sessions: Vec<usize>,
     seconds: Option<f64>,
+    /// Every scenario of `all` at its defaults: the README table is rewritten.
+    pub full: bool,
+    /// UTC start, `2026-12-06T2300Z` (the run's results folder).
+    pub stamp: String,
     pub rate: f64,
     pub size: usize,
     idle_big: usize,
@@ -93,6 +107,30 @@ pub struct Opts {
     fleet_unix: bool,
 }
 
+/// Now in UTC as `2026-12-06T2300Z`.
+fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
 fn parse_opts() -> Result<Opts> {
     let mut o = Opts {
         scenarios: Vec::new(),
@@ -105,10 +143,13 @@ fn parse_opts() -> Result<Opts> {
             PeerKind::Websockify,
         ],
         sessions: None,
+        echo_sessions: vec![200, 1000],
         seconds: None,
+        full: true,
+        stamp: utc_stamp(),
         rate: 10.0,
         size: 64,
-        idle_big: 100_000,
+        idle_big: 0,
         hold: 5.0,
         quick: false,
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
@@ -125,14 +166,13 @@ fn parse_opts() -> Result<Opts> {
         rounds: 5,
         fleet_unix: false,
     };
+    let mut hold_set = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
-            "all" => o
-                .scenarios
-                .extend(["bulk", "echo", "idle", "churn"].map(String::from)),
-            "bulk" | "echo" | "idle" | "churn" | "soak" | "control" | "fleet" => {
+            "all" => o.scenarios.extend(ALL.map(String::from)),
+            "bulk" | "echo" | "idle" | "churn" | "churn-resume" | "soak" | "control" | "fleet" => {
                 o.scenarios.push(a.clone())
             }
             "--scenario" => o.scenarios.extend(val()?.split(',').map(String::from)),
@@ -143,11 +183,21 @@ fn parse_opts() -> Result<Opts> {
                     .collect::<Result<_>>()?
             }
             "--sessions" => o.sessions = Some(val()?.parse()?),
+            "--echo-sessions" => {
+                o.echo_sessions = val()?
+                    .split(',')
+                    .map(|n| n.parse::<usize>())
+                    .collect::<Result<_, _>>()?;
+                o.full = false;
+            }
             "--seconds" => o.seconds = Some(val()?.parse()?),
             "--rate" => o.rate = val()?.parse()?,
             "--size" => o.size = val()?.parse()?,
             "--idle-big" => o.idle_big = val()?.parse()?,
-            "--hold" => o.hold = val()?.parse()?,
+            "--hold" => {
+                o.hold = val()?.parse()?;
+                hold_set = true;
+            }
             "--quick" => o.quick = true,
             "--out" => o.out = val()?.into(),
             "--relay" => o.relay = val()?.into(),
@@ -170,16 +220,34 @@ fn parse_opts() -> Result<Opts> {
         }
     }
     if o.scenarios.is_empty() {
-        o.scenarios
-            .extend(["bulk", "echo", "idle", "churn"].map(String::from));
+        o.scenarios.extend(ALL.map(String::from));
     }
-    if let Some(s) = o.scenarios.iter().find(|s| {
-        !["bulk", "echo", "idle", "churn", "soak", "control", "fleet"].contains(&s.as_str())
-    }) {
+    if let Some(s) = o
+        .scenarios
+        .iter()
+        .find(|s| !ALL.contains(&s.as_str()) && !["soak", "control", "fleet"].contains(&s.as_str()))
+    {
         bail!("unknown scenario {s}");
+    }
+    let mut named = o.scenarios.clone();
+    named.sort();
+    named.dedup();
+    let mut all = ALL.map(String::from).to_vec();
+    all.sort();
+    o.full &= named == all
+        && !o.quick
+        && o.sessions.is_none()
+        && o.seconds.is_none()
+        && o.echo_sessions.iter().all(|&n| n > 0)
+        && o.peers.len() == 6;
+    if o.echo_sessions.is_empty() || o.echo_sessions.contains(&0) {
+        bail!("--echo-sessions needs session counts above zero");
     }
     if o.quick {
         o.idle_big = o.idle_big.min(5000);
+        if !hold_set {
+            o.hold = 1.0;
+        }
     }
     if o.per == 0 || o.max_msg == 0 || o.burst == 0 || o.period <= 0.0 {
         bail!("--per, --max-msg, --burst and --period must be above zero");
@@ -187,11 +255,16 @@ fn parse_opts() -> Result<Opts> {
     Ok(o)
 }
 
-/// One variant of a scenario, measured on each of its peers.
+/// The scenarios of `all`.
+const ALL: [&str; 5] = ["bulk", "echo", "idle", "churn", "churn-resume"];
+
+/// One variant of a scenario, measured on each of its peers (one after the
+/// other; `paired`: all at once).
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub scenario: &'static str,
-    pub variant: &'static str,
+    pub variant: String,
+    pub paired: bool,
     pub tls: bool,
     pub up: Up,
     pub peers: Vec<PeerKind>,
@@ -204,9 +277,10 @@ fn plans(o: &Opts, idle_addrs: u8) -> Vec<Plan> {
     use PeerKind::*;
     let q = |full: usize, quick: usize| o.sessions.unwrap_or(if o.quick { quick } else { full });
     let secs = |d: f64| o.seconds.unwrap_or(if o.quick { 2.0 } else { d });
-    let p = |scenario, variant, tls, up, peers: &[PeerKind], n, secs| Plan {
+    let p = |scenario, variant: &str, tls, up, peers: &[PeerKind], n, secs| Plan {
         scenario,
-        variant,
+        variant: variant.to_string(),
+        paired: false,
         tls,
         up,
         peers: peers
@@ -261,15 +335,24 @@ fn plans(o: &Opts, idle_addrs: u8) -> Vec<Plan> {
             }
             "echo" => {
                 let t = secs(8.0);
-                v.push(p(
-                    "echo",
-                    "ws",
-                    false,
-                    Up::WsEcho,
-                    &[Direct, RelayUring, RelayEpoll, Nginx],
-                    q(1000, 200),
-                    t,
-                ));
+                let counts = match (o.sessions, o.quick) {
+                    (Some(n), _) => vec![n],
+                    (None, true) => vec![200],
+                    (None, false) => o.echo_sessions.clone(),
+                };
+                for n in counts {
+                    let mut e = p(
+                        "echo",
+                        &format!("ws-{n}"),
+                        false,
+                        Up::WsEcho,
+                        &[Direct, RelayUring, RelayEpoll, Nginx],
+                        n,
+                        t,
+                    );
+                    e.paired = true;
+                    v.push(e);
+                }
                 v.push(p(
                     "echo",
                     "tcp",
@@ -287,7 +370,7 @@ fn plans(o: &Opts, idle_addrs: u8) -> Vec<Plan> {
                 let tls_n = q(10_000, 1000).min(fit);
                 if tls_n < q(10_000, 1000) {
                     eprintln!(
-                        "idle wss: {tls_n} sessions, not 10000: RLIMIT_NOFILE hard limit {}",
+                        "idle ws, wss: {tls_n} sessions, not 10000: RLIMIT_NOFILE hard limit {}",
                         peers::nofile_hard()
                     );
                 }
@@ -295,6 +378,15 @@ fn plans(o: &Opts, idle_addrs: u8) -> Vec<Plan> {
                     "idle",
                     "wss",
                     true,
+                    Up::WsIdle(0),
+                    &[RelayUring, RelayEpoll, Nginx],
+                    tls_n,
+                    o.hold,
+                ));
+                v.push(p(
+                    "idle",
+                    "ws",
+                    false,
                     Up::WsIdle(0),
                     &[RelayUring, RelayEpoll, Nginx],
                     tls_n,
@@ -350,6 +442,15 @@ fn plans(o: &Opts, idle_addrs: u8) -> Vec<Plan> {
                     t,
                 ));
             }
+            "churn-resume" => v.push(p(
+                "churn-resume",
+                "wss",
+                true,
+                Up::WsEcho,
+                &[RelayUring, RelayEpoll, Nginx],
+                q(32, 16),
+                secs(5.0),
+            )),
             "soak" => {
                 // Each session holds two sockets in the relay, and the
                 // generator holds both ends' other two (browser leg and
@@ -540,17 +641,44 @@ fn real_main() -> Result<()> {
     let meta = report::Meta::collect(&o, place);
     let table = report::table(&rows, &meta);
     println!("\n{table}");
-    std::fs::write(
-        o.out.join("latest.json"),
-        serde_json::to_string_pretty(&report::json(&rows, &meta))?,
-    )?;
-    std::fs::write(o.out.join("latest.svg"), report::svg(&rows, &meta))?;
-    std::fs::write(o.out.join("latest.md"), &table)?;
+    let json = serde_json::to_string_pretty(&report::json(&rows, &meta))?;
+    let svg = report::svg(&rows, &meta);
+    // This run's own folder, named by its UTC start minute.
+    let mut run_dir = o.out.join(&meta.stamp);
+    let mut k = 1;
+    while run_dir.exists() {
+        k += 1;
+        run_dir = o.out.join(format!("{}-{k}", meta.stamp));
+    }
+    std::fs::create_dir_all(&run_dir)?;
+    for (d, stem) in [(&run_dir, "results"), (&o.out, "latest")] {
+        std::fs::write(d.join(format!("{stem}.json")), &json)?;
+        std::fs::write(d.join(format!("{stem}.svg")), &svg)?;
+        std::fs::write(d.join(format!("{stem}.md")), &table)?;
+    }
     println!(
-        "wrote {0}/latest.json, {0}/latest.svg, {0}/latest.md (logs: {1})",
+        "wrote {0}/results.{{json,md,svg}} and {1}/latest.* (logs: {2})",
+        run_dir.display(),
         o.out.display(),
         dir.display()
     );
+    if o.full {
+        let bench_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let readme = bench_dir.parent().unwrap_or(&bench_dir).join("README.md");
+        // The link in the README, relative to the workspace root.
+        let rel = run_dir
+            .strip_prefix(&bench_dir)
+            .map(|p| format!("bench/{}", p.display()))
+            .unwrap_or_else(|_| run_dir.display().to_string());
+        match report::update_readme(&readme, &report::readme_block(&rows, &meta, &rel)) {
+            Ok(true) => println!("rewrote the benchmark table in {}", readme.display()),
+            Ok(false) => eprintln!(
+                "{} has no <!-- bench:begin --> ... <!-- bench:end --> block: not rewritten",
+                readme.display()
+            ),
+            Err(e) => eprintln!("README not rewritten: {e:#}"),
+        }
+    }
     Ok(())
 }
 
@@ -574,6 +702,25 @@ async fn run_all(o: &Opts, dir: &std::path::Path, place: Placement) -> Result<Ve
     let t0 = Instant::now();
     let mut rows = Vec::new();
     for plan in plans(o, IDLE_ADDRS) {
+        if plan.paired {
+            let label = format!(
+                "{} {} ({} at once)",
+                plan.scenario,
+                plan.variant,
+                plan.peers
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            eprintln!("[{:>5.0}s] {label}", t0.elapsed().as_secs_f64());
+            for row in run_paired(&plan, &env, &minter, &connector, o).await {
+                eprintln!("        {:<24} {}", row.peer, row.brief());
+                rows.push(row);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
         for &kind in &plan.peers {
             let label = format!("{} {} {}", plan.scenario, plan.variant, kind.name());
             eprint!("[{:>5.0}s] {label:<32} ", t0.elapsed().as_secs_f64());
@@ -597,6 +744,73 @@ async fn run_all(o: &Opts, dir: &std::path::Path, place: Placement) -> Result<Ve
     Ok(rows)
 }
 
+/// A paired plan: every peer started, measured at once, stopped; one row
+/// per peer (a peer that does not start gets its error row).
+async fn run_paired(
+    plan: &Plan,
+    env: &PeerEnv<'_>,
+    minter: &Arc<ticket::Minter>,
+    connector: &tokio_rustls::TlsConnector,
+    o: &Opts,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut started = Vec::new();
+    for &kind in &plan.peers {
+        match Peer::start(kind, plan.tls, plan.up, env) {
+            Ok(p) => started.push(p),
+            Err(e) => rows.push(Row::new(
+                plan,
+                kind,
+                None,
+                Default::default(),
+                Some(format!("{e:#}")),
+            )),
+        }
+    }
+    let dials: Vec<(&Peer, load::Dial)> = started
+        .iter()
+        .map(|p| (p, load::Dial::new(p, connector, minter)))
+        .collect();
+    let limit = Duration::from_secs_f64(plan.secs + 360.0);
+    let res = tokio::time::timeout(
+        limit,
+        load::echo_paired(&dials, plan.n, o.rate, o.size, plan.secs),
+    )
+    .await
+    .context("run timed out")
+    .and_then(|r| r);
+    drop(dials);
+    match res {
+        Ok(ms) => {
+            for (p, m) in started.iter().zip(ms) {
+                rows.push(Row::new(plan, p.kind, p.driver.clone(), m, None));
+            }
+        }
+        Err(e) => {
+            for p in &started {
+                rows.push(Row::new(
+                    plan,
+                    p.kind,
+                    p.driver.clone(),
+                    Default::default(),
+                    Some(format!("{e:#}")),
+                ));
+            }
+        }
+    }
+    for mut p in started {
+        p.stop();
+    }
+    // Rows in the plan's peer order.
+    rows.sort_by_key(|r| {
+        plan.peers
+            .iter()
+            .position(|k| k.name() == r.peer)
+            .unwrap_or(usize::MAX)
+    });
+    rows
+}
+
 async fn run_one(
     plan: &Plan,
     kind: PeerKind,
@@ -612,7 +826,8 @@ async fn run_one(
         match plan.scenario {
             "bulk" => load::bulk(&peer, &dial, plan.up, plan.n, plan.secs).await,
             "echo" => load::echo(&peer, &dial, plan.up, plan.n, o.rate, o.size, plan.secs).await,
-            "churn" | "fleet" => load::churn(&peer, &dial, plan.up, plan.n, plan.secs).await,
+            "churn" | "fleet" => load::churn(&peer, &dial, plan.up, plan.n, plan.secs, false).await,
+            "churn-resume" => load::churn(&peer, &dial, plan.up, plan.n, plan.secs, true).await,
             "soak" => {
                 let cfg = soak::SoakCfg {
                     secs: plan.secs,
@@ -638,4 +853,17 @@ async fn run_one(
     let driver = peer.driver.clone();
     peer.stop();
     Ok((m, driver))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_stamp_has_the_folder_shape() {
+        let s = super::utc_stamp();
+        assert_eq!(s.len(), "2026-12-06T2300Z".len(), "{s}");
+        assert!(
+            s.starts_with("20") && s.ends_with('Z') && &s[10..11] == "T",
+            "{s}"
+        );
+    }
 }

@@ -57,8 +57,21 @@ impl ServerCertVerifier for NoVerify {
 }
 
 /// The generator's TLS client: TLS 1.3/1.2, ALPN http/1.1, no resumption
-/// (every churn session is a full handshake), no certificate checks.
+/// (every churn session is a full handshake: rustls 0.23's `ClientConfig`
+/// resumes by default, with an in-memory store of 256 server names, so it
+/// is switched off here), no certificate checks.
 pub fn client_config() -> Result<Arc<ClientConfig>> {
+    build(Resumption::disabled())
+}
+
+/// The same client with resumption on, as a browser has it: an in-memory
+/// store (TLS 1.3 tickets, TLS 1.2 session ids or tickets). One of these
+/// per `churn-resume` loop: each loop is one browser reconnecting.
+pub fn client_config_resuming() -> Result<Arc<ClientConfig>> {
+    build(Resumption::in_memory_sessions(16))
+}
+
+fn build(resumption: Resumption) -> Result<Arc<ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let schemes = provider
         .signature_verification_algorithms
@@ -69,7 +82,7 @@ pub fn client_config() -> Result<Arc<ClientConfig>> {
         .with_custom_certificate_verifier(Arc::new(NoVerify(schemes)))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    cfg.resumption = Resumption::disabled();
+    cfg.resumption = resumption;
     Ok(Arc::new(cfg))
 }
 

@@ -38,6 +38,21 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// TLS only: whether the handshake resumed an earlier session
+    /// (`None` for plaintext, or before the kind is known).
+    pub fn tls_resumed(&self) -> Option<bool> {
+        match self {
+            Conn::Plain(_) => None,
+            Conn::Tls(s) => s
+                .get_ref()
+                .1
+                .handshake_kind()
+                .map(|k| k == rustls::HandshakeKind::Resumed),
+        }
+    }
+}
+
 impl AsyncRead for Conn {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -273,5 +288,28 @@ impl FrameBuf {
         let n = s.read(&mut self.buf[self.end..]).await?;
         self.end += n;
         Ok(n)
+    }
+
+    /// `fill` as a poll, for a task that waits on several streams at once.
+    pub fn poll_fill<S: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        s: &mut S,
+    ) -> Poll<io::Result<usize>> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
+        match Pin::new(s).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                self.end += n;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
