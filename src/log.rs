@@ -58,6 +58,20 @@ pub enum Sink {
     File(File),
 }
 
+/// How long a writer lets lines gather after a write (see [`Writer::spawn`]).
+const BATCH_PAUSE: Duration = Duration::from_millis(10);
+
+/// Writes and empties `batch`; false if the write failed.
+fn flush_batch(sink: &mut Sink, batch: &mut Vec<u8>) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let ok = sink.write(batch).is_ok();
+    batch.clear();
+    batch.shrink_to(64 * 1024);
+    ok
+}
+
 impl Sink {
     fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
         match self {
@@ -90,29 +104,47 @@ impl Writer {
             .spawn(move || {
                 let mut sink = sink;
                 let mut reported = DROPPED[stream].load(Ordering::Relaxed);
+                let mut batch = Vec::with_capacity(64 * 1024);
                 loop {
-                    let msg = match rx.recv_timeout(Duration::from_millis(500)) {
+                    let first = match rx.recv_timeout(Duration::from_millis(500)) {
                         Ok(m) => Some(m),
                         Err(RecvTimeoutError::Timeout) => None,
                         Err(RecvTimeoutError::Disconnected) => break,
                     };
-                    let wrote = match msg {
-                        Some(Msg::Line(l)) => sink.write(l.as_bytes()).is_ok(),
-                        Some(Msg::Sink(s)) => {
-                            sink = s;
-                            true
+                    // Everything queued now goes out in one write.
+                    let mut wrote = true;
+                    let mut lines = false;
+                    for msg in first
+                        .into_iter()
+                        .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+                    {
+                        match msg {
+                            Msg::Line(l) => {
+                                batch.extend_from_slice(l.as_bytes());
+                                lines = true;
+                            }
+                            Msg::Sink(s) => {
+                                wrote &= flush_batch(&mut sink, &mut batch);
+                                sink = s;
+                            }
+                            Msg::Flush(done) => {
+                                wrote &= flush_batch(&mut sink, &mut batch);
+                                let _ = done.send(());
+                            }
                         }
-                        Some(Msg::Flush(done)) => {
-                            let _ = done.send(());
-                            true
-                        }
-                        None => true,
-                    };
+                    }
+                    wrote &= flush_batch(&mut sink, &mut batch);
                     // The reader is back (a write got through): say once what was lost.
                     let now = DROPPED[stream].load(Ordering::Relaxed);
                     if wrote && now > reported {
                         let _ = sink.write(dropped_line(stream, now - reported).as_bytes());
                         reported = now;
+                    }
+                    if lines {
+                        // Let lines gather: one wake-up and one write per
+                        // pause, not per line (a worker's send wakes this
+                        // thread only while it waits in `recv`).
+                        std::thread::sleep(BATCH_PAUSE);
                     }
                 }
             })?;

@@ -185,8 +185,11 @@ pub fn spawn<F>(fut: F) -> monoio::task::JoinHandle<()>
 where
     F: Future<Output = ()> + 'static,
 {
+    // Boxed here, before the spawn: a future moved into the net inside
+    // the task would be held twice, once in the task and once in the box.
+    let caught = CatchPanic::new(fut);
     monoio::spawn(async move {
-        if let Err(p) = CatchPanic::new(fut).await {
+        if let Err(p) = caught.await {
             report(&p);
         }
     })

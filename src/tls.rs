@@ -14,8 +14,42 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Trust;
 
+/// The crypto library under rustls. aws-lc-rs by default (its assembly
+/// for X25519, P-256 and SHA-384 roughly halves a handshake's CPU against
+/// ring's, BENCHMARKING.md "TLS"); `NEXOR_TLS_PROVIDER=ring` picks ring,
+/// the lever that measurement compares. ring stays the relay's HMAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    AwsLc,
+    Ring,
+}
+
+impl Provider {
+    pub fn current() -> Provider {
+        static P: std::sync::OnceLock<Provider> = std::sync::OnceLock::new();
+        *P.get_or_init(|| match std::env::var("NEXOR_TLS_PROVIDER").as_deref() {
+            Ok("ring") => Provider::Ring,
+            _ => Provider::AwsLc,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::AwsLc => "aws-lc-rs",
+            Provider::Ring => "ring",
+        }
+    }
+}
+
+fn base_provider() -> CryptoProvider {
+    match Provider::current() {
+        Provider::AwsLc => rustls::crypto::aws_lc_rs::default_provider(),
+        Provider::Ring => ring_provider::default_provider(),
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(ring_provider::default_provider())
+    Arc::new(base_provider())
 }
 
 fn read_certs(path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
@@ -36,11 +70,28 @@ fn read_key(path: &Path) -> io::Result<PrivateKeyDer<'static>> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no private key in PEM"))
 }
 
+/// The browser-facing provider: its suites with AES-128-GCM first. Its
+/// SHA-256 runs on the CPU's SHA extensions where ring's SHA-384 has no
+/// hardware path (BENCHMARKING.md, "TLS").
+fn server_provider() -> Arc<CryptoProvider> {
+    let mut p = base_provider();
+    p.cipher_suites.sort_by_key(|s| {
+        use rustls::CipherSuite::*;
+        match s.suite() {
+            TLS13_AES_128_GCM_SHA256 => 0,
+            TLS13_AES_256_GCM_SHA384 => 1,
+            TLS13_CHACHA20_POLY1305_SHA256 => 2,
+            _ => 3,
+        }
+    });
+    Arc::new(p)
+}
+
 fn server_from(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> io::Result<Arc<ServerConfig>> {
-    let mut cfg = ServerConfig::builder_with_provider(provider())
+    let mut cfg = ServerConfig::builder_with_provider(server_provider())
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?
         .with_no_client_auth()
@@ -48,7 +99,33 @@ fn server_from(
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     // Browsers offer h2 first; a WebSocket upgrade needs HTTP/1.1.
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Resumption: a browser that reconnects (noVNC after a drop, a reload)
+    // skips the certificate signature and key exchange. Stateless tickets,
+    // so nothing per client is stored; one ticket per handshake (a resumed
+    // handshake hands out the next). BENCHMARKING.md, churn-resume.
+    cfg.ticketer = ticketer()?;
+    // The server's suite order, not the client's (which puts AES-256 first).
+    cfg.ignore_client_order = true;
+    cfg.send_tls13_tickets = 1;
     Ok(Arc::new(cfg))
+}
+
+/// The process's ticket keys (rustls rotates them every 6 hours and keeps
+/// the previous ones), shared by every config a reload builds, so that a
+/// SIGHUP does not void the tickets browsers hold. Another relay of a
+/// fleet has other keys: there a ticket costs a full handshake, no error.
+fn ticketer() -> io::Result<Arc<dyn rustls::server::ProducesTickets>> {
+    static KEYS: std::sync::OnceLock<Arc<dyn rustls::server::ProducesTickets>> =
+        std::sync::OnceLock::new();
+    if let Some(t) = KEYS.get() {
+        return Ok(t.clone());
+    }
+    let t = match Provider::current() {
+        Provider::AwsLc => rustls::crypto::aws_lc_rs::Ticketer::new(),
+        Provider::Ring => ring_provider::Ticketer::new(),
+    }
+    .map_err(io::Error::other)?;
+    Ok(KEYS.get_or_init(|| t).clone())
 }
 
 /// The browser-facing TLS config from PEM files. Errors say which file.

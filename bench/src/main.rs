@@ -522,6 +522,17 @@ fn plans(o: &Opts, idle_addrs: u8) -> Vec<Plan> {
     v
 }
 
+/// Round trips per second the paired echo offers in all (each goes to
+/// every peer): what one generator core drives without saturating.
+const PAIRED_TICKS: f64 = 2000.0;
+
+/// A paired-echo session's message rate: `--rate`, but at most
+/// [`PAIRED_TICKS`] over all sessions (200 sessions: 10/s; 1,000: 2/s), so
+/// that the larger variant measures more sessions, not a saturated generator.
+fn paired_rate(o: &Opts, sessions: usize) -> f64 {
+    o.rate.min(PAIRED_TICKS / sessions.max(1) as f64)
+}
+
 fn have(cmd: &str) -> bool {
     std::process::Command::new("sh")
         .arg("-c")
@@ -774,7 +785,7 @@ async fn run_paired(
     let limit = Duration::from_secs_f64(plan.secs + 360.0);
     let res = tokio::time::timeout(
         limit,
-        load::echo_paired(&dials, plan.n, o.rate, o.size, plan.secs),
+        load::echo_paired(&dials, plan.n, paired_rate(o, plan.n), o.size, plan.secs),
     )
     .await
     .context("run timed out")

@@ -661,7 +661,7 @@ impl Meta {
             mem_gib: kib / 1048576.0,
             pinned: place.peer_cpu.is_some(),
             opts: format!(
-                "{:?} (hold {} s, echo {} msg/s x {} B)",
+                "{:?} (hold {} s, echo {} msg/s x {} B per session, paired echo at most 2000 round trips/s in all)",
                 std::env::args().skip(1).collect::<Vec<_>>(),
                 o.hold,
                 o.rate,

@@ -41,7 +41,6 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-
 use crate::registry::SessionCtl;
 use crate::transport::{Reader, Signal, Writer, WriterGuard, WriterLock};
 use crate::ws::frame::{self, close, MAX_CONTROL_FRAME};
@@ -316,8 +315,11 @@ fn spawn_pump(
     s: &Rc<Shared>,
 ) -> monoio::task::JoinHandle<()> {
     let s = s.clone();
+    // Boxed before the spawn, so the pump's future is held once (as in
+    // `task::spawn`).
+    let caught = crate::task::CatchPanic::new(pump);
     monoio::spawn(async move {
-        if crate::task::CatchPanic::new(pump).await.is_err() {
+        if caught.await.is_err() {
             s.on_panic();
         }
     })

@@ -90,7 +90,13 @@ impl Drop for TlsWriter {
 /// call is non-blocking; the waits are the driver's readiness (a one-shot
 /// `PollAdd` on io_uring; on epoll the registration plus a `poll(0)` check,
 /// since a `recv` made here does not tell monoio the socket drained).
-pub enum Sock {
+pub struct Sock {
+    io: SockIo,
+    /// FIN sent: the write half's drop does not send it again.
+    shut: Cell<bool>,
+}
+
+enum SockIo {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
@@ -99,25 +105,32 @@ pub enum Sock {
 const SEND_FLAGS: MsgFlags = MsgFlags::MSG_DONTWAIT.union(MsgFlags::MSG_NOSIGNAL);
 
 impl Sock {
+    fn new(io: SockIo) -> Sock {
+        Sock {
+            io,
+            shut: Cell::new(false),
+        }
+    }
+
     fn fd(&self) -> RawFd {
-        match self {
-            Sock::Tcp(s) => s.as_raw_fd(),
-            Sock::Unix(s) => s.as_raw_fd(),
+        match &self.io {
+            SockIo::Tcp(s) => s.as_raw_fd(),
+            SockIo::Unix(s) => s.as_raw_fd(),
         }
     }
 
     /// Waits until a `recv` would find bytes, the end or an error.
     pub async fn readable(&self) -> io::Result<()> {
-        match self {
-            Sock::Tcp(s) => s.readable(false).await,
-            Sock::Unix(s) => s.readable(false).await,
+        match &self.io {
+            SockIo::Tcp(s) => s.readable(false).await,
+            SockIo::Unix(s) => s.readable(false).await,
         }
     }
 
     async fn writable(&self) -> io::Result<()> {
-        match self {
-            Sock::Tcp(s) => s.writable(false).await,
-            Sock::Unix(s) => s.writable(false).await,
+        match &self.io {
+            SockIo::Tcp(s) => s.writable(false).await,
+            SockIo::Unix(s) => s.writable(false).await,
         }
     }
 
@@ -146,20 +159,44 @@ impl Sock {
     /// Writes all of `bytes`: at once while the socket takes them, waiting
     /// for room only when it is full.
     pub async fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        let at = self.send_now(bytes)?;
+        if at == bytes.len() {
+            return Ok(());
+        }
+        // The socket is full: wait for room. Boxed, so that the wait's
+        // state is not part of every future that writes (an idle
+        // session's tasks are the size of their largest state).
+        Box::pin(self.write_rest(&bytes[at..])).await
+    }
+
+    async fn write_rest(&self, bytes: &[u8]) -> io::Result<()> {
         let mut at = 0;
         while at < bytes.len() {
-            match sys::send(self.fd(), &bytes[at..], SEND_FLAGS) {
-                Ok(n) => at += n,
-                Err(Errno::EAGAIN) => self.writable().await?,
-                Err(Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.writable().await?;
+            at += self.send_now(&bytes[at..])?;
         }
         Ok(())
     }
 
-    /// FIN after what was written.
+    /// Sends what the socket takes now; how much that was.
+    fn send_now(&self, bytes: &[u8]) -> io::Result<usize> {
+        let mut at = 0;
+        while at < bytes.len() {
+            match sys::send(self.fd(), &bytes[at..], SEND_FLAGS) {
+                Ok(n) => at += n,
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(at)
+    }
+
+    /// FIN after what was written (once).
     fn shutdown(&self) -> io::Result<()> {
+        if self.shut.replace(true) {
+            return Ok(());
+        }
         match sys::shutdown(self.fd(), sys::Shutdown::Write) {
             // The peer already went: nothing left to end.
             Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
@@ -210,8 +247,8 @@ impl Stream {
             (Reader::Plain(s.clone()), Writer::Plain(s))
         };
         match self {
-            Stream::Tcp(s) => plain(Sock::Tcp(s)),
-            Stream::Unix(s) => plain(Sock::Unix(s)),
+            Stream::Tcp(s) => plain(Sock::new(SockIo::Tcp(s))),
+            Stream::Unix(s) => plain(Sock::new(SockIo::Unix(s))),
             Stream::Tls(s) => {
                 let TlsStream { reader, writer } = *s;
                 (Reader::Tls(reader), Writer::Tls(writer))
@@ -434,15 +471,7 @@ async fn flush_tls(conn: &RefCell<Connection>, sock: &Sock) -> io::Result<()> {
             while c.wants_write() {
                 c.write_tls(out)?;
             }
-            let mut at = 0;
-            while at < out.len() {
-                match sys::send(sock.fd(), &out[at..], SEND_FLAGS) {
-                    Ok(n) => at += n,
-                    Err(Errno::EINTR) => {}
-                    Err(Errno::EAGAIN) => break,
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            let at = sock.send_now(out)?;
             Ok(Some(out[at..].to_vec()))
         })?;
         match rest {
@@ -566,7 +595,7 @@ impl TlsStream {
         // Bytes after the handshake (the peer's first request, say) stay
         // held for the reader.
         let conn = Rc::new(conn);
-        let sock = Rc::new(Sock::Tcp(tcp));
+        let sock = Rc::new(Sock::new(SockIo::Tcp(tcp)));
         Ok(TlsStream {
             reader: TlsReader {
                 sock: sock.clone(),
@@ -710,10 +739,7 @@ impl TlsWriter {
                 match c.writer().write(&bytes[at..]) {
                     Ok(0) if !c.wants_write() => {
                         // Nothing taken and nothing to send: never spin.
-                        return Err(io::Error::new(
-                            io::ErrorKind::WriteZero,
-                            "TLS refused data",
-                        ));
+                        return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS refused data"));
                     }
                     Ok(n) => n,
                     Err(e) => return Err(e),
