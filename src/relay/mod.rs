@@ -616,11 +616,18 @@ async fn pump(s: Rc<Shared>, from: LegId, mut reader: Reader, early: Vec<u8>) {
         if buf.len() <= head && buf.capacity() > 0 {
             pool::give(std::mem::take(&mut buf));
         }
+        // A read that filled the buffer says more is there: read again
+        // before asking the driver (a PollAdd on io_uring) whether it is.
+        let mut optimistic = large;
         let res = loop {
-            match or_done(&s.done, reader.ready()).await {
-                None => return,
-                Some(Err(e)) => break Err(e),
-                Some(Ok(())) => {}
+            if !std::mem::take(&mut optimistic) {
+                match or_done(&s.done, reader.ready()).await {
+                    None => return,
+                    Some(Err(e)) => break Err(e),
+                    Some(Ok(())) => {}
+                }
+            } else if s.done.is_fired() {
+                return;
             }
             let room = ready_buf(&mut buf, head, large);
             match reader.try_read(&mut buf, room) {
