@@ -466,8 +466,19 @@ mod pool {
     const KEEP_SMALL: usize = 1024;
     const KEEP_LARGE: usize = 32;
 
+    /// The free buffers of one worker thread, by size class.
+    struct Free {
+        small: Vec<Vec<u8>>,
+        large: Vec<Vec<u8>>,
+    }
+
     thread_local! {
-        static FREE: RefCell<(Vec<Vec<u8>>, Vec<Vec<u8>>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+        static FREE: RefCell<Free> = const {
+            RefCell::new(Free {
+                small: Vec::new(),
+                large: Vec::new(),
+            })
+        };
     }
 
     /// An empty buffer of at least `cap` ([`SMALL`] or [`LARGE`]).
@@ -475,9 +486,9 @@ mod pool {
         let reused = FREE.with(|f| {
             let mut f = f.borrow_mut();
             if cap <= SMALL {
-                f.0.pop()
+                f.small.pop()
             } else {
-                f.1.pop()
+                f.large.pop()
             }
         });
         reused.unwrap_or_else(|| Vec::with_capacity(cap))
@@ -489,10 +500,10 @@ mod pool {
         let cap = buf.capacity();
         FREE.with(|f| {
             let mut f = f.borrow_mut();
-            if cap >= LARGE && f.1.len() < KEEP_LARGE {
-                f.1.push(buf);
-            } else if (SMALL..LARGE).contains(&cap) && f.0.len() < KEEP_SMALL {
-                f.0.push(buf);
+            if cap >= LARGE && f.large.len() < KEEP_LARGE {
+                f.large.push(buf);
+            } else if (SMALL..LARGE).contains(&cap) && f.small.len() < KEEP_SMALL {
+                f.small.push(buf);
             }
         });
     }
