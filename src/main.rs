@@ -36,6 +36,7 @@ USAGE:
 ";
 
 fn main() -> ExitCode {
+    nexor_relay::tls::install_default_provider();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(&args) {
         Ok(code) => code,

@@ -52,6 +52,14 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(base_provider())
 }
 
+/// Makes [`Provider::current`] the process's rustls default, for what
+/// builds its own configs (the Redis client of fleet mode): with both
+/// providers compiled in, rustls cannot pick one by itself. Call once at
+/// start; a later call is a no-op.
+pub fn install_default_provider() {
+    let _ = CryptoProvider::install_default(base_provider());
+}
+
 fn read_certs(path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
     let pem = std::fs::read(path)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<_, _>>()?;

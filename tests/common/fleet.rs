@@ -152,6 +152,8 @@ impl RedisServer {
     fn try_con(&self) -> redis::RedisResult<redis::Connection> {
         let c = if self.tls {
             let ca = std::fs::read(self.dir.path().join("ca.pem")).unwrap();
+            // Both rustls providers are compiled in (as in the relay).
+            nexor_relay::tls::install_default_provider();
             redis::Client::build_with_tls(
                 self.url(),
                 redis::TlsCertificates {
