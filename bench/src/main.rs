@@ -32,8 +32,10 @@ mod upstream;
 mod ws;
 
 use anyhow::{bail, Context, Result};
+use load::Metrics;
 use peers::{Peer, PeerEnv, PeerKind, Placement, Up};
 use report::Row;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +48,9 @@ const USAGE: &str =
   --sessions N        sessions of every selected variant (defaults: bulk 50, echo 200 and 1000
                       paired (tcp 100), idle 10000, churn concurrency 32)
   --echo-sessions L   comma list: one paired echo variant `ws-N` per N (default 200,1000)
-  --seconds S         measuring window of bulk/echo/churn (default 5; echo 8)
+  --seconds S         measuring window of bulk/echo/churn (default 3 per round; echo 8)
+  --repeat N          bulk and churn: N rounds, the peers interleaved (A B C A B C ...),
+                      each figure the median of its rounds (default 3; --quick 1)
   --rate R            echo messages per second per session (default 10)
   --size B            echo message size (default 64)
   --idle-big N        also hold N plaintext idle sessions through the relay, spread over
@@ -104,6 +108,8 @@ pub struct Opts {
     pongs: usize,
     per: usize,
     rounds: usize,
+    /// bulk and churn: interleaved rounds per peer, medians reported.
+    pub repeat: usize,
     fleet_unix: bool,
 }
 
@@ -164,6 +170,7 @@ fn parse_opts() -> Result<Opts> {
         pongs: 400_000,
         per: 100,
         rounds: 5,
+        repeat: 3,
         fleet_unix: false,
     };
     let mut hold_set = false;
@@ -211,6 +218,7 @@ fn parse_opts() -> Result<Opts> {
             "--pongs" => o.pongs = val()?.parse()?,
             "--per" => o.per = val()?.parse()?,
             "--rounds" => o.rounds = val()?.parse()?,
+            "--repeat" => o.repeat = val()?.parse::<usize>()?.max(1),
             "--fleet-unix" => o.fleet_unix = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -295,7 +303,7 @@ fn plans(o: &Opts, idle_addrs: u8) -> Vec<Plan> {
     for s in &o.scenarios {
         match s.as_str() {
             "bulk" => {
-                let (n, t) = (q(50, 10), secs(5.0));
+                let (n, t) = (q(50, 10), secs(3.0));
                 v.push(p(
                     "bulk",
                     "ws-down",
@@ -422,7 +430,7 @@ fn plans(o: &Opts, idle_addrs: u8) -> Vec<Plan> {
                 ));
             }
             "churn" => {
-                let t = secs(5.0);
+                let t = secs(3.0);
                 v.push(p(
                     "churn",
                     "wss",
@@ -449,7 +457,7 @@ fn plans(o: &Opts, idle_addrs: u8) -> Vec<Plan> {
                 Up::WsEcho,
                 &[RelayUring, RelayEpoll, Nginx],
                 q(32, 16),
-                secs(5.0),
+                secs(3.0),
             )),
             "soak" => {
                 // Each session holds two sockets in the relay, and the
@@ -693,6 +701,32 @@ fn real_main() -> Result<()> {
     Ok(())
 }
 
+/// One round of one peer: its metrics, driver and error.
+type Run = (Metrics, Option<String>, Option<String>);
+
+/// Each metric's median over the rounds (the mean of the middle two for an
+/// even count).
+fn medians<'a>(rounds: impl Iterator<Item = &'a Metrics>) -> Metrics {
+    let mut all: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for m in rounds {
+        for (k, v) in m {
+            all.entry(k.clone()).or_default().push(*v);
+        }
+    }
+    all.into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            let mid = if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            };
+            (k, mid)
+        })
+        .collect()
+}
+
 async fn run_all(o: &Opts, dir: &std::path::Path, place: Placement) -> Result<Vec<Row>> {
     const IDLE_ADDRS: u8 = 5;
     upstream::BURST.store(o.burst as u64, std::sync::atomic::Ordering::Relaxed);
@@ -711,44 +745,83 @@ async fn run_all(o: &Opts, dir: &std::path::Path, place: Placement) -> Result<Ve
         fleet_unix: o.fleet_unix,
     };
     let t0 = Instant::now();
-    let mut rows = Vec::new();
-    for plan in plans(o, IDLE_ADDRS) {
-        if plan.paired {
-            let label = format!(
-                "{} {} ({} at once)",
-                plan.scenario,
-                plan.variant,
-                plan.peers
-                    .iter()
-                    .map(|k| k.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            eprintln!("[{:>5.0}s] {label}", t0.elapsed().as_secs_f64());
-            for row in run_paired(&plan, &env, &minter, &connector, o).await {
-                eprintln!("        {:<24} {}", row.peer, row.brief());
-                rows.push(row);
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
+    let plans = plans(o, IDLE_ADDRS);
+    // bulk and churn run in interleaved rounds (A B C, A B C, ...): drift of
+    // the shared machine then hits every peer alike, and the medians drop
+    // the odd round. Paired echo and idle run once.
+    let repeat = if o.quick { 1 } else { o.repeat };
+    let rounds_of = |p: &Plan| {
+        if matches!(p.scenario, "bulk" | "churn" | "churn-resume") {
+            repeat
+        } else {
+            1
         }
-        for &kind in &plan.peers {
-            let label = format!("{} {} {}", plan.scenario, plan.variant, kind.name());
-            eprint!("[{:>5.0}s] {label:<32} ", t0.elapsed().as_secs_f64());
-            let res = run_one(&plan, kind, &env, &minter, &connector, o).await;
-            let row = match res {
-                Ok((m, driver)) => Row::new(&plan, kind, driver, m, None),
-                Err(e) => Row::new(
-                    &plan,
-                    kind,
-                    None,
-                    Default::default(),
-                    Some(format!("{e:#}")),
-                ),
+    };
+    let mut runs: Vec<Vec<Vec<Run>>> = plans
+        .iter()
+        .map(|p| vec![Vec::new(); p.peers.len()])
+        .collect();
+    let mut paired_rows: Vec<Vec<Row>> = vec![Vec::new(); plans.len()];
+    for round in 0..repeat {
+        for (pi, plan) in plans.iter().enumerate() {
+            if round >= rounds_of(plan) {
+                continue;
+            }
+            if plan.paired {
+                let label = format!(
+                    "{} {} ({} at once)",
+                    plan.scenario,
+                    plan.variant,
+                    plan.peers
+                        .iter()
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                eprintln!("[{:>5.0}s] {label}", t0.elapsed().as_secs_f64());
+                for row in run_paired(plan, &env, &minter, &connector, o).await {
+                    eprintln!("        {:<24} {}", row.peer, row.brief());
+                    paired_rows[pi].push(row);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            for (ki, &kind) in plan.peers.iter().enumerate() {
+                let label = format!("{} {} {}", plan.scenario, plan.variant, kind.name());
+                let of = rounds_of(plan);
+                let r = if of > 1 {
+                    format!(" {}/{of}", round + 1)
+                } else {
+                    String::new()
+                };
+                eprint!("[{:>5.0}s] {:<36} ", t0.elapsed().as_secs_f64(), label + &r);
+                let res = run_one(plan, kind, &env, &minter, &connector, o).await;
+                let run = match res {
+                    Ok((m, driver)) => (m, driver, None),
+                    Err(e) => (Default::default(), None, Some(format!("{e:#}"))),
+                };
+                let row = Row::new(plan, kind, run.1.clone(), run.0.clone(), run.2.clone());
+                eprintln!("{}", row.brief());
+                runs[pi][ki].push(run);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (pi, plan) in plans.iter().enumerate() {
+        rows.append(&mut paired_rows[pi]);
+        for (ki, &kind) in plan.peers.iter().enumerate() {
+            let rs = &runs[pi][ki];
+            let row = match rs.iter().find_map(|r| r.2.clone()) {
+                Some(e) => Row::new(plan, kind, None, Default::default(), Some(e)),
+                None if rs.is_empty() => continue,
+                None => {
+                    let mut m = medians(rs.iter().map(|r| &r.0));
+                    m.insert("rounds".into(), rs.len() as f64);
+                    Row::new(plan, kind, rs[0].1.clone(), m, None)
+                }
             };
-            eprintln!("{}", row.brief());
             rows.push(row);
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     report::derive(&mut rows);

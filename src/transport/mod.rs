@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use monoio::buf::{IoBuf, IoBufMut, Slice, SliceMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{TcpStream, UnixStream};
 use monoio::BufResult;
 use nix::errno::Errno;
@@ -104,6 +103,144 @@ enum SockIo {
 /// `send` flags: never block, never raise SIGPIPE (a vanished peer is an error).
 const SEND_FLAGS: MsgFlags = MsgFlags::MSG_DONTWAIT.union(MsgFlags::MSG_NOSIGNAL);
 
+/// A socket the driver reports readiness for: after a wait, every read and
+/// write is a plain non-blocking call (see the module doc). The handshakes
+/// use it on the whole stream, the legs through [`Sock`].
+trait Ready {
+    fn fd(&self) -> RawFd;
+    async fn readable(&self) -> io::Result<()>;
+    async fn writable(&self) -> io::Result<()>;
+}
+
+impl Ready for TcpStream {
+    fn fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+    async fn readable(&self) -> io::Result<()> {
+        TcpStream::readable(self, false).await
+    }
+    async fn writable(&self) -> io::Result<()> {
+        TcpStream::writable(self, false).await
+    }
+}
+
+impl Ready for UnixStream {
+    fn fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+    async fn readable(&self) -> io::Result<()> {
+        UnixStream::readable(self, false).await
+    }
+    async fn writable(&self) -> io::Result<()> {
+        UnixStream::writable(self, false).await
+    }
+}
+
+impl Ready for SockIo {
+    fn fd(&self) -> RawFd {
+        match self {
+            SockIo::Tcp(s) => s.as_raw_fd(),
+            SockIo::Unix(s) => s.as_raw_fd(),
+        }
+    }
+    async fn readable(&self) -> io::Result<()> {
+        match self {
+            SockIo::Tcp(s) => Ready::readable(s).await,
+            SockIo::Unix(s) => Ready::readable(s).await,
+        }
+    }
+    async fn writable(&self) -> io::Result<()> {
+        match self {
+            SockIo::Tcp(s) => Ready::writable(s).await,
+            SockIo::Unix(s) => Ready::writable(s).await,
+        }
+    }
+}
+
+/// One non-blocking `recv` into `dst`: `WouldBlock` when nothing is there.
+fn recv(fd: RawFd, dst: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match sys::recv(fd, dst, MsgFlags::MSG_DONTWAIT) {
+            Err(Errno::EINTR) => continue,
+            r => return r.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Reads what is there onto the end of `buf`, at most `room` bytes,
+/// without waiting. `Ok(0)` is the end, `WouldBlock` nothing yet.
+fn try_read(fd: RawFd, buf: &mut Vec<u8>, room: usize) -> io::Result<usize> {
+    let at = buf.len();
+    // Zeroed, not uninitialised, so no `unsafe`: a memset of the room is
+    // noise next to the kernel's copy into it.
+    buf.resize(at + room, 0);
+    let r = recv(fd, &mut buf[at..]);
+    buf.truncate(at + *r.as_ref().unwrap_or(&0));
+    r
+}
+
+/// Waits for and reads bytes into `dst` (its `Vec` from its length up to
+/// the slice's end). `Ok(0)` is the end.
+async fn read_into<S: Ready>(s: &S, dst: ReadBuf) -> BufResult<usize, ReadBuf> {
+    let (begin, end) = (dst.begin(), dst.end());
+    let mut vec = dst.into_inner();
+    let res = loop {
+        if let Err(e) = s.readable().await {
+            break Err(e);
+        }
+        let room = end - vec.len();
+        match try_read(s.fd(), &mut vec, room) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => break r,
+        }
+    };
+    (res, vec.slice_mut(begin..end))
+}
+
+/// Sends what the socket takes now; how much that was.
+fn send_now(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    let mut at = 0;
+    while at < bytes.len() {
+        match sys::send(fd, &bytes[at..], SEND_FLAGS) {
+            Ok(n) => at += n,
+            Err(Errno::EAGAIN) => break,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(at)
+}
+
+/// Writes all of `bytes`: at once while the socket takes them, waiting for
+/// room only when it is full.
+async fn write_all<S: Ready>(s: &S, bytes: &[u8]) -> io::Result<()> {
+    let at = send_now(s.fd(), bytes)?;
+    if at == bytes.len() {
+        return Ok(());
+    }
+    // The socket is full: wait for room. Boxed, so that the wait's state is
+    // not part of every future that writes (an idle session's tasks are the
+    // size of their largest state).
+    Box::pin(write_rest(s, &bytes[at..])).await
+}
+
+async fn write_rest<S: Ready>(s: &S, bytes: &[u8]) -> io::Result<()> {
+    let mut at = 0;
+    while at < bytes.len() {
+        s.writable().await?;
+        at += send_now(s.fd(), &bytes[at..])?;
+    }
+    Ok(())
+}
+
+/// FIN after what was written; a peer already gone is no error.
+fn shutdown_fd(fd: RawFd) -> io::Result<()> {
+    match sys::shutdown(fd, sys::Shutdown::Write) {
+        Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Sock {
     fn new(io: SockIo) -> Sock {
         Sock {
@@ -113,83 +250,24 @@ impl Sock {
     }
 
     fn fd(&self) -> RawFd {
-        match &self.io {
-            SockIo::Tcp(s) => s.as_raw_fd(),
-            SockIo::Unix(s) => s.as_raw_fd(),
-        }
+        self.io.fd()
     }
 
     /// Waits until a `recv` would find bytes, the end or an error.
     pub async fn readable(&self) -> io::Result<()> {
-        match &self.io {
-            SockIo::Tcp(s) => s.readable(false).await,
-            SockIo::Unix(s) => s.readable(false).await,
-        }
-    }
-
-    async fn writable(&self) -> io::Result<()> {
-        match &self.io {
-            SockIo::Tcp(s) => s.writable(false).await,
-            SockIo::Unix(s) => s.writable(false).await,
-        }
-    }
-
-    /// One non-blocking `recv` into `dst`: `WouldBlock` when nothing is there.
-    fn recv(&self, dst: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match sys::recv(self.fd(), dst, MsgFlags::MSG_DONTWAIT) {
-                Err(Errno::EINTR) => continue,
-                r => return r.map_err(io::Error::from),
-            }
-        }
+        self.io.readable().await
     }
 
     /// Reads what is there onto the end of `buf`, at most `room` bytes,
     /// without waiting. `Ok(0)` is the end, `WouldBlock` nothing yet.
     pub fn try_read(&self, buf: &mut Vec<u8>, room: usize) -> io::Result<usize> {
-        let at = buf.len();
-        // Zeroed, not uninitialised, so no `unsafe`: a memset of the room is
-        // noise next to the kernel's copy into it.
-        buf.resize(at + room, 0);
-        let r = self.recv(&mut buf[at..]);
-        buf.truncate(at + *r.as_ref().unwrap_or(&0));
-        r
+        try_read(self.fd(), buf, room)
     }
 
     /// Writes all of `bytes`: at once while the socket takes them, waiting
     /// for room only when it is full.
     pub async fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
-        let at = self.send_now(bytes)?;
-        if at == bytes.len() {
-            return Ok(());
-        }
-        // The socket is full: wait for room. Boxed, so that the wait's
-        // state is not part of every future that writes (an idle
-        // session's tasks are the size of their largest state).
-        Box::pin(self.write_rest(&bytes[at..])).await
-    }
-
-    async fn write_rest(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut at = 0;
-        while at < bytes.len() {
-            self.writable().await?;
-            at += self.send_now(&bytes[at..])?;
-        }
-        Ok(())
-    }
-
-    /// Sends what the socket takes now; how much that was.
-    fn send_now(&self, bytes: &[u8]) -> io::Result<usize> {
-        let mut at = 0;
-        while at < bytes.len() {
-            match sys::send(self.fd(), &bytes[at..], SEND_FLAGS) {
-                Ok(n) => at += n,
-                Err(Errno::EAGAIN) => break,
-                Err(Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(at)
+        write_all(&self.io, bytes).await
     }
 
     /// FIN after what was written (once).
@@ -197,29 +275,26 @@ impl Sock {
         if self.shut.replace(true) {
             return Ok(());
         }
-        match sys::shutdown(self.fd(), sys::Shutdown::Write) {
-            // The peer already went: nothing left to end.
-            Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        shutdown_fd(self.fd())
     }
 }
 
 impl Stream {
     pub async fn read(&mut self, buf: ReadBuf) -> BufResult<usize, ReadBuf> {
         match self {
-            Stream::Tcp(s) => s.read(buf).await,
+            Stream::Tcp(s) => read_into(s, buf).await,
             Stream::Tls(s) => s.reader.read(buf).await,
-            Stream::Unix(s) => s.read(buf).await,
+            Stream::Unix(s) => read_into(s, buf).await,
         }
     }
 
     pub async fn write_all<T: OwnedBytes>(&mut self, buf: T) -> BufResult<usize, T> {
-        match self {
-            Stream::Tcp(s) => s.write_all(buf).await,
-            Stream::Tls(s) => s.writer.write_all(buf).await,
-            Stream::Unix(s) => s.write_all(buf).await,
-        }
+        let res = match self {
+            Stream::Tcp(s) => write_all(s, buf.as_bytes()).await,
+            Stream::Tls(s) => s.writer.write(buf.as_bytes()).await,
+            Stream::Unix(s) => write_all(s, buf.as_bytes()).await,
+        };
+        (res.map(|()| buf.as_bytes().len()), buf)
     }
 
     /// Reads more bytes onto the end of `buf` (growing it when full).
@@ -235,9 +310,9 @@ impl Stream {
 
     pub async fn shutdown(&mut self) -> io::Result<()> {
         match self {
-            Stream::Tcp(s) => s.shutdown().await,
+            Stream::Tcp(s) => shutdown_fd(s.as_raw_fd()),
             Stream::Tls(s) => s.writer.shutdown().await,
-            Stream::Unix(s) => s.shutdown().await,
+            Stream::Unix(s) => shutdown_fd(s.as_raw_fd()),
         }
     }
 
@@ -439,7 +514,7 @@ pub struct TlsStream {
 }
 
 /// Handshake: encrypts what rustls has pending and writes it out.
-async fn flush_handshake(conn: &RefCell<Connection>, tcp: &mut TcpStream) -> io::Result<()> {
+async fn flush_handshake(conn: &RefCell<Connection>, tcp: &TcpStream) -> io::Result<()> {
     loop {
         let mut out = Vec::new();
         {
@@ -451,8 +526,7 @@ async fn flush_handshake(conn: &RefCell<Connection>, tcp: &mut TcpStream) -> io:
                 c.write_tls(&mut out)?;
             }
         }
-        let (res, _) = tcp.write_all(out).await;
-        res?;
+        write_all(tcp, &out).await?;
     }
 }
 
@@ -471,7 +545,7 @@ async fn flush_tls(conn: &RefCell<Connection>, sock: &Sock) -> io::Result<()> {
             while c.wants_write() {
                 c.write_tls(out)?;
             }
-            let at = sock.send_now(out)?;
+            let at = send_now(sock.fd(), out)?;
             Ok(Some(out[at..].to_vec()))
         })?;
         match rest {
@@ -559,11 +633,11 @@ fn take_plaintext(c: &mut Connection, dst: &mut Vec<u8>, room: usize) -> io::Res
 }
 
 impl TlsStream {
-    async fn handshake(mut tcp: TcpStream, conn: Connection) -> io::Result<TlsStream> {
+    async fn handshake(tcp: TcpStream, conn: Connection) -> io::Result<TlsStream> {
         let conn = RefCell::new(conn);
         let mut held = Held::default();
         loop {
-            flush_handshake(&conn, &mut tcp).await?;
+            flush_handshake(&conn, &tcp).await?;
             if !conn.borrow().is_handshaking() {
                 break;
             }
@@ -572,18 +646,18 @@ impl TlsStream {
                 // rustls may have a reply to send before it takes more.
                 Ok(true) => continue,
                 Ok(false) if held.len() > 0 => {
-                    let _ = flush_handshake(&conn, &mut tcp).await;
+                    let _ = flush_handshake(&conn, &tcp).await;
                     return Err(stalled());
                 }
                 Ok(false) => {}
                 Err(e) => {
                     // Send the alert rustls queued, then give up.
-                    let _ = flush_handshake(&conn, &mut tcp).await;
+                    let _ = flush_handshake(&conn, &tcp).await;
                     return Err(e);
                 }
             }
             let buf = Vec::with_capacity(TLS_READ_HANDSHAKE);
-            let (res, slice) = tcp.read(buf.slice_mut(0..TLS_READ_HANDSHAKE)).await;
+            let (res, slice) = read_into(&tcp, buf.slice_mut(0..TLS_READ_HANDSHAKE)).await;
             if res? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
@@ -669,7 +743,7 @@ impl TlsReader {
             }
             let read = SCRATCH.with(|s| -> io::Result<usize> {
                 let scratch = &mut s.borrow_mut().0;
-                let n = self.sock.recv(scratch)?;
+                let n = recv(self.sock.fd(), scratch)?;
                 if n == 0 {
                     // EOF: rustls learns it from a zero-byte read; the next
                     // look at its plaintext reports the end.

@@ -2,6 +2,7 @@
 //! real rustls pair, a cancelled TLS write, and the end signal's waker slots.
 
 use super::*;
+use monoio::io::AsyncWriteRentExt;
 use std::task::{Context, Wake};
 use std::time::Duration;
 
