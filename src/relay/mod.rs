@@ -232,15 +232,22 @@ impl Shared {
     }
 }
 
-/// Awaits `f` unless the session is torn down first.
+/// Awaits `f` unless the session is torn down first. By hand, not with
+/// `select!`: its state is most of a pump's, which an idle session holds
+/// (the macro's was 240–310 bytes more per wait, BENCHMARKING.md).
 async fn or_done<F: Future>(done: &Signal, f: F) -> Option<F::Output> {
     if done.is_fired() {
         return None;
     }
-    monoio::select! {
-        _ = done.fired() => None,
-        out = f => Some(out),
-    }
+    let mut f = std::pin::pin!(f);
+    let mut fired = std::pin::pin!(done.fired());
+    std::future::poll_fn(|cx| {
+        if fired.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        f.as_mut().poll(cx).map(Some)
+    })
+    .await
 }
 
 /// Awaits `f` if there is one, else never resolves.
