@@ -1,8 +1,8 @@
 //! The relay's sans-io core: every decision of the pump, no sockets, no
 //! clock (`now` is an argument), no async.
 //!
-//! The glue in [`super`] owns the sockets, one read buffer per leg and one
-//! timer. It feeds the core what happened and does what the core says:
+//! The glue in [`super`] owns the sockets, a read buffer per leg while
+//! bytes are there, and one timer. It feeds the core what happened and does what the core says:
 //!
 //! | input (glue → core)                     | effect / output (core → glue)                          |
 //! |-----------------------------------------|--------------------------------------------------------|

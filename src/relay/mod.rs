@@ -48,8 +48,9 @@ use crate::ws::frame::{self, close, MAX_CONTROL_FRAME};
 pub use self::core::SessionError;
 use self::core::{Control, Core, LegId, Next, Phase, ReadEnd};
 
-/// Read buffer of a quiet direction. Small, so idle consoles stay cheap:
-/// on io_uring a pending read pins its buffer for as long as it waits.
+/// Read buffer of a quiet direction: small, since a burst of keystrokes or
+/// screen updates fits (buffers come from the worker's pool, see `pool`,
+/// and an idle direction holds none).
 pub const SMALL_BUF: usize = 1024;
 /// Read buffer of a busy direction (a read filled the small one).
 pub const LARGE_BUF: usize = 64 * 1024;
