@@ -327,3 +327,71 @@ pub fn fetch_fingerprint(url: &str) -> Result<[u8; 32], String> {
     let fp = *seen.lock().map_err(|_| "lock")?;
     fp.ok_or_else(|| "the server sent no certificate".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{ClientConnection, ServerConnection};
+
+    /// Runs a handshake in memory between a client and the browser-facing
+    /// config, moving TLS bytes until neither has any to send, then lets
+    /// the client read what the server sent after it (the tickets).
+    fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) -> ClientConnection {
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut c = ClientConnection::new(client.clone(), name).unwrap();
+        let mut s = ServerConnection::new(server.clone()).unwrap();
+        for _ in 0..20 {
+            let mut wire = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut wire).unwrap();
+            }
+            s.read_tls(&mut wire.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            wire.clear();
+            while s.wants_write() {
+                s.write_tls(&mut wire).unwrap();
+            }
+            c.read_tls(&mut wire.as_slice()).unwrap();
+            c.process_new_packets().unwrap();
+            if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() && !s.wants_write() {
+                break;
+            }
+        }
+        assert!(!c.is_handshaking(), "handshake did not finish");
+        c
+    }
+
+    /// A browser that reconnects resumes, also after a reload built a new
+    /// config (the ticket keys are the process's; rustls' per-config
+    /// session cache alone would not resume there), and the server picks
+    /// AES-128-GCM even when the client lists AES-256 first.
+    #[test]
+    fn a_reconnecting_client_resumes_with_aes_128() {
+        let provider = Provider::current();
+        let ss = self_signed().unwrap();
+        let trust = Trust::Fingerprint(ss.fingerprint);
+        // One client config, as a browser keeps its session cache.
+        let client = client_config(&trust).unwrap();
+        let first = handshake(&client, &ss.config);
+        assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        assert_eq!(
+            first.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+            "{provider:?}"
+        );
+        // SIGHUP: the same certificate, a config built anew.
+        let certs: Vec<_> = rustls_pemfile::certs(&mut ss.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = rustls_pemfile::private_key(&mut ss.key_pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        let reloaded = server_from(certs, key).unwrap();
+        let second = handshake(&client, &reloaded);
+        assert_eq!(
+            second.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "the reconnect resumes on the reloaded config"
+        );
+    }
+}
