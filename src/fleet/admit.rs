@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::store::{Fleet, IO_TIMEOUT};
-use super::{Admit as StoreAdmit, AdmitArgs, Event, OnStoreError, ReleaseArgs};
+use super::{Admit as StoreAdmit, AdmitArgs, Event, OnStoreError};
 use crate::admission::ledger_request;
 use crate::config::{Config, VmLimit};
 use crate::error::Refusal;
@@ -68,19 +68,7 @@ pub async fn admit(
         upstream: c.upstream.clone(),
     };
     let time = r.time.err();
-    let mut release = ReleaseArgs {
-        now_ms: args.now_ms,
-        jti: args.jti,
-        member: fleet.member(&args),
-        sid,
-        grant: false,
-        grace_ms: args.grace_ms,
-        sub: args.sub.clone(),
-        vm: args.vm.clone(),
-        client: args.client.clone(),
-        deadline: args.deadline,
-        keep_ms: args.keep_ms,
-    };
+    let mut release = args.release(fleet.member(&args));
     let answer = monoio::time::timeout(STORE_WAIT, fleet.admit(args)).await;
     match answer {
         Ok(Ok(StoreAdmit::Admitted {

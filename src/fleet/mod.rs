@@ -458,6 +458,26 @@ pub fn decode_admit(items: &[Item]) -> Option<Admit> {
     }
 }
 
+impl AdmitArgs {
+    /// The release of this admission (`member` its entry in the store),
+    /// without a grant: a session that ends or an admission undone.
+    pub fn release(&self, member: String) -> ReleaseArgs {
+        ReleaseArgs {
+            now_ms: self.now_ms,
+            jti: self.jti,
+            member,
+            sid: self.sid,
+            grant: false,
+            grace_ms: self.grace_ms,
+            sub: self.sub.clone(),
+            vm: self.vm.clone(),
+            client: self.client.clone(),
+            deadline: self.deadline,
+            keep_ms: self.keep_ms,
+        }
+    }
+}
+
 /// A session ended.
 #[derive(Debug, Clone)]
 pub struct ReleaseArgs {

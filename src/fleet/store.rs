@@ -287,19 +287,7 @@ impl Fleet {
         }
         // An admission delivered just as the handshake gave up (the
         // receiver dropped before taking it) is released again.
-        let undo = ReleaseArgs {
-            now_ms: args.now_ms,
-            jti: args.jti,
-            member: self.member(&args),
-            sid: args.sid,
-            grant: false,
-            grace_ms: args.grace_ms,
-            sub: args.sub.clone(),
-            vm: args.vm.clone(),
-            client: args.client.clone(),
-            deadline: args.deadline,
-            keep_ms: args.keep_ms,
-        };
+        let undo = args.release(self.member(&args));
         let jobs = self.tx.clone();
         rx.on_orphan(Box::new(move |v| {
             if let Ok(Admit::Admitted { deadline, .. }) = v {
