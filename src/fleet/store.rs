@@ -783,18 +783,9 @@ impl StoreThread {
     }
 
     fn renew(&mut self) {
-        let grace = self.grace_ms();
-        let Some(con) = self.con.as_mut() else { return };
-        let lease = self.cfg.lease.as_millis() as u64;
         let mut inv = self.scripts.renew.prepare_invoke();
-        inv.key(self.keys.sessions(&self.node))
-            .key(self.keys.nodes())
-            .key(self.keys.all())
-            .arg(now_ms())
-            .arg(lease)
-            .arg(grace)
-            .arg(&self.keys.prefix)
-            .arg(&self.node);
+        self.lease_call(&mut inv);
+        let Some(con) = self.con.as_mut() else { return };
         let t = Instant::now();
         let r: redis::RedisResult<u64> = inv.invoke(con);
         self.stats.rtt(t.elapsed());
@@ -803,6 +794,20 @@ impl StoreThread {
             Ok(_) => self.resync(),
             Err(e) => self.failed(&e),
         }
+    }
+
+    /// The keys and leading arguments the renew and resync scripts share:
+    /// this relay's sessions, the nodes, the index of all, now, the lease,
+    /// the grace, the key prefix and this relay's id.
+    fn lease_call(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        inv.key(self.keys.sessions(&self.node))
+            .key(self.keys.nodes())
+            .key(self.keys.all())
+            .arg(now_ms())
+            .arg(self.cfg.lease.as_millis() as u64)
+            .arg(self.grace_ms())
+            .arg(&self.keys.prefix)
+            .arg(&self.node);
     }
 
     /// The grace as the renew script needs it: the longest a dead relay's
@@ -821,18 +826,8 @@ impl StoreThread {
     /// Writes this relay's live sessions again (after an outage: the store
     /// may have restarted empty).
     fn resync(&mut self) {
-        let lease = self.cfg.lease.as_millis() as u64;
-        let grace = self.grace_ms();
-        let Some(con) = self.con.as_mut() else { return };
         let mut inv = self.scripts.resync.prepare_invoke();
-        inv.key(self.keys.sessions(&self.node))
-            .key(self.keys.nodes())
-            .key(self.keys.all())
-            .arg(now_ms())
-            .arg(lease)
-            .arg(grace)
-            .arg(&self.keys.prefix)
-            .arg(&self.node);
+        self.lease_call(&mut inv);
         for m in self.live.values() {
             inv.arg(super::resync_json(
                 &m.args,
@@ -842,6 +837,7 @@ impl StoreThread {
                 m.deadline,
             ));
         }
+        let Some(con) = self.con.as_mut() else { return };
         let r: redis::RedisResult<u64> = inv.invoke(con);
         match r {
             Ok(n) => log::info(
