@@ -182,19 +182,7 @@ fn try_read(fd: RawFd, buf: &mut Vec<u8>, room: usize) -> io::Result<usize> {
 /// Waits for and reads bytes into `dst` (its `Vec` from its length up to
 /// the slice's end). `Ok(0)` is the end.
 async fn read_into<S: Ready>(s: &S, dst: ReadBuf) -> BufResult<usize, ReadBuf> {
-    let (begin, end) = (dst.begin(), dst.end());
-    let mut vec = dst.into_inner();
-    let res = loop {
-        if let Err(e) = s.readable().await {
-            break Err(e);
-        }
-        let room = end - vec.len();
-        match try_read(s.fd(), &mut vec, room) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            r => break r,
-        }
-    };
-    (res, vec.slice_mut(begin..end))
+    read_ready(&mut &*s, dst).await
 }
 
 /// Sends what the socket takes now; how much that was.
@@ -370,6 +358,16 @@ impl ReadyRead for Reader {
     }
     fn try_read(&mut self, buf: &mut Vec<u8>, room: usize) -> io::Result<usize> {
         Reader::try_read(self, buf, room)
+    }
+}
+
+/// A whole socket, before the split (the handshakes).
+impl<S: Ready> ReadyRead for &S {
+    async fn ready(&mut self) -> io::Result<()> {
+        (**self).readable().await
+    }
+    fn try_read(&mut self, buf: &mut Vec<u8>, room: usize) -> io::Result<usize> {
+        try_read(self.fd(), buf, room)
     }
 }
 
